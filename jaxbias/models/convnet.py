@@ -1,0 +1,73 @@
+"""The Biased-MNIST network of ReBias (Bahng et al., ICML 2020) and EnD.
+
+Four blocks of [7×7 conv, padding 3 → batch-norm → activation] with
+16/32/64/128 channels at full 28×28 resolution, global average pooling and a
+linear layer to the classes. EnD (Tartaglione et al., CVPR 2021) regularises
+the pooled features (layer ``"features"``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxbias.models.layers import check_hooks, tap
+
+Array = jax.Array
+
+_ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
+
+
+class SimpleConvNet(nn.Module):
+    """ReBias/EnD SimpleConvNet.
+
+    Layers (names in ``acts``): ``block1`` … ``block4`` (after the activation,
+    ``(B, H, W, C_i)``), ``features`` (global average pool, ``(B, C_4)``),
+    ``logits`` (``(B, num_classes)``).
+
+    Attributes:
+      num_classes: output classes (10).
+      channels: channels of the four blocks; the demo shrinks them for CPU speed.
+      kernel_size: 7 in the papers.
+      last_activation: ``"relu"`` or ``"tanh"`` for the last block (EnD uses
+        both; the other blocks use ReLU).
+    """
+
+    num_classes: int = 10
+    channels: Sequence[int] = (16, 32, 64, 128)
+    kernel_size: int = 7
+    last_activation: str = "relu"
+    bn_momentum: float = 0.9  # Flax convention; equals PyTorch's momentum=0.1
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        *,
+        train: bool,
+        perturb: Mapping[str, Array] | None = None,
+        edit: Mapping[str, Callable[[Array], Array]] | None = None,
+    ) -> tuple[Array, dict[str, Array]]:
+        if x.ndim != 4:
+            raise ValueError(f"x must be (B, H, W, C) images, got shape {x.shape}")
+        if self.last_activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"last_activation must be one of {sorted(_ACTIVATIONS)}, got {self.last_activation!r}"
+            )
+        acts: dict[str, Array] = {}
+        h = x
+        pad = self.kernel_size // 2
+        for i, c in enumerate(self.channels):
+            h = nn.Conv(c, (self.kernel_size, self.kernel_size), padding=pad, name=f"conv{i + 1}")(h)
+            h = nn.BatchNorm(
+                use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, name=f"bn{i + 1}"
+            )(h)
+            last = i == len(self.channels) - 1
+            act = _ACTIVATIONS[self.last_activation] if last else nn.relu
+            h = tap(f"block{i + 1}", act(h), acts, perturb, edit)
+        h = tap("features", jnp.mean(h, axis=(1, 2)), acts, perturb, edit)
+        logits = tap("logits", nn.Dense(self.num_classes, name="fc")(h), acts, perturb, edit)
+        check_hooks(acts, perturb, edit)
+        return logits, acts

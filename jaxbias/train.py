@@ -1,0 +1,334 @@
+"""Method-agnostic training: ``TrainState``, ``make_train_step``, optimisers, evaluation
+and the epoch loop with checkpoints, resume, JSON-lines metrics and a progress bar.
+
+The step knows nothing about any method: it differentiates a
+``loss_fn(params, model_state, method_state, batch, key) -> (loss, Aux)``.
+:func:`method_loss` builds that function from a method module
+(``jaxbias.methods.<name>``) and a Flax model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, is_dataclass
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbias import models as models_lib
+from jaxbias.data.iterators import batch_indices
+from jaxbias.types import Aux, Batch, ModelState, Params
+
+LossFn = Callable[[Params, ModelState, Any, Batch, jax.Array], tuple[jax.Array, Aux]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (a pytree; checkpointed whole).
+
+    Attributes:
+      step: number of optimiser steps taken, int32 scalar.
+      params: trainable parameters.
+      model_state: non-trainable collections (batch-norm statistics).
+      opt_state: optax state.
+      method_state: what the method fitted before training (a CAV, ...); fixed.
+      rng: raw key data of the run's training key; step ``t`` uses
+        ``fold_in(key, t)`` so that a resumed run draws the same keys.
+    """
+
+    step: jax.Array
+    params: Params
+    model_state: ModelState
+    opt_state: optax.OptState
+    method_state: Any
+    rng: jax.Array
+
+    @property
+    def key(self) -> jax.Array:
+        return jax.random.wrap_key_data(self.rng)
+
+
+def create_train_state(
+    params: Params, model_state: ModelState, tx: optax.GradientTransformation, *, key: jax.Array, method_state: Any = ()
+) -> TrainState:
+    """A fresh state at step 0."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        method_state=method_state,
+        rng=jax.random.key_data(key),
+    )
+
+
+def make_optimizer(
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    steps_per_epoch: int = 1,
+    decay_every: int | None = 20,
+    decay_factor: float = 0.1,
+    decoupled: bool = False,
+) -> optax.GradientTransformation:
+    """Adam with weight decay and a step learning-rate schedule (EnD's setup).
+
+    ``lr_t = lr · decay_factor^⌊epoch / decay_every⌋``. With ``decoupled=False``
+    the decay is an L2 term added to the gradient before Adam's scaling (what
+    PyTorch's ``Adam(weight_decay=…)`` does, and what EnD used); ``True`` gives AdamW.
+    """
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be ≥ 1, got {steps_per_epoch}")
+    if decay_every is not None and decay_every >= 1:
+        schedule = optax.exponential_decay(
+            lr, transition_steps=decay_every * steps_per_epoch, decay_rate=decay_factor, staircase=True
+        )
+    else:
+        schedule = optax.constant_schedule(lr)
+    if decoupled:
+        return optax.adamw(schedule, weight_decay=weight_decay)
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_adam(),
+        optax.scale_by_learning_rate(schedule),
+    )
+
+
+def method_loss(method: ModuleType, module: flax.linen.Module, hp: Any) -> LossFn:
+    """Adapt ``method.loss(params, state, batch, key, *, model, hp)`` to the step's signature."""
+
+    def loss_fn(params, model_state, method_state, batch, key):
+        model = models_lib.bind(module, model_state, train=True)
+        return method.loss(params, method_state, batch, key, model=model, hp=hp)
+
+    return loss_fn
+
+
+def make_train_step(
+    loss_fn: LossFn, tx: optax.GradientTransformation
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """One optimiser step, pure: ``step(state, batch) -> (state, metrics)``.
+
+    The caller jits it once (``jax.jit(step, donate_argnums=0)``). Metrics are
+    the loss and the method's own scalars.
+    """
+
+    def step(state: TrainState, batch: Batch):
+        key = jax.random.fold_in(state.key, state.step)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, state.method_state, batch, key
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, model_state=aux.state, opt_state=opt_state)
+        return new_state, {"loss": loss, **aux.metrics}
+
+    return step
+
+
+def make_predict(module: flax.linen.Module) -> Callable[[Params, ModelState, jax.Array], jax.Array]:
+    """Jitted ``predict(params, model_state, x) -> logits`` in evaluation mode."""
+
+    @jax.jit
+    def predict(params, model_state, x):
+        return models_lib.bind(module, model_state, train=False)(params, x).logits
+
+    return predict
+
+
+def predict_in_batches(predict, params, model_state, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+    """Logits for a whole array; the last batch is zero-padded so one compilation serves all."""
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("x is empty: nothing to predict")
+    out = []
+    for start in range(0, n, batch_size):
+        chunk = x[start : start + batch_size]
+        m = chunk.shape[0]
+        if m < batch_size and n > batch_size:
+            chunk = np.concatenate([chunk, np.zeros((batch_size - m, *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(predict(params, model_state, jnp.asarray(chunk)))[:m])
+    return np.concatenate(out)
+
+
+def evaluate(
+    predict, params, model_state, sets: Mapping[str, Batch], *, batch_size: int = 512, num_biases: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Accuracy views (:func:`jaxbias.metrics.bias_report`) on each named evaluation set."""
+    from jaxbias import metrics
+
+    report = {}
+    for name, data in sets.items():
+        pred = predict_in_batches(predict, params, model_state, data.x, batch_size=batch_size).argmax(-1)
+        if data.bias is not None:
+            report[name] = metrics.bias_report(pred, np.asarray(data.y), np.asarray(data.bias), num_biases=num_biases)
+        else:
+            report[name] = {"accuracy": metrics.accuracy(pred, np.asarray(data.y)), "count": int(pred.shape[0])}
+    return report
+
+
+def _hp_dict(hp: Any) -> dict[str, Any]:
+    return asdict(hp) if is_dataclass(hp) else dict(hp or {})
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+@dataclass
+class FitResult:
+    state: TrainState
+    history: list[dict[str, Any]]
+    resumed_from: int | None
+
+
+def _check_train_arrays(train: Batch) -> int:
+    n = train.x.shape[0]
+    for name in ("y", "bias", "mask"):
+        a = getattr(train, name)
+        if a is not None and a.shape[0] != n:
+            raise ValueError(f"train.{name} has {a.shape[0]} rows, expected {n} (same as train.x)")
+    return n
+
+
+def _take(train: Batch, idx: np.ndarray) -> Batch:
+    return Batch(*(None if a is None else jnp.asarray(a[idx]) for a in train))
+
+
+def fit(
+    *,
+    module: flax.linen.Module,
+    method: ModuleType,
+    hp: Any,
+    train: Batch,
+    epochs: int,
+    batch_size: int,
+    tx: optax.GradientTransformation,
+    seed: int = 0,
+    method_state: Any = None,
+    eval_sets: Mapping[str, Batch] | None = None,
+    eval_every: int = 1,
+    workdir: str | os.PathLike | None = None,
+    resume: bool = False,
+    drop_last: bool = True,
+    progress: bool = True,
+    config: Mapping[str, Any] | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    init_params: tuple[Params, ModelState] | None = None,
+) -> FitResult:
+    """Train ``module`` with ``method`` for ``epochs`` epochs.
+
+    Keys: ``key = jax.random.key(seed)`` splits into the init, data and step keys;
+    epoch ``e`` shuffles with ``fold_in(data_key, e)`` and step ``t`` uses
+    ``fold_in(step_key, t)``, so a run killed after epoch ``k`` and restarted with
+    ``resume=True`` replays exactly the uninterrupted run. With ``workdir`` a
+    checkpoint is written after every epoch and metrics are appended to
+    ``workdir/metrics.jsonl`` (one JSON object per epoch).
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be ≥ 0, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    n = _check_train_arrays(train)
+    if drop_last and n < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} samples) with drop_last")
+    init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
+    if init_params is None:
+        params, model_state = models_lib.init(module, init_key, jnp.asarray(train.x[:1]))
+    else:
+        params, model_state = init_params
+    if method_state is None:
+        method_state = method.init()
+    state = create_train_state(params, model_state, tx, key=step_key, method_state=method_state)
+
+    ckpt = None
+    start_epoch, resumed_from, history = 0, None, []
+    metrics_path = None
+    if workdir is not None:
+        from jaxbias.checkpoint import Checkpointer
+
+        os.makedirs(workdir, exist_ok=True)
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        latest = ckpt.latest_epoch()
+        if latest is not None and not resume:
+            raise FileExistsError(
+                f"workdir {workdir} already holds checkpoints (epoch {latest}); pass resume=True "
+                "(--resume) to continue or choose an empty workdir"
+            )
+        if latest is not None:
+            state, _ = ckpt.restore(state)
+            start_epoch = resumed_from = latest
+            history = _read_history(metrics_path, upto=latest)
+            _write_history(metrics_path, history)  # drop lines of an epoch that was cut off
+        elif os.path.exists(metrics_path):
+            os.remove(metrics_path)
+
+    step_fn = jax.jit(make_train_step(method_loss(method, module, hp), tx), donate_argnums=0)
+    predict = make_predict(module)
+    steps_per_epoch = len(batch_indices(n, batch_size, key=data_key, drop_last=drop_last))
+    hp_record = {"method": method.__name__.rsplit(".", 1)[-1], "hparams": _hp_dict(hp), **dict(config or {})}
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        idx_list = batch_indices(n, batch_size, key=jax.random.fold_in(data_key, epoch), drop_last=drop_last)
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", progress)
+        sums: dict[str, jax.Array] = {}
+        for i, idx in enumerate(idx_list):
+            state, m = step_fn(state, _take(train, idx))
+            sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}
+            if bar is not None:
+                if i % 5 == 4:
+                    bar.set_postfix(loss=f"{float(m['loss']):.4f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": int(state.step)}
+        record.update({k: float(v) / len(idx_list) for k, v in sums.items()})
+        if not all(np.isfinite(v) for k, v in record.items() if isinstance(v, float)):
+            raise FloatingPointError(f"non-finite training metrics at epoch {epoch + 1}: {record}")
+        record["seconds"] = time.perf_counter() - t0
+        if eval_sets and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+            record["eval"] = evaluate(predict, state.params, state.model_state, eval_sets)
+        history.append(record)
+        if metrics_path is not None:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if ckpt is not None:
+            ckpt.save(epoch + 1, state, {"epoch": epoch + 1, **hp_record})
+        if log is not None:
+            log(record)
+    if ckpt is not None:
+        ckpt.close()
+    return FitResult(state=state, history=history, resumed_from=resumed_from)
+
+
+def _read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
+    if path is None or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r.get("epoch", 0) <= upto]
+
+
+def _write_history(path: str | None, rows: list[dict[str, Any]]) -> None:
+    if path is None:
+        return
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+

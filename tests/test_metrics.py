@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from jaxbias import metrics
+
+
+def _loop_report(pred, y, b, nb):
+    groups = {}
+    for p, t, c in zip(pred, y, b):
+        groups.setdefault((t, c), []).append(p == t)
+    accs = {k: np.mean(v) for k, v in groups.items()}
+    conf = [p == t for p, t, c in zip(pred, y, b) if t != c]
+    alig = [p == t for p, t, c in zip(pred, y, b) if t == c]
+    return accs, np.mean(conf), np.mean(alig)
+
+
+def test_bias_report_against_loop():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)
+    b = np.where(rng.uniform(size=300) < 0.7, y, rng.integers(0, 4, 300))
+    pred = np.where(rng.uniform(size=300) < 0.6, y, rng.integers(0, 4, 300))
+    rep = metrics.bias_report(pred, y, b, num_biases=4)
+    accs, conf, alig = _loop_report(pred, y, b, 4)
+    assert rep["accuracy"] == pytest.approx(np.mean(pred == y))
+    assert rep["conflicting"] == pytest.approx(conf)
+    assert rep["aligned"] == pytest.approx(alig)
+    assert rep["group_mean"] == pytest.approx(np.mean(list(accs.values())))
+    assert rep["worst_group"] == pytest.approx(min(accs.values()))
+    assert rep["gap"] == pytest.approx(max(accs.values()) - min(accs.values()))
+    for (t, c), a in accs.items():
+        assert rep["groups"][f"t{t}_b{c}"]["accuracy"] == pytest.approx(a)
+
+
+def test_empty_groups_are_absent_not_nan():
+    rep = metrics.bias_report(np.array([0, 1]), np.array([0, 1]), np.array([0, 1]), num_biases=3)
+    assert "conflicting" not in rep
+    assert set(rep["groups"]) == {"t0_b0", "t1_b1"}
+    assert all(np.isfinite(v) for v in (rep["group_mean"], rep["worst_group"], rep["gap"]))
+
+
+def test_by_group():
+    out = metrics.by_group(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]))
+    assert out["by_group"]["0"]["accuracy"] == 0.5 and out["by_group"]["1"]["accuracy"] == 1.0
+    assert out["worst_group"] == 0.5 and out["gap"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "pred,labels,match",
+    [
+        (np.zeros((2, 2), int), np.zeros(2, int), "pred"),
+        (np.zeros(3, int), np.zeros(2, int), "labels"),
+        (np.zeros(2, int), np.array([0.0, 1.0]), "labels"),
+        (np.zeros(2, int), np.array([0, -1]), "labels"),
+        (np.zeros(0, int), np.zeros(0, int), "empty"),
+    ],
+)
+def test_bad_input(pred, labels, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.accuracy(pred, labels)
