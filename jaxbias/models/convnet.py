@@ -18,6 +18,8 @@ from jaxbias.models.layers import check_hooks, tap
 Array = jax.Array
 
 _ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
+# He-normal with fan-out, as the ReBias/EnD reference networks initialise their convolutions.
+_KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class SimpleConvNet(nn.Module):
@@ -31,8 +33,10 @@ class SimpleConvNet(nn.Module):
       num_classes: output classes (10).
       channels: channels of the four blocks; the demo shrinks them for CPU speed.
       kernel_size: 7 in the papers.
-      last_activation: ``"relu"`` or ``"tanh"`` for the last block (EnD uses
-        both; the other blocks use ReLU).
+      last_activation: ``"relu"`` (ReBias) or ``"tanh"`` (EnD's network: with
+        ReLU the pooled features are non-negative, so their cosines cannot go
+        below 0 and EnD's disentangling term has little room) for the last block;
+        the other blocks use ReLU.
     """
 
     num_classes: int = 10
@@ -60,7 +64,9 @@ class SimpleConvNet(nn.Module):
         h = x
         pad = self.kernel_size // 2
         for i, c in enumerate(self.channels):
-            h = nn.Conv(c, (self.kernel_size, self.kernel_size), padding=pad, name=f"conv{i + 1}")(h)
+            h = nn.Conv(
+                c, (self.kernel_size, self.kernel_size), padding=pad, kernel_init=_KAIMING_FAN_OUT, name=f"conv{i + 1}"
+            )(h)
             h = nn.BatchNorm(
                 use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, name=f"bn{i + 1}"
             )(h)
