@@ -65,15 +65,18 @@ def test_train_step_lowers_loss_and_compiles_once():
     module = models.create("simple_conv", **TINY)
     data = _data()
     params, ms = models.init(module, jax.random.key(0), data.x[:1])
-    tx = optax.adam(1e-2)
+    tx = optax.adam(3e-2)
     step = jax.jit(make_train_step(method_loss(vanilla, module, vanilla.Hparams()), tx), donate_argnums=0)
     state = create_train_state(params, ms, tx, key=jax.random.key(1), method_state=vanilla.State())
-    batch = Batch(*(None if a is None else jnp.asarray(a[:16]) for a in data))
+    # labels a simple function of the input, so that a tiny network can fit them
+    x = jnp.asarray(data.x[:16])
+    y = (x[..., 0].mean(axis=(1, 2)) > jnp.median(x[..., 0].mean(axis=(1, 2)))).astype(jnp.int32)
+    batch = Batch(x, y)
     losses = []
     for _ in range(30):
         state, m = step(state, batch)
         losses.append(float(m["loss"]))
-    assert losses[-1] < 0.7 * losses[0]
+    assert losses[-1] < 0.5 * losses[0]
     assert step._cache_size() == 1
     assert int(state.step) == 30
     # batch-norm statistics were carried through the step
