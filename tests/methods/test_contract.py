@@ -1,0 +1,61 @@
+"""Every method module runs through the same checks (optax-style contract test).
+
+A new file in ``jaxbias/methods/`` is picked up here without registration.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbias import methods, models
+from jaxbias.types import Aux, Batch
+
+TRAINING_METHODS = [n for n in methods.available() if hasattr(methods.get(n), "loss")]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    module = models.create("simple_conv", channels=(3, 4, 5, 6), kernel_size=3, last_activation="tanh")
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(size=(12, 10, 10, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 12), jnp.int32)
+    b = jnp.asarray(np.where(rng.uniform(size=12) < 0.7, y, rng.integers(0, 10, 12)), jnp.int32)
+    params, state = models.init(module, jax.random.key(0), x)
+    return module, params, state, Batch(x, y, b)
+
+
+def test_there_are_methods():
+    assert {"vanilla", "end"} <= set(TRAINING_METHODS)
+
+
+@pytest.mark.parametrize("name", TRAINING_METHODS)
+def test_method_contract(name, setup):
+    module, params, ms, batch = setup
+    mod = methods.get(name)
+    assert mod.__doc__ and len(mod.__doc__) > 40, "module docstring with the paper and symbol map"
+    assert dataclasses.is_dataclass(mod.Hparams) and mod.Hparams.__dataclass_params__.frozen
+    hp = mod.Hparams()
+    mstate = mod.init()
+    assert isinstance(mstate, tuple)  # a NamedTuple of arrays
+
+    def f(p, key):
+        model = models.bind(module, ms, train=True)
+        return mod.loss(p, mstate, batch, key, model=model, hp=hp)
+
+    key = jax.random.key(1)
+    value, aux = f(params, key)
+    assert isinstance(aux, Aux) and jnp.shape(value) == ()
+    assert np.isfinite(float(value))
+    assert all(np.isfinite(float(v)) for v in aux.metrics.values())
+    assert jax.tree.structure(aux.state) == jax.tree.structure(ms)
+
+    jf = jax.jit(f)
+    jvalue, _ = jf(params, key)
+    np.testing.assert_allclose(float(jvalue), float(value), rtol=1e-5)
+    jf(params, jax.random.key(2))
+    assert jf._cache_size() == 1, "a new key must not trigger a recompilation"
+
+    grads = jax.grad(lambda p: f(p, key)[0])(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
