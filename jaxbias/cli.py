@@ -79,7 +79,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decay-every", type=int, default=20, help="multiply the learning rate by 0.1 every N epochs (0: never)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=_channels, default=(16, 32, 64, 128), help="channels of the 4 conv blocks")
-    p.add_argument("--last-activation", default="relu", choices=["relu", "tanh"])
+    p.add_argument("--last-activation", default="tanh", choices=["relu", "tanh"],
+                   help="activation of the last conv block (default tanh, as in EnD's released network: "
+                   "with ReLU the pooled features are non-negative and EnD cannot decorrelate them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

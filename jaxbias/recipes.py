@@ -22,7 +22,7 @@ from jaxbias.types import Batch
 #: Channels of the ReBias/EnD network; the offline demo uses a narrower one
 #: because XLA:CPU trains 7×7 convolutions at 28×28 slowly (issue "CPU training speed").
 FULL_CHANNELS = (16, 32, 64, 128)
-DEMO_CHANNELS = (8, 16, 32, 64)
+DEMO_CHANNELS = (4, 8, 16, 32)
 
 
 def make_hparams(method: str, overrides: Mapping[str, Any] | None = None) -> Any:
@@ -77,7 +77,7 @@ def train_biased_mnist(
     source: str = "offline",
     data_dir: str | None = None,
     channels: Sequence[int] = FULL_CHANNELS,
-    last_activation: str = "relu",
+    last_activation: str = "tanh",
     workdir: str | None = None,
     resume: bool = False,
     progress: bool = True,

@@ -42,3 +42,30 @@ def test_train_evaluate_resume_roundtrip(capsys, tmp_path):
     assert ev["epoch"] == 2
     for split in ("biased", "unbiased"):
         assert ev["eval"][split]["accuracy"] == pytest.approx(second["eval"][split]["accuracy"])
+
+
+def test_demo_one_epoch_writes_table_chart_and_json(tmp_path, capsys):
+    """`jaxbias demo` end to end on the offline data (1 epoch per model, to stay fast)."""
+    import json
+
+    from jaxbias.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "1", "--out", str(out), "--no-progress", "--json"]) == 0
+    stdout = capsys.readouterr().out
+    printed = json.loads(stdout[stdout.index("\n{") :])
+    for name in ("demo.md", "demo.png", "demo.json"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "demo.md").read_text()
+    assert "| Vanilla |" in md and "| EnD |" in md
+    saved = json.loads((out / "demo.json").read_text())
+    for method in ("vanilla", "end"):
+        (run,) = saved["runs"][method]
+        for split in ("biased", "unbiased"):
+            acc = run["eval"][split]["accuracy"]
+            assert 0.0 <= acc <= 1.0
+        assert run["eval"]["unbiased"]["count"] == 1000  # the 1,000 offline test digits
+        # unbiased test (ρ = 0.1): the conflicting accuracy covers the 90% off-colour digits
+        assert 0.0 <= run["eval"]["unbiased"]["conflicting"] <= 1.0
+    assert printed["rho"] == 0.99 and printed["epochs"] == 1

@@ -23,6 +23,7 @@ from jaxbias.report import markdown_table
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import CONFIGS  # noqa: E402
 
+
 def run(cfg: dict, *, out_dir: str, name: str, progress: bool, workroot: str | None) -> dict:
     results = []
     t0 = time.perf_counter()
@@ -34,7 +35,7 @@ def run(cfg: dict, *, out_dir: str, name: str, progress: bool, workroot: str | N
                 res = train_biased_mnist(
                     rho=rho, method=method, hparams=hp, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                     lr=cfg["lr"], weight_decay=cfg["weight_decay"], decay_every=cfg["decay_every"], seed=seed,
-                    channels=cfg["channels"], data=data, progress=progress, eval_every=cfg["epochs"],
+                    channels=cfg["channels"], last_activation=cfg["last_activation"], data=data, progress=progress, eval_every=cfg["epochs"],
                     workdir=workdir, resume=workdir is not None,
                 )
                 ev = res["eval"]
@@ -62,7 +63,7 @@ def run(cfg: dict, *, out_dir: str, name: str, progress: bool, workroot: str | N
         f"# EnD vs Vanilla on Biased MNIST — config `{name}`\n\n"
         f"Data source: {results[0]['source']}; epochs {cfg['epochs']}, batch {cfg['batch_size']}, "
         f"Adam lr {cfg['lr']}, wd {cfg['weight_decay']}, lr ×0.1 every {cfg['decay_every']} epochs, "
-        f"channels {cfg['channels']}, seeds {cfg['seeds']}; EnD {cfg['methods']['end']}. "
+        f"channels {cfg['channels']}, last activation {cfg['last_activation']}, seeds {cfg['seeds']}; EnD {cfg['methods']['end']}. "
         f"Accuracy in %, mean ± std over seeds. Total {time.perf_counter() - t0:.0f} s.\n"
         "\n"
         + markdown_table(table_rows, ["ρ", "method", "biased test", "unbiased test", "bias-conflicting", "s / run"])
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
     p.add_argument("--epochs", type=int, default=None, help="override the epochs")
     p.add_argument("--rhos", default=None, help="override ρ values, comma-separated")
+    p.add_argument("--alpha", type=float, default=None, help="override EnD's alpha")
+    p.add_argument("--beta", type=float, default=None, help="override EnD's beta")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = dict(CONFIGS[a.config])
@@ -93,6 +96,10 @@ def main(argv=None) -> int:
         cfg["epochs"] = a.epochs
     if a.rhos is not None:
         cfg["rhos"] = [float(r) for r in a.rhos.split(",")]
+    if a.alpha is not None or a.beta is not None:
+        end_hp = dict(cfg["methods"]["end"])
+        end_hp.update({k: v for k, v in (("alpha", a.alpha), ("beta", a.beta)) if v is not None})
+        cfg["methods"] = {**cfg["methods"], "end": end_hp}
     run(cfg, out_dir=a.out, name=a.config, progress=not a.no_progress, workroot=a.workroot)
     return 0
 
