@@ -11,18 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxbias.validation import check_labels
+
 
 def _labels(name: str, a: Any, n: int | None = None) -> np.ndarray:
-    arr = np.asarray(a)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D label array, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must have an integer dtype, got {arr.dtype}")
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} entries, expected {n} (same as predictions)")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{name} must be non-negative, got minimum {arr.min()}")
-    return arr
+    return check_labels(name, a, n=n, against="pred")
 
 
 def accuracy(pred: Any, labels: Any) -> float:

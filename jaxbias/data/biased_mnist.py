@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxbias.data.sources import load_mnist
+from jaxbias.validation import check_labels
 
 #: The ten ReBias colours (RGB, uint8); colour ``k`` is the bias colour of digit ``k``.
 COLOURS = np.array(
@@ -101,16 +102,7 @@ def _check_images(images: Any) -> np.ndarray:
 
 
 def _check_labels(labels: Any, n: int | None = None) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"labels must be a 1-D array of digit classes, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"labels must have an integer dtype, got {arr.dtype}")
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"labels has {arr.shape[0]} entries but images has {n}; expected one label per image")
-    if arr.size and (arr.min() < 0 or arr.max() >= NUM_CLASSES):
-        raise ValueError(f"labels must be digit classes in [0, {NUM_CLASSES - 1}], got range [{arr.min()}, {arr.max()}]")
-    return arr.astype(np.int64)
+    return check_labels("labels", labels, n=n, against="images", num_classes=NUM_CLASSES).astype(np.int64)
 
 
 def assign_colours(labels: Any, *, rho: float, seed: int) -> np.ndarray:
