@@ -21,13 +21,15 @@ def setup():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(size=(12, 10, 10, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, 12), jnp.int32)
-    b = jnp.asarray(np.where(rng.uniform(size=12) < 0.7, y, rng.integers(0, 10, 12)), jnp.int32)
+    # binary bias labels: a concept for the ClArC family, a bias attribute for EnD
+    b = jnp.asarray(np.arange(12) % 2, jnp.int32)
+    mask = jnp.asarray(np.zeros((12, 10, 10), bool)).at[::2, :3, :3].set(True)
     params, state = models.init(module, jax.random.key(0), x)
-    return module, params, state, Batch(x, y, b)
+    return module, params, state, Batch(x, y, b, mask)
 
 
 def test_there_are_methods():
-    assert {"vanilla", "end"} <= set(TRAINING_METHODS)
+    assert {"vanilla", "end", "rrr", "rrclarc", "aclarc", "pclarc"} <= set(TRAINING_METHODS)
 
 
 @pytest.mark.parametrize("name", TRAINING_METHODS)
@@ -37,8 +39,9 @@ def test_method_contract(name, setup):
     assert mod.__doc__ and len(mod.__doc__) > 40, "module docstring with the paper and symbol map"
     assert dataclasses.is_dataclass(mod.Hparams) and mod.Hparams.__dataclass_params__.frozen
     hp = mod.Hparams()
-    mstate = mod.init()
-    assert isinstance(mstate, tuple)  # a NamedTuple of arrays
+    # one signature for every method: fit the state from an evaluation-mode model and data
+    mstate = mod.init(models.bind(module, ms, train=False), params, batch, hp=hp)
+    assert isinstance(mstate, tuple) and hasattr(mstate, "_fields")  # a NamedTuple of arrays
 
     def f(p, key):
         model = models.bind(module, ms, train=True)

@@ -1,0 +1,139 @@
+"""What A-, P- and RR-ClArC share: the fitted concept state and the latent projection.
+
+Anders, Weber, Neumann, Samek, Müller, Lapuschkin. *Finding and removing
+Clever Hans: using explanation methods to debug and improve deep models.*
+Information Fusion 2022 (A-/P-ClArC). Dreyer, Pahde, Anders, Samek,
+Lapuschkin. *From hope to safety: unlearning biases of deep models via gradient
+penalization in latent space.* AAAI 2024 (RR-ClArC). SPEC §2.
+
+A ClArC state holds the unit CAV ``h`` of one layer and the mean scalar
+projections ``⟨z⁺⟩`` (artifact samples) and ``⟨z⁻⟩`` (clean samples) of the
+pooled activations on ``h``. For a convolutional layer the projection acts on
+the pooled activation (max or mean over the spatial positions, as the CAV) and
+the resulting shift is added at every position; because the shift is the same
+per channel at every position, the pooled activation of the edited map lands
+exactly on the target value for both max- and mean-pooling.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbias.concepts import fit_cav, pool_acts
+from jaxbias.types import Aux, Batch, BoundModel, Params
+
+Array = jax.Array
+
+
+class State(NamedTuple):
+    """Fitted ClArC state.
+
+    Attributes:
+      cav: unit CAV ``h``, shape ``(C,)`` (channels of the layer).
+      z_plus: ``⟨z⁺⟩``, mean of ``h·a(x)`` over the artifact samples (scalar).
+      z_minus: ``⟨z⁻⟩``, mean of ``h·a(x)`` over the clean samples (scalar).
+    """
+
+    cav: Array
+    z_plus: Array
+    z_minus: Array
+
+
+def check_layer(acts: dict[str, Array], layer: str) -> Array:
+    if layer not in acts:
+        raise ValueError(f"hp.layer={layer!r} is not an activation of the model; available layers are {sorted(acts)}")
+    a = acts[layer]
+    if a.ndim not in (2, 4):
+        raise ValueError(f"acts[{layer!r}] has shape {a.shape}; expected (B, C) or (B, H, W, C)")
+    return a
+
+
+def check_state(state: State, channels: int) -> None:
+    if not isinstance(state, State):
+        raise ValueError(f"state must be a ClArC State (fit it with init(...)); got {type(state).__name__}")
+    if jnp.shape(state.cav) != (channels,):
+        raise ValueError(f"state.cav has shape {jnp.shape(state.cav)}, expected ({channels},) for this layer")
+
+
+def layer_acts(model: BoundModel, params: Params, x: Any, layer: str, *, batch_size: int = 256) -> np.ndarray:
+    """``acts[layer]`` for all of ``x`` in chunks (the model should be bound in evaluation mode)."""
+    x = np.asarray(x)
+    if x.shape[0] == 0:
+        raise ValueError("data.x is empty; a CAV needs samples of both concept classes")
+    fn = jax.jit(lambda p, xb: model(p, xb).acts[layer])
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        out.append(np.asarray(fn(params, jnp.asarray(x[start : start + batch_size]))))
+    return np.concatenate(out)
+
+
+def fit_state(
+    model: BoundModel,
+    params: Params,
+    data: Batch,
+    *,
+    layer: str,
+    cav: str,
+    cav_reg: float | None,
+    pool: str,
+    concept: Any = None,
+    batch_size: int = 256,
+) -> State:
+    """Fit ``h`` on the pooled ``acts[layer]`` and the two mean projections.
+
+    ``concept`` (``(N,)`` 0/1: 1 = the sample carries the artifact) defaults to
+    ``data.bias``.
+    """
+    labels = data.bias if concept is None else concept
+    if labels is None:
+        raise ValueError("concept labels are missing: pass concept=(N,) 0/1 or a Batch with bias=(N,) 0/1")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != np.shape(data.x)[0]:
+        raise ValueError(f"concept labels must have shape ({np.shape(data.x)[0]},); got {labels.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"concept labels must be 0 (clean) or 1 (artifact); got values {np.unique(labels)[:10]}")
+    acts = layer_acts(model, params, data.x, layer, batch_size=batch_size)
+    pooled = np.asarray(pool_acts(jnp.asarray(acts), pool)) if acts.ndim == 4 else acts
+    h = fit_cav(pooled, labels.astype(np.int32), method=cav, reg=cav_reg, balanced=True)
+    proj = pooled @ np.asarray(h)
+    return State(
+        cav=jnp.asarray(h, jnp.float32),
+        z_plus=jnp.asarray(proj[labels == 1].mean(), jnp.float32),
+        z_minus=jnp.asarray(proj[labels == 0].mean(), jnp.float32),
+    )
+
+
+def projection(h: Array, target: Array, pool: str) -> Callable[[Array], Array]:
+    """``a ↦ a + (target − h·ā)/(h·h) · h`` with ``ā`` the pooled ``a`` (``a`` itself for ``(B, C)``)."""
+
+    def edit(a: Array) -> Array:
+        pooled = pool_acts(a, pool) if a.ndim == 4 else a
+        shift = ((target - pooled @ h) / jnp.dot(h, h))[:, None] * h  # (B, C)
+        return a + (shift[:, None, None, :] if a.ndim == 4 else shift)
+
+    return edit
+
+
+def shifted_model(model: BoundModel, *, cav: Array, target: Array, layer: str, pool: str) -> BoundModel:
+    """``model`` with :func:`projection` to ``target`` applied at ``layer`` (A-/P-ClArC)."""
+    edit = projection(cav, target, pool)
+
+    def run(params, x, **kwargs):
+        if kwargs.pop("edit", None):
+            raise ValueError(f"this corrected model owns the edit at {layer!r}; pass no edit=")
+        return model(params, x, edit={layer: edit}, **kwargs)
+
+    return run
+
+
+def shifted_loss(params: Params, state: State, batch: Batch, *, model: BoundModel, target: Array, layer: str, pool: str):
+    """Cross-entropy of the model shifted along ``state.cav`` to ``target``; ``(loss, Aux)``."""
+    shapes = jax.eval_shape(lambda p: model(p, batch.x), params)
+    check_state(state, check_layer(shapes.acts, layer).shape[-1])
+    out = shifted_model(model, cav=state.cav, target=target, layer=layer, pool=pool)(params, batch.x)
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out.logits, batch.y))
+    return ce, Aux(metrics={"ce": ce}, state=out.state)

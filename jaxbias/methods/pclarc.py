@@ -1,0 +1,82 @@
+"""P-ClArC: project the artifact direction out at inference, to the clean mean.
+
+Anders, Weber, Neumann, Samek, Müller, Lapuschkin. *Finding and removing
+Clever Hans: using explanation methods to debug and improve deep models.*
+Information Fusion 2022 (SPEC §2).
+
+At inference the output of layer ``hp.layer`` is replaced by::
+
+    a'(x) = a(x) + (⟨z⁻⟩ − h·ā(x)) / (h·h) · h
+
+(``ā`` the pooled activation for a conv layer; the shift is added at every
+position): every sample's component along ``h`` is set to the clean mean, so
+the artifact can no longer move the prediction through that direction. No
+training is needed: :func:`corrected` returns the corrected model function.
+:func:`loss` (cross-entropy of the projected model) is there for fine-tuning
+with the projection in place and for the cost benchmark.
+
+Symbols → arguments: ``h`` = ``state.cav``; ``⟨z⁻⟩`` = ``state.z_minus`` (mean
+projection of the clean samples, fitted by :func:`init`); ``a`` =
+``acts[hp.layer]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+
+from jaxbias.methods._clarc import State, fit_state, shifted_loss, shifted_model
+from jaxbias.types import Aux, Batch, BoundModel, Params
+
+Array = jax.Array
+
+__all__ = ["Hparams", "State", "init", "loss", "corrected"]
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """P-ClArC hyperparameters.
+
+    Attributes:
+      layer: layer of the CAV and of the projection.
+      cav: CAV fitter (``jaxbias.concepts.fit_cav`` ``method``).
+      cav_reg: its regularisation (``None``: the fitter's default).
+      pool: spatial pooling of conv activations (``"max"``/``"mean"``).
+    """
+
+    layer: str = "block4"
+    cav: str = "signal"
+    cav_reg: float | None = None
+    pool: str = "max"
+
+    def __post_init__(self):
+        if self.pool not in ("max", "mean"):
+            raise ValueError(f"pool must be 'max' or 'mean'; got {self.pool!r}")
+
+
+def init(model: BoundModel, params: Params, data: Batch, *, hp: Hparams, concept: Any = None, **kwargs) -> State:
+    """Fit ``h``, ``⟨z⁺⟩``, ``⟨z⁻⟩`` on ``data`` (``data.bias`` or ``concept``: 1 = artifact)."""
+    return fit_state(model, params, data, layer=hp.layer, cav=hp.cav, cav_reg=hp.cav_reg, pool=hp.pool,
+                     concept=concept, **kwargs)
+
+
+def corrected(model: BoundModel, state: State, hp: Hparams) -> BoundModel:
+    """``model`` with the projection to ``⟨z⁻⟩`` applied at ``hp.layer``.
+
+    Example:
+      >>> fixed = corrected(models.bind(module, ms, train=False), state, hp)
+      >>> logits = fixed(params, x).logits
+    """
+    return shifted_model(model, cav=state.cav, target=state.z_minus, layer=hp.layer, pool=hp.pool)
+
+
+def loss(params: Params, state: State, batch: Batch, key: jax.Array, *, model: BoundModel, hp: Hparams) -> tuple[Array, Aux]:
+    """Cross-entropy of the projected model.
+
+    Example:
+      >>> state = init(eval_model, params, Batch(x, y, bias=has_artifact), hp=hp)
+      >>> value, aux = loss(params, state, batch, key, model=train_model, hp=hp)
+    """
+    del key
+    return shifted_loss(params, state, batch, model=model, target=state.z_minus, layer=hp.layer, pool=hp.pool)
