@@ -78,3 +78,65 @@ def bias_report(pred: Any, labels: Any, bias: Any, *, num_biases: int | None = N
     out["gap"] = float(accs.max() - accs.min())
     out["groups"] = {f"t{g // nb}_b{g % nb}": {"accuracy": a, "count": c} for g, (a, c) in per.items()}
     return out
+
+
+def _finite_scores(name: str, s: Any) -> np.ndarray:
+    arr = np.asarray(s, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty; expected directional derivatives of at least one sample")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf (shape {arr.shape})")
+    return arr
+
+
+def tcav(s: Any) -> float:
+    """TCAV score: the fraction of positive directional derivatives, ``mean[s > 0]``.
+
+    ``s`` holds ``∇_a f_c(a(x)) · h`` per artifact sample (and per spatial
+    position for conv layers), any shape. An unbiased model gives ≈ 0.5; a model
+    that relies on the concept gives ≈ 1 (or ≈ 0 for a negative influence).
+
+    Example:
+      >>> tcav(np.array([0.3, -0.1, 0.2, 0.5]))
+      0.75
+    """
+    return float(np.mean(_finite_scores("s", s) > 0))
+
+
+def tcav_sens(s: Any) -> float:
+    """TCAV sensitivity: ``mean |s|`` of the directional derivatives (lower is less sensitive).
+
+    Example:
+      >>> tcav_sens(np.array([0.3, -0.1]))
+      0.2
+    """
+    return float(np.mean(np.abs(_finite_scores("s", s))))
+
+
+def tcav_significance(concept_scores: Any, random_scores: Any) -> dict[str, float]:
+    """Two-sided t-test of TCAV scores of the concept CAV(s) against CAVs of random splits.
+
+    With several concept scores (CAVs fitted on resampled data) Welch's
+    two-sample test compares the two lists; with one concept score, a
+    one-sample test asks whether the random scores' mean equals it.
+
+    Returns:
+      ``{"p_value", "t", "concept_mean", "random_mean", "random_std"}``.
+    """
+    from scipy import stats
+
+    c = _finite_scores("concept_scores", concept_scores).ravel()
+    r = _finite_scores("random_scores", random_scores).ravel()
+    if r.size < 2:
+        raise ValueError(f"random_scores needs at least 2 values for a t-test; got {r.size}")
+    if c.size == 1:
+        res = stats.ttest_1samp(r, c[0])
+        t = -float(res.statistic)  # positive when the concept scores above the random ones
+    else:
+        res = stats.ttest_ind(c, r, equal_var=False)
+        t = float(res.statistic)
+    p = float(res.pvalue)
+    if not np.isfinite(p):  # zero variance on both sides: equal means ↔ p = 1, else 0
+        p = 1.0 if np.isclose(c.mean(), r.mean()) else 0.0
+    return {"p_value": p, "t": t, "concept_mean": float(c.mean()), "random_mean": float(r.mean()),
+            "random_std": float(r.std(ddof=1))}

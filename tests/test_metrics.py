@@ -57,3 +57,33 @@ def test_by_group():
 def test_bad_input(pred, labels, match):
     with pytest.raises(ValueError, match=match):
         metrics.accuracy(pred, labels)
+
+
+def test_tcav_scores_against_loops():
+    from jaxbias.metrics import tcav, tcav_sens
+
+    s = np.random.default_rng(0).normal(size=(7, 3, 3))
+    flat = s.ravel().tolist()
+    assert tcav(s) == sum(1 for v in flat if v > 0) / len(flat)
+    assert abs(tcav_sens(s) - sum(abs(v) for v in flat) / len(flat)) < 1e-12
+    assert tcav(np.zeros(4)) == 0.0  # zero derivative is not a positive influence
+    for bad in (np.array([]), np.array([0.1, np.nan])):
+        with pytest.raises(ValueError, match="s"):
+            tcav(bad)
+
+
+def test_tcav_significance_welch_statistic():
+    from jaxbias.metrics import tcav_significance
+
+    rng = np.random.default_rng(1)
+    c, r = rng.uniform(0.7, 0.9, 6), rng.uniform(0.4, 0.6, 30)
+    out = tcav_significance(c, r)
+    se = np.sqrt(c.var(ddof=1) / c.size + r.var(ddof=1) / r.size)
+    assert abs(out["t"] - (c.mean() - r.mean()) / se) < 1e-9
+    assert out["p_value"] < 1e-4
+    same = tcav_significance(rng.uniform(0.4, 0.6, 30), r)
+    assert same["p_value"] > 0.01
+    one = tcav_significance(0.8, r)
+    assert abs(one["t"] - (0.8 - r.mean()) / (r.std(ddof=1) / np.sqrt(r.size))) < 1e-9
+    with pytest.raises(ValueError, match="random_scores"):
+        tcav_significance(0.8, [0.5])
