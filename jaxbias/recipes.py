@@ -62,9 +62,56 @@ def load_biased_mnist(*, rho: float, seed: int = 0, source: str = "offline", dat
     return biased_mnist(rho=rho, seed=seed, source=source, data_dir=data_dir)
 
 
-def train_biased_mnist(
+def artifact_mnist_sets(data) -> tuple[Batch, dict[str, Batch]]:
+    """Training batch (``bias`` = artifact indicator, ``mask`` = artifact pixels) and the clean/artifact test sets.
+
+    In the ``artifact`` test set every image carries the artifact. The test sets
+    have no ``bias`` (their accuracy views are per class, see
+    :func:`jaxbias.correct.artifact_report`).
+    """
+    train = Batch(data.train_x, data.train_y, data.train_concept, data.train_mask)
+    evals = {
+        "clean": Batch(data.test_x, data.test_y, None, np.zeros(data.artifact_mask.shape, bool)),
+        "artifact": Batch(data.artifact_x, data.test_y, None, data.artifact_mask),
+    }
+    return train, evals
+
+
+#: Datasets of ``train``/``evaluate``.
+DATASETS = ("biased_mnist", "artifact_mnist")
+
+
+def load_dataset(
+    dataset: str,
     *,
-    rho: float,
+    seed: int = 0,
+    source: str = "offline",
+    data_dir: str | None = None,
+    rho: float = 0.99,
+    artifact: str = "stamp",
+    artifact_class: int = 0,
+    p: float = 0.5,
+):
+    """Load ``dataset`` and return ``(data, train Batch, {name: eval Batch})``."""
+    if dataset == "biased_mnist":
+        data = load_biased_mnist(rho=rho, seed=seed, source=source, data_dir=data_dir)
+        return (data, *biased_mnist_sets(data))
+    if dataset == "artifact_mnist":
+        from jaxbias.data.artifact_mnist import artifact_mnist
+
+        data = artifact_mnist(artifact=artifact, target_class=artifact_class, p=p, seed=seed, source=source,
+                              data_dir=data_dir)
+        return (data, *artifact_mnist_sets(data))
+    raise ValueError(f"dataset must be one of {DATASETS}; got {dataset!r}")
+
+
+def train_model(
+    *,
+    dataset: str = "biased_mnist",
+    rho: float = 0.99,
+    artifact: str = "stamp",
+    artifact_class: int = 0,
+    p: float = 0.5,
     method: str = "vanilla",
     hparams: Mapping[str, Any] | None = None,
     epochs: int = 80,
@@ -84,19 +131,33 @@ def train_biased_mnist(
     eval_every: int = 1,
     data=None,
     log=None,
+    init_from: str | None = None,
 ) -> dict[str, Any]:
-    """Train one model on Biased MNIST with a method and evaluate it.
+    """Train one model on a dataset with a method and evaluate it.
 
-    Returns a JSON-able dict: the configuration, final ``eval`` (biased and
-    unbiased test reports from :func:`jaxbias.metrics.bias_report`), the
-    per-epoch history and the wall-clock seconds. ``data`` may pass an already
-    loaded :class:`jaxbias.data.BiasedMNIST` (the seeds of a sweep share it).
+    Returns a JSON-able dict: the configuration, final ``eval`` (per evaluation
+    set: :func:`jaxbias.metrics.bias_report` for Biased MNIST, accuracy for the
+    artifact sets), the per-epoch history and the wall-clock seconds. ``data``
+    may pass an already loaded dataset (the seeds of a sweep share it).
+
+    ``init_from``: the workdir of an earlier run to start from (fine-tuning, as
+    the ClArC methods do): its newest parameters and model settings are used,
+    and the method's state (e.g. a CAV) is fitted on them by
+    :func:`fit_method_state` before training.
     """
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
+    model_cfg = {"name": "simple_conv", "channels": list(channels), "last_activation": last_activation}
+    base = None
+    if init_from is not None:
+        base = restore_workdir(init_from)
+        model_cfg = base["config"]["model"]
     config = {
-        "dataset": "biased_mnist",
+        "dataset": dataset,
         "rho": rho,
+        "artifact": artifact,
+        "artifact_class": artifact_class,
+        "p": p,
         "method": method,
         "hparams": dict(hparams or {}),
         "epochs": epochs,
@@ -108,16 +169,26 @@ def train_biased_mnist(
         "data_seed": seed if data_seed is None else data_seed,
         "source": source,
         "data_dir": data_dir,
-        "model": {"name": "simple_conv", "channels": list(channels), "last_activation": last_activation},
+        "model": model_cfg,
+        "init_from": init_from,
     }
     hp = make_hparams(method, hparams)
+    mod = methods_lib.get(method)
     if data is None:
-        data = load_biased_mnist(rho=rho, seed=config["data_seed"], source=source, data_dir=data_dir)
+        data, train, evals = load_dataset(
+            dataset, seed=config["data_seed"], source=source, data_dir=data_dir, rho=rho, artifact=artifact,
+            artifact_class=artifact_class, p=p,
+        )
+    else:
+        train, evals = dataset_sets(data)
     config["source"] = getattr(data, "source", source)
-    train, evals = biased_mnist_sets(data)
-    module = models_lib.create("simple_conv", channels=tuple(channels), last_activation=last_activation)
+    module = _module(model_cfg)
     steps_per_epoch = train.x.shape[0] // batch_size
     tx = make_optimizer(lr=lr, weight_decay=weight_decay, steps_per_epoch=steps_per_epoch, decay_every=decay_every)
+    init_params = method_state = None
+    if base is not None:
+        init_params = (base["state"].params, base["state"].model_state)
+        method_state = fit_method_state(mod, hp, module, init_params, data, train)
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -125,13 +196,14 @@ def train_biased_mnist(
     t0 = time.perf_counter()
     result: FitResult = fit(
         module=module,
-        method=methods_lib.get(method),
+        method=mod,
         hp=hp,
         train=train,
         epochs=epochs,
         batch_size=batch_size,
         tx=tx,
         seed=seed,
+        method_state=method_state,
         eval_sets=evals,
         eval_every=eval_every,
         workdir=workdir,
@@ -139,6 +211,7 @@ def train_biased_mnist(
         progress=progress,
         config=config,
         log=log,
+        init_params=init_params,
     )
     seconds = time.perf_counter() - t0
     final = result.history[-1]["eval"] if result.history and "eval" in result.history[-1] else None
@@ -159,8 +232,42 @@ def train_biased_mnist(
     return out
 
 
-def evaluate_workdir(workdir: str, *, data=None) -> dict[str, Any]:
-    """Restore the newest checkpoint of a ``train_biased_mnist`` run and evaluate it."""
+def train_biased_mnist(**kwargs) -> dict[str, Any]:
+    """:func:`train_model` on Biased MNIST (``dataset="biased_mnist"``)."""
+    return train_model(dataset="biased_mnist", **kwargs)
+
+
+def dataset_sets(data) -> tuple[Batch, dict[str, Batch]]:
+    """Training batch and named evaluation sets of a loaded dataset."""
+    if hasattr(data, "train_concept"):
+        return artifact_mnist_sets(data)
+    return biased_mnist_sets(data)
+
+
+def _module(model_cfg: Mapping[str, Any]):
+    return models_lib.create(
+        model_cfg["name"], channels=tuple(model_cfg["channels"]), last_activation=model_cfg["last_activation"]
+    )
+
+
+def fit_method_state(mod, hp, module, init_params, data, train: Batch):
+    """The method's state fitted on the starting model (a CAV for the ClArC family).
+
+    For the artifact dataset the CAV is fitted on the training images of the
+    artifact class only (with vs without the artifact), so that it does not
+    also encode "this is the artifact class".
+    """
+    params, model_state = init_params
+    fit_on = train
+    if hasattr(data, "train_concept"):
+        keep = np.asarray(train.y) == data.target_class
+        fit_on = Batch(*(None if a is None else np.asarray(a)[keep] for a in train))
+    eval_model = models_lib.bind(module, model_state, train=False)
+    return mod.init(eval_model, params, fit_on, hp=hp)
+
+
+def restore_workdir(workdir: str) -> dict[str, Any]:
+    """``{"config", "epoch", "state", "module"}`` of the newest checkpoint of a :func:`train_model` run."""
     from jaxbias.checkpoint import Checkpointer
     from jaxbias.train import create_train_state
 
@@ -169,20 +276,55 @@ def evaluate_workdir(workdir: str, *, data=None) -> dict[str, Any]:
         raise FileNotFoundError(f"{cfg_path} not found: is {workdir!r} the workdir of `jaxbias train`?")
     with open(cfg_path) as f:
         config = json.load(f)
-    if data is None:
-        data = load_biased_mnist(rho=config["rho"], seed=config["data_seed"], source=config["source"], data_dir=config["data_dir"])
-    _, evals = biased_mnist_sets(data)
-    m = config["model"]
-    module = models_lib.create(m["name"], channels=tuple(m["channels"]), last_activation=m["last_activation"])
-    params, model_state = models_lib.init(module, jax.random.key(0), np.asarray(evals["biased"].x[:1]))
+    module = _module(config["model"])
+    params, model_state = models_lib.init(module, jax.random.key(0), np.zeros((1, 28, 28, 3), np.float32))
     tx = make_optimizer(lr=config["lr"], weight_decay=config["weight_decay"], decay_every=config["decay_every"])
     mod = methods_lib.get(config["method"])
-    target = create_train_state(params, model_state, tx, key=jax.random.key(0), method_state=mod.init())
+    hp = make_hparams(config["method"], config.get("hparams"))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
         epoch = ckpt.latest_epoch()
-        state, meta = ckpt.restore(target)
+        if epoch is None:
+            raise FileNotFoundError(f"{workdir!r} holds no checkpoint yet")
+        method_state = mod.init()
+        if config.get("init_from"):  # a fine-tuned run carries a fitted state of the same structure
+            method_state = _state_like(mod, hp, module, (params, model_state), config)
+        target = create_train_state(params, model_state, tx, key=jax.random.key(0), method_state=method_state)
+        state, _ = ckpt.restore(target)
     finally:
         ckpt.close()
-    report = evaluate(make_predict(module), state.params, state.model_state, evals)
-    return {"workdir": workdir, "epoch": epoch, "config": config, "eval": report}
+    return {"config": config, "epoch": epoch, "state": state, "module": module, "hp": hp, "method": mod}
+
+
+def _state_like(mod, hp, module, init_params, config):
+    """A placeholder method state of the right structure to restore a checkpoint into.
+
+    Only the ClArC family fits a state here (``State(cav, z_plus, z_minus)``);
+    the others' state is empty.
+    """
+    del config
+    layer = getattr(hp, "layer", None)
+    if layer is None or "cav" not in getattr(mod.State, "_fields", ()):
+        return mod.init()
+    params, model_state = init_params
+    bound = models_lib.bind(module, model_state, train=False)
+    shapes = jax.eval_shape(lambda p: bound(p, np.zeros((1, 28, 28, 3), np.float32)), params)
+    c = shapes.acts[layer].shape[-1]
+    return mod.State(np.zeros(c, np.float32), np.float32(0), np.float32(0))
+
+
+def evaluate_workdir(workdir: str, *, data=None) -> dict[str, Any]:
+    """Restore the newest checkpoint of a :func:`train_model` run and evaluate it."""
+    base = restore_workdir(workdir)
+    config = base["config"]
+    if data is None:
+        data, _, evals = load_dataset(
+            config.get("dataset", "biased_mnist"), seed=config["data_seed"], source=config["source"],
+            data_dir=config["data_dir"], rho=config["rho"], artifact=config.get("artifact", "stamp"),
+            artifact_class=config.get("artifact_class", 0), p=config.get("p", 0.5),
+        )
+    else:
+        _, evals = dataset_sets(data)
+    state = base["state"]
+    report = evaluate(make_predict(base["module"]), state.params, state.model_state, evals)
+    return {"workdir": workdir, "epoch": base["epoch"], "config": config, "eval": report}

@@ -119,13 +119,20 @@ def projection(h: Array, target: Array, pool: str) -> Callable[[Array], Array]:
 
 
 def shifted_model(model: BoundModel, *, cav: Array, target: Array, layer: str, pool: str) -> BoundModel:
-    """``model`` with :func:`projection` to ``target`` applied at ``layer`` (A-/P-ClArC)."""
+    """``model`` with :func:`projection` to ``target`` applied at ``layer`` (A-/P-ClArC).
+
+    A ``perturb`` at ``layer`` is added *before* the projection, so latent
+    gradients of the corrected model (TCAV, RR-ClArC) see the correction.
+    """
     edit = projection(cav, target, pool)
 
     def run(params, x, **kwargs):
         if kwargs.pop("edit", None):
             raise ValueError(f"this corrected model owns the edit at {layer!r}; pass no edit=")
-        return model(params, x, edit={layer: edit}, **kwargs)
+        perturb = dict(kwargs.pop("perturb", None) or {})
+        p = perturb.pop(layer, None)
+        fn = edit if p is None else (lambda a: edit(a + p))
+        return model(params, x, edit={layer: fn}, perturb=perturb or None, **kwargs)
 
     return run
 

@@ -29,7 +29,7 @@ from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
 
-__all__ = ["Hparams", "State", "init", "loss", "corrected"]
+__all__ = ["Hparams", "State", "init", "loss", "augmented"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,12 @@ def init(model: BoundModel, params: Params, data: Batch, *, hp: Hparams, concept
                      concept=concept, **kwargs)
 
 
-def corrected(model: BoundModel, state: State, hp: Hparams) -> BoundModel:
-    """``model`` with the augmentative shift to ``⟨z⁺⟩`` applied at ``hp.layer``."""
+def augmented(model: BoundModel, state: State, hp: Hparams) -> BoundModel:
+    """``model`` with the augmentative shift to ``⟨z⁺⟩`` applied at ``hp.layer`` (training only).
+
+    A-ClArC corrects by fine-tuning; at inference the fine-tuned model runs
+    unedited, so this module has no ``corrected``.
+    """
     return shifted_model(model, cav=state.cav, target=state.z_plus, layer=hp.layer, pool=hp.pool)
 
 

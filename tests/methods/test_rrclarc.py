@@ -231,7 +231,7 @@ def test_pclarc_removes_an_artifact_read_along_the_cav(net):
     fixed = pclarc.corrected(model, state, hp)
     logits = fixed(reader, batch.x).logits - reader["fc"]["bias"]
     np.testing.assert_allclose(logits, np.outer(np.full(B, float(state.z_minus)), np.arange(5)), atol=1e-5)
-    shifted = aclarc.corrected(model, state, aclarc.Hparams(layer="features"))(reader, batch.x).logits
+    shifted = aclarc.augmented(model, state, aclarc.Hparams(layer="features"))(reader, batch.x).logits
     np.testing.assert_allclose(shifted - reader["fc"]["bias"], np.outer(np.full(B, float(state.z_plus)), np.arange(5)),
                                atol=1e-5)
     with pytest.raises(ValueError, match="edit"):
@@ -249,3 +249,22 @@ def test_aclarc_and_pclarc_losses_are_ce_of_the_shifted_model(net):
         ref = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch.y[:, None], 1))
         np.testing.assert_allclose(value, ref, rtol=1e-6)
         assert dataclasses.is_dataclass(hp)
+
+
+def test_perturbation_of_a_corrected_model_goes_through_the_projection(net):
+    """P-ClArC with mean pooling removes the h-component: the latent derivative along h is 0."""
+    module, params, ms, batch = net
+    model = models.bind(module, ms, train=False)
+    state = _state(6)
+    fixed = pclarc.corrected(model, state, pclarc.Hparams(layer="block4", pool="mean"))
+    shape = model(params, batch.x).acts["block4"].shape
+
+    def f(m, p):
+        return jnp.sum(m(params, batch.x, perturb={"block4": p}).logits[:, 0])
+
+    zeros = jnp.zeros(shape)
+    tangent = jnp.broadcast_to(state.cav, shape)
+    _, d_plain = jax.jvp(lambda p: f(model, p), (zeros,), (tangent,))
+    _, d_fixed = jax.jvp(lambda p: f(fixed, p), (zeros,), (tangent,))
+    assert abs(float(d_plain)) > 1e-4
+    assert abs(float(d_fixed)) < 1e-6
