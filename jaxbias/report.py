@@ -49,10 +49,12 @@ def bar_chart(
     ax.set_xticks(x, categories)
     ax.set_ylabel(ylabel)
     if ylim is not None:
-        ax.set_ylim(*ylim)
+        # headroom above the top so the value labels and the legend never cover a bar
+        ax.set_ylim(ylim[0], ylim[1] + 0.25 * (ylim[1] - ylim[0]))
+        ax.set_yticks([t for t in ax.get_yticks() if ylim[0] <= t <= ylim[1]])
     if title:
         ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8, ncols=max(len(series), 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
