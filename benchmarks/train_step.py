@@ -1,16 +1,21 @@
-"""EnD vs Vanilla: time of one full training step, measured side by side.
+"""Training-step time of every method relative to Vanilla, measured side by side.
 
-A *step* is what :func:`jaxbias.train.fit` runs per batch: forward pass,
-loss (cross-entropy, plus the EnD regularizer on the pooled features for EnD),
-backward pass and the Adam update, jitted once with the state donated. The two
-steps are compiled first, then timed in alternation (Vanilla, EnD, Vanilla,
-EnD, ...) so that both see the same machine load; the ratio is EnD median /
-Vanilla median, together with the median of the per-pair ratios.
+A *step* is what :func:`jaxbias.train.fit` runs per batch: forward pass, the
+method's loss (cross-entropy plus its penalty), backward pass and the Adam
+update, jitted once with the state donated. All steps are compiled first, then
+timed round-robin (Vanilla, EnD, RR-ClArC, ..., Vanilla, EnD, ...) so that all
+see the same machine load; each ratio is the method's median over Vanilla's
+median, reported with the median of the per-round ratios.
+
+Methods: ``end`` (α = 1, β = 0.5 on the pooled features), ``rrclarc`` (random
+signs, l2, CAV at ``block4``), ``aclarc`` / ``pclarc`` (shift / projection at
+``block4``), ``rrr`` (l2 input-gradient penalty, a 6×6 corner mask). The ClArC
+states are fitted once on the timing batch.
 
 Usage::
 
     python benchmarks/train_step.py [--out benchmarks/results] [--tag cpu]
-        [--configs "16,32,64,128@256;4,8,16,32@64"] [--repeats 7]
+        [--configs "16,32,64,128@256;4,8,16,32@64"] [--methods end,rrclarc,...] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -41,14 +46,28 @@ def _batch(batch_size: int, seed: int = 0) -> Batch:
     rng = np.random.default_rng(seed)
     x = rng.uniform(0.0, 1.0, size=(batch_size, 28, 28, 3)).astype(np.float32)
     y = rng.integers(0, 10, size=batch_size).astype(np.int32)
-    bias = np.where(rng.uniform(size=batch_size) < 0.9, y, rng.integers(0, 10, size=batch_size)).astype(np.int32)
-    return Batch(jax.device_put(x), jax.device_put(y), jax.device_put(bias))
+    bias = (np.arange(batch_size) % 2).astype(np.int32)  # a binary attribute: EnD bias / ClArC concept
+    mask = np.zeros((batch_size, 28, 28), bool)
+    mask[bias == 1, -6:, -6:] = True
+    return Batch(*(jax.device_put(a) for a in (x, y, bias, mask)))
 
 
-def _compiled_step(method: str, hp, module, batch: Batch, tx):
+HPARAMS = {
+    "vanilla": {},
+    "end": {"alpha": 1.0, "beta": 0.5},
+    "rrclarc": {"lam": 1.0},
+    "aclarc": {},
+    "pclarc": {},
+    "rrr": {"lam": 1.0},
+}
+
+
+def _compiled_step(method: str, module, batch: Batch, tx):
     mod = methods.get(method)
+    hp = mod.Hparams(**HPARAMS.get(method, {}))
     params, model_state = models.init(module, jax.random.key(0), batch.x[:1])
-    state = create_train_state(params, model_state, tx, key=jax.random.key(1), method_state=mod.init())
+    mstate = mod.init(models.bind(module, model_state, train=False), params, batch, hp=hp)
+    state = create_train_state(params, model_state, tx, key=jax.random.key(1), method_state=mstate)
     step = jax.jit(make_train_step(method_loss(mod, module, hp), tx), donate_argnums=0)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -56,45 +75,41 @@ def _compiled_step(method: str, hp, module, batch: Batch, tx):
     return compiled, state, compile_s
 
 
-def measure(channels: tuple[int, ...], batch_size: int, *, repeats: int, warmup: int, last_activation: str) -> dict:
+def measure(channels: tuple[int, ...], batch_size: int, names: list[str], *, repeats: int, warmup: int,
+            last_activation: str) -> dict:
     module = models.create("simple_conv", channels=channels, last_activation=last_activation)
     batch = _batch(batch_size)
     tx = make_optimizer(lr=1e-3, weight_decay=1e-4, steps_per_epoch=100, decay_every=20)
-    end_hp = methods.get("end").Hparams(alpha=1.0, beta=0.5)
-    van_step, van_state, van_compile = _compiled_step("vanilla", methods.get("vanilla").Hparams(), module, batch, tx)
-    end_step, end_state, end_compile = _compiled_step("end", end_hp, module, batch, tx)
+    names = ["vanilla", *[n for n in names if n != "vanilla"]]
+    steps, states, compile_s, times = {}, {}, {}, {n: [] for n in names}
+    for n in names:
+        steps[n], states[n], compile_s[n] = _compiled_step(n, module, batch, tx)
 
-    def run(step, state):
+    def run(n):
         t0 = time.perf_counter()
-        state, metrics = step(state, batch)
-        jax.block_until_ready((state, metrics))
-        return state, time.perf_counter() - t0, metrics
+        states[n], metrics = steps[n](states[n], batch)
+        jax.block_until_ready((states[n], metrics))
+        if not np.isfinite(float(metrics["loss"])):
+            raise RuntimeError(f"{n} step produced a non-finite loss: {metrics}")
+        return time.perf_counter() - t0
 
     for _ in range(warmup):
-        van_state, _, _ = run(van_step, van_state)
-        end_state, _, _ = run(end_step, end_state)
-    van_t, end_t = [], []
+        for n in names:
+            run(n)
     for _ in range(repeats):
-        van_state, dt, _ = run(van_step, van_state)
-        van_t.append(dt)
-        end_state, dt, metrics = run(end_step, end_state)
-        end_t.append(dt)
-    if not np.isfinite(float(metrics["loss"])):
-        raise RuntimeError(f"EnD step produced a non-finite loss: {metrics}")
-    van_med, end_med = statistics.median(van_t), statistics.median(end_t)
-    return {
-        "channels": list(channels),
-        "batch_size": batch_size,
-        "last_activation": last_activation,
-        "vanilla_median_s": van_med,
-        "end_median_s": end_med,
-        "ratio_of_medians": end_med / van_med,
-        "median_pair_ratio": statistics.median(e / v for e, v in zip(end_t, van_t)),
-        "vanilla_compile_s": van_compile,
-        "end_compile_s": end_compile,
-        "vanilla_times_s": van_t,
-        "end_times_s": end_t,
-    }
+        for n in names:
+            times[n].append(run(n))
+    van = statistics.median(times["vanilla"])
+    rows = []
+    for n in names:
+        med = statistics.median(times[n])
+        rows.append({
+            "channels": list(channels), "batch_size": batch_size, "last_activation": last_activation, "method": n,
+            "hparams": HPARAMS.get(n, {}), "median_s": med, "ratio_to_vanilla": med / van,
+            "median_round_ratio": statistics.median(t / v for t, v in zip(times[n], times["vanilla"])),
+            "compile_s": compile_s[n], "times_s": times[n],
+        })
+    return rows
 
 
 def _parse_configs(text: str) -> list[tuple[tuple[int, ...], int]]:
@@ -120,47 +135,38 @@ def main(argv=None) -> None:
         help="';'-separated 'channels@batch' items (default: the paper's network at batch 256, "
         "the demo's network at batch 64)",
     )
-    parser.add_argument("--repeats", type=int, default=7, help="timed steps per method and config")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
+    parser.add_argument("--methods", default="end,rrclarc,aclarc,pclarc,rrr", help="methods compared with vanilla")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per method and config")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
     parser.add_argument("--last-activation", default="tanh", choices=("relu", "tanh"))
     args = parser.parse_args(argv)
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
 
     rows = []
     for channels, bs in _parse_configs(args.configs):
         print(f"[train_step] channels={list(channels)} batch={bs} ...", flush=True)
-        row = measure(channels, bs, repeats=args.repeats, warmup=args.warmup, last_activation=args.last_activation)
-        print(
-            f"  vanilla {row['vanilla_median_s'] * 1e3:.1f} ms, EnD {row['end_median_s'] * 1e3:.1f} ms, "
-            f"ratio {row['ratio_of_medians']:.4f}",
-            flush=True,
-        )
-        rows.append(row)
+        got = measure(channels, bs, names, repeats=args.repeats, warmup=args.warmup,
+                      last_activation=args.last_activation)
+        for r in got:
+            print(f"  {r['method']:8s} {r['median_s'] * 1e3:9.1f} ms  ratio {r['ratio_to_vanilla']:.3f}", flush=True)
+        rows += got
     table = md_table(
-        ["channels", "batch", "Vanilla step (ms)", "EnD step (ms)", "EnD / Vanilla (medians)",
-         "median of paired ratios", "compile Vanilla (s)", "compile EnD (s)"],
+        ["channels", "batch", "method", "step (ms)", "÷ Vanilla (medians)", "median of round ratios", "compile (s)"],
         [
-            [
-                "/".join(map(str, r["channels"])),
-                r["batch_size"],
-                r["vanilla_median_s"] * 1e3,
-                r["end_median_s"] * 1e3,
-                r["ratio_of_medians"],
-                r["median_pair_ratio"],
-                r["vanilla_compile_s"],
-                r["end_compile_s"],
-            ]
+            ["/".join(map(str, r["channels"])), r["batch_size"], r["method"], r["median_s"] * 1e3,
+             r["ratio_to_vanilla"], r["median_round_ratio"], r["compile_s"]]
             for r in rows
         ],
     )
     notes = (
-        f"One jitted training step (forward, loss, backward, Adam with coupled weight decay; "
-        f"state donated) of the Biased-MNIST network (7×7 convs, batch-norm, "
-        f"{args.last_activation} last activation) on 28×28×3 inputs. EnD adds "
-        f"α R⊥ + β R∥ (reference variant, α = 1, β = 0.5) on the pooled features. "
-        f"After {args.warmup} warm-up steps each, {args.repeats} steps of each method were "
-        f"timed in alternation; medians shown. Target: EnD / Vanilla ≤ 1.02."
+        f"One jitted training step (forward, loss, backward, Adam with coupled weight decay; state donated) of "
+        f"the Biased-MNIST network (7×7 convs, batch-norm, {args.last_activation} last block) on 28×28×3 inputs, "
+        f"all parameters trained. Hyperparameters: {HPARAMS}. After {args.warmup} warm-up step(s) each, "
+        f"{args.repeats} rounds of one step per method were timed round-robin; medians shown. Targets: EnD ≤ 1.02, "
+        f"RR-ClArC ≤ 1.05, A-/P-ClArC ≤ 1.02 (RRR: reported)."
     )
-    settings = {"settings": {"repeats": args.repeats, "warmup": args.warmup, "configs": args.configs}}
+    settings = {"settings": {"repeats": args.repeats, "warmup": args.warmup, "configs": args.configs,
+                             "methods": names}}
     paths = write_results("train_step", args.tag, rows, table, args.out, extra=settings, notes=notes)
     print("wrote", *paths)
 

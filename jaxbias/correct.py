@@ -22,37 +22,91 @@ from jaxbias.types import Batch, BoundModel, Params
 Array = jax.Array
 
 
+def _check_layer_target(model, params, x, layer, target):
+    shapes = jax.eval_shape(lambda p: model(p, x), params)
+    if layer not in shapes.acts:
+        raise ValueError(f"layer={layer!r} is not an activation of the model; available: {sorted(shapes.acts)}")
+    k = shapes.logits.shape[-1]
+    if not 0 <= int(target) < k:
+        raise ValueError(f"target must be a class in [0, {k - 1}]; got {target}")
+    return shapes.acts[layer].shape
+
+
+def latent_gradient(model: BoundModel, params: Params, x: Array, *, layer: str, target: int) -> Array:
+    """``∇_a f_c(a(x))`` at ``layer`` for every sample (and position): the layer's shape.
+
+    One backward pass; the gradient is taken with respect to an added zero
+    array at ``layer`` (the model's ``perturb`` hook), so corrected models
+    (P-ClArC) are differentiated through their correction. ``model`` should run
+    in evaluation mode so that samples do not interact.
+    """
+    shape = _check_layer_target(model, params, x, layer, target)
+
+    def f(p):
+        return jnp.sum(model(params, x, perturb={layer: p}).logits[:, target])
+
+    return jax.grad(f)(jnp.zeros(shape, jnp.float32))
+
+
 def latent_sensitivity(
     model: BoundModel, params: Params, x: Array, cav: Array, *, layer: str, target: int
 ) -> Array:
     """Per-position latent sensitivity ``s(x) = ∇_a f_c(a(x)) · h`` (SPEC §2).
 
     Returns ``(B, H, W)`` for a conv layer (the gradient at every position
-    dotted with ``h``) or ``(B,)`` for a ``(B, C)`` layer. ``model`` should run in
-    evaluation mode so that samples do not interact. One backward pass; the
-    gradient is taken with respect to an added zero array at ``layer`` (the
-    model's ``perturb`` hook), so corrected models (P-ClArC) are differentiated
-    through their correction.
+    dotted with ``h``) or ``(B,)`` for a ``(B, C)`` layer; see :func:`latent_gradient`.
 
     Example:
       >>> s = latent_sensitivity(model, params, x_artifact, state.cav, layer="block4", target=0)
       >>> metrics.tcav(s), metrics.tcav_sens(s)
     """
-    shapes = jax.eval_shape(lambda p: model(p, x), params)
-    if layer not in shapes.acts:
-        raise ValueError(f"layer={layer!r} is not an activation of the model; available: {sorted(shapes.acts)}")
-    shape = shapes.acts[layer].shape
+    shape = _check_layer_target(model, params, x, layer, target)
     if jnp.shape(cav) != (shape[-1],):
         raise ValueError(f"cav has shape {jnp.shape(cav)}, expected ({shape[-1]},) for layer {layer!r}")
-    k = shapes.logits.shape[-1]
-    if not 0 <= int(target) < k:
-        raise ValueError(f"target must be a class in [0, {k - 1}]; got {target}")
+    return latent_gradient(model, params, x, layer=layer, target=target) @ jnp.asarray(cav, jnp.float32)
 
-    def f(p):
-        return jnp.sum(model(params, x, perturb={layer: p}).logits[:, target])
 
-    g = jax.grad(f)(jnp.zeros(shape, jnp.float32))
-    return g @ jnp.asarray(cav, jnp.float32)
+def tcav_test(
+    model: BoundModel,
+    params: Params,
+    x: Array,
+    acts: Array,
+    concept: Array,
+    *,
+    layer: str,
+    target: int,
+    n_random: int = 100,
+    key: Array | int = 0,
+    method: str = "signal",
+    pool: str = "max",
+) -> dict[str, Any]:
+    """TCAV of the concept CAV and its t-test against CAVs of random splits (SPEC §2).
+
+    The concept CAV is fitted on ``acts`` (``(N, C)`` or ``(N, H, W, C)``) with
+    labels ``concept``; ``n_random`` more CAVs are fitted on random permutations
+    of the same labels (same class sizes) — all ``n_random + 1`` in one vmapped
+    call. One latent gradient of the target logit on ``x`` serves every CAV
+    (``s = ∇_a f_c · H^T``). The test is :func:`jaxbias.metrics.tcav_significance`
+    with the single concept score against the random ones.
+
+    Returns:
+      ``{"tcav", "tcav_sens", "random_tcav" (list), "p_value", "t", ...}``.
+    """
+    from jaxbias.concepts import fit_cavs
+
+    if n_random < 2:
+        raise ValueError(f"n_random must be ≥ 2 for a t-test; got {n_random}")
+    concept = jnp.asarray(concept)
+    keys = jax.random.split(jax.random.key(key) if isinstance(key, int) else key, n_random)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, concept))(keys)
+    labels = jnp.concatenate([concept[None], perms], axis=0)
+    cavs = fit_cavs(jnp.asarray(acts), labels, method=method, pool=pool)  # (1 + n_random, C)
+    g = latent_gradient(model, params, x, layer=layer, target=target)
+    s = g.reshape(-1, g.shape[-1]) @ cavs.T  # (B·H·W, 1 + n_random)
+    scores = np.asarray(jnp.mean(s > 0, axis=0), np.float64)
+    out = metrics.tcav_significance(scores[0], scores[1:])
+    return {"tcav": float(scores[0]), "tcav_sens": float(jnp.mean(jnp.abs(s[:, 0]))),
+            "random_tcav": scores[1:].tolist(), **out}
 
 
 def _per_class(pred: np.ndarray, y: np.ndarray, classes: Sequence[int]) -> dict[str, float]:

@@ -12,6 +12,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxbias import methods as methods_lib
@@ -174,6 +175,11 @@ def train_model(
     }
     hp = make_hparams(method, hparams)
     mod = methods_lib.get(method)
+    if init_from is None and _needs_fitted_state(mod):
+        raise ValueError(
+            f"method {method!r} corrects a trained model (it fits a CAV on it): train a base model first and pass "
+            "init_from=<its workdir> (CLI: jaxbias correct --from <workdir>)"
+        )
     if data is None:
         data, train, evals = load_dataset(
             dataset, seed=config["data_seed"], source=source, data_dir=data_dir, rho=rho, artifact=artifact,
@@ -286,14 +292,24 @@ def restore_workdir(workdir: str) -> dict[str, Any]:
         epoch = ckpt.latest_epoch()
         if epoch is None:
             raise FileNotFoundError(f"{workdir!r} holds no checkpoint yet")
-        method_state = mod.init()
         if config.get("init_from"):  # a fine-tuned run carries a fitted state of the same structure
             method_state = _state_like(mod, hp, module, (params, model_state), config)
+        else:
+            method_state = mod.init()
         target = create_train_state(params, model_state, tx, key=jax.random.key(0), method_state=method_state)
         state, _ = ckpt.restore(target)
     finally:
         ckpt.close()
     return {"config": config, "epoch": epoch, "state": state, "module": module, "hp": hp, "method": mod}
+
+
+def _needs_fitted_state(mod) -> bool:
+    """Whether ``mod.init`` needs a model and data (the ClArC family) rather than nothing."""
+    import inspect
+
+    params = inspect.signature(mod.init).parameters.values()
+    return any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in params)
 
 
 def _state_like(mod, hp, module, init_params, config):
@@ -310,7 +326,7 @@ def _state_like(mod, hp, module, init_params, config):
     bound = models_lib.bind(module, model_state, train=False)
     shapes = jax.eval_shape(lambda p: bound(p, np.zeros((1, 28, 28, 3), np.float32)), params)
     c = shapes.acts[layer].shape[-1]
-    return mod.State(np.zeros(c, np.float32), np.float32(0), np.float32(0))
+    return mod.State(jnp.zeros(c, jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
 
 
 def evaluate_workdir(workdir: str, *, data=None) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 ``offline``: the 5,000 offline MNIST digits (4,000 train), a "12:05" stamp in
 the bottom-right corner of half of the training 0s; the demo's 4/8/16/32
-network (7×7 convs, tanh last block) trained 8 epochs; every correction
-fine-tunes the same base model for 2 epochs at Adam 1e-4 (P-ClArC: no
-training). The CAV is the signal CAV of ``block4`` (max-pooled), fitted on the
+network (7×7 convs, tanh last block) trained 10 epochs (lr × 0.1 after 7);
+every correction fine-tunes the same base model for 3 epochs at Adam 3e-3
+(P-ClArC: no training). Adam's step size does not grow with λ, so the
+learning rate, not λ, bounds how fast RR-ClArC can turn the head away from
+``h``: at 1e-3 for 2 epochs TCAV_sens fell by 45 %, at 3e-3 for 3 epochs by
+99 % (hand check on seed 0, λ = 1e6 and 1e7 gave the same). The CAV is the signal CAV of ``block4`` (max-pooled), fitted on the
 training 0s with and without the stamp; the same CAV measures TCAV for every
 model.
 
@@ -19,12 +22,12 @@ OFFLINE = {
     "artifact_class": 0,
     "p": 0.5,
     "seeds": [0],
-    "base": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "decay_every": None,
+    "base": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "decay_every": 7,
              "channels": [4, 8, 16, 32]},
-    "correct": {"epochs": 2, "batch_size": 64, "lr": 1e-4},
+    "correct": {"epochs": 3, "batch_size": 64, "lr": 3e-3},
     "methods": {
         "Vanilla fine-tune": ("vanilla", {}),
-        "RRR": ("rrr", {"lam": 1000.0}),
+        "RRR": ("rrr", {"lam": 1.0}),
         "A-ClArC": ("aclarc", {}),
         "P-ClArC": ("pclarc", {}),
         "RR-ClArC": ("rrclarc", {"lam": 1e6}),

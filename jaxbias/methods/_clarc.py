@@ -16,6 +16,7 @@ exactly on the target value for both max- and mean-pooling.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -41,6 +42,37 @@ class State(NamedTuple):
     cav: Array
     z_plus: Array
     z_minus: Array
+
+
+@dataclass(frozen=True)
+class ShiftHparams:
+    """Hyperparameters of A-ClArC and P-ClArC (the same for both).
+
+    Attributes:
+      layer: layer of the CAV and of the shift/projection.
+      cav: CAV fitter (``jaxbias.concepts.fit_cav`` ``method``).
+      cav_reg: its regularisation (``None``: chosen by cross-validation for the
+        regularised fitters).
+      pool: spatial pooling of conv activations (``"max"``/``"mean"``).
+    """
+
+    layer: str = "block4"
+    cav: str = "signal"
+    cav_reg: float | None = None
+    pool: str = "max"
+
+    def __post_init__(self):
+        if self.pool not in ("max", "mean"):
+            raise ValueError(f"pool must be 'max' or 'mean'; got {self.pool!r}")
+
+
+def init(model: BoundModel, params: Params, data: Batch, *, hp: Any, concept: Any = None, **kwargs) -> "State":
+    """Fit ``h``, ``⟨z⁺⟩``, ``⟨z⁻⟩`` at ``hp.layer`` on ``data`` (``data.bias`` or ``concept``: 1 = artifact).
+
+    ``model`` should be bound in evaluation mode; see :func:`fit_state`.
+    """
+    return fit_state(model, params, data, layer=hp.layer, cav=hp.cav, cav_reg=hp.cav_reg, pool=hp.pool,
+                     concept=concept, **kwargs)
 
 
 def check_layer(acts: dict[str, Array], layer: str) -> Array:

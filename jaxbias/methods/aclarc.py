@@ -19,12 +19,10 @@ projection of the artifact samples, fitted by :func:`init`); ``a`` =
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import jax
 
-from jaxbias.methods._clarc import State, fit_state, shifted_loss, shifted_model
+from jaxbias.methods._clarc import ShiftHparams, State, shifted_loss, shifted_model
+from jaxbias.methods._clarc import init as fit_init
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
@@ -32,31 +30,11 @@ Array = jax.Array
 __all__ = ["Hparams", "State", "init", "loss", "augmented"]
 
 
-@dataclass(frozen=True)
-class Hparams:
-    """A-ClArC hyperparameters.
+#: Same hyperparameters for A- and P-ClArC: ``layer``, ``cav``, ``cav_reg``, ``pool``.
+Hparams = ShiftHparams
 
-    Attributes:
-      layer: layer of the CAV and of the shift.
-      cav: CAV fitter (``jaxbias.concepts.fit_cav`` ``method``).
-      cav_reg: its regularisation (``None``: the fitter's default).
-      pool: spatial pooling of conv activations (``"max"``/``"mean"``).
-    """
-
-    layer: str = "block4"
-    cav: str = "signal"
-    cav_reg: float | None = None
-    pool: str = "max"
-
-    def __post_init__(self):
-        if self.pool not in ("max", "mean"):
-            raise ValueError(f"pool must be 'max' or 'mean'; got {self.pool!r}")
-
-
-def init(model: BoundModel, params: Params, data: Batch, *, hp: Hparams, concept: Any = None, **kwargs) -> State:
-    """Fit ``h``, ``⟨z⁺⟩``, ``⟨z⁻⟩`` on ``data`` (``data.bias`` or ``concept``: 1 = artifact)."""
-    return fit_state(model, params, data, layer=hp.layer, cav=hp.cav, cav_reg=hp.cav_reg, pool=hp.pool,
-                     concept=concept, **kwargs)
+#: Fit ``h``, ``⟨z⁺⟩``, ``⟨z⁻⟩`` (``init(eval_model, params, data, *, hp, concept=None)``).
+init = fit_init
 
 
 def augmented(model: BoundModel, state: State, hp: Hparams) -> BoundModel:

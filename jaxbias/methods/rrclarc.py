@@ -49,13 +49,13 @@ paper's setting: the last conv layer) and for batch-norm in evaluation mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbias.methods._clarc import State, check_layer, check_state, fit_state
+from jaxbias.methods._clarc import State, check_layer, check_state
+from jaxbias.methods._clarc import init as fit_init
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
@@ -106,13 +106,9 @@ class Hparams:
             raise ValueError(f"pool must be 'max' or 'mean'; got {self.pool!r}")
 
 
-def init(model: BoundModel, params: Params, data: Batch, *, hp: Hparams, concept: Any = None, **kwargs) -> State:
-    """Fit the CAV of ``hp.layer`` on ``data`` (``data.bias`` or ``concept``: 1 = artifact).
-
-    ``model`` should be bound in evaluation mode. See :func:`jaxbias.methods._clarc.fit_state`.
-    """
-    return fit_state(model, params, data, layer=hp.layer, cav=hp.cav, cav_reg=hp.cav_reg, pool=hp.pool,
-                     concept=concept, **kwargs)
+#: Fit the CAV of ``hp.layer`` (``init(eval_model, params, data, *, hp, concept=None)``; ``data.bias``
+#: or ``concept``: 1 = artifact). Shared with A-/P-ClArC.
+init = fit_init
 
 
 def _weights(logits: Array, labels: Array, key: Array, hp: Hparams) -> Array:
