@@ -187,8 +187,15 @@ def _classes(text: str) -> tuple[int, ...]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from jaxbias.recipes import evaluate_workdir
+    from jaxbias.report import markdown_table
 
-    _print_eval(evaluate_workdir(args.workdir), args.json)
+    results = evaluate_workdir(args.workdir)
+    _print_eval(results, args.json)
+    if "artifact_report" in results and not args.json:
+        rep = results["artifact_report"]
+        keys = ["clean", "artifact", "chosen_clean", "other_clean", "chosen_artifact", "other_artifact", "tcav",
+                "tcav_sens", "artifact_flip_to_target"]
+        print(markdown_table([{k: rep[k] for k in keys}], keys))
     return 0
 
 

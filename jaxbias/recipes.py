@@ -343,4 +343,29 @@ def evaluate_workdir(workdir: str, *, data=None) -> dict[str, Any]:
         _, evals = dataset_sets(data)
     state = base["state"]
     report = evaluate(make_predict(base["module"]), state.params, state.model_state, evals)
-    return {"workdir": workdir, "epoch": base["epoch"], "config": config, "eval": report}
+    out = {"workdir": workdir, "epoch": base["epoch"], "config": config, "eval": report}
+    if config.get("dataset") == "artifact_mnist":
+        out["artifact_report"] = _artifact_report_of(base, data)
+    return out
+
+
+def _artifact_report_of(run: Mapping[str, Any], data) -> dict[str, Any]:
+    """The controlled-artifact report of a restored run, TCAV along the artifact CAV.
+
+    The CAV (signal, ``block4``, max-pooled) is fitted on the run's starting
+    model: the base model for a corrected run (``init_from``), the model itself
+    otherwise — the same direction :func:`jaxbias.correct.correct` reports on.
+    """
+    from jaxbias.correct import artifact_report
+
+    config = run["config"]
+    ref = restore_workdir(config["init_from"]) if config.get("init_from") else run
+    train, evals = dataset_sets(data)
+    rrc = methods_lib.get("rrclarc")
+    ref_hp = rrc.Hparams(layer="block4")
+    cav = fit_method_state(rrc, ref_hp, ref["module"], (ref["state"].params, ref["state"].model_state), data, train).cav
+    state = run["state"]
+    model = models_lib.bind(run["module"], state.model_state, train=False)
+    if hasattr(run["method"], "corrected"):
+        model = run["method"].corrected(model, state.method_state, run["hp"])
+    return artifact_report(model, state.params, evals, cav=cav, layer="block4", target_class=data.target_class)

@@ -88,6 +88,9 @@ def test_cli_train_then_correct(tmp_path, capsys):
     assert main(["evaluate", "--workdir", str(rr), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["epoch"] == 1 and set(ev["eval"]) == {"clean", "artifact"}
+    # evaluate reports along the base model's CAV, as correct did
+    for k in ("clean", "tcav", "tcav_sens", "chosen_clean", "other_clean"):
+        assert ev["artifact_report"][k] == pytest.approx(out["report"][k], rel=1e-5)
     with pytest.raises(SystemExit):
         main(["correct", "--from", str(base), "--method", "end"])
 

@@ -9,6 +9,7 @@ EXP = Path(__file__).resolve().parents[2] / "experiments" / "end_biased_mnist"
 
 def _load_main():
     sys.path.insert(0, str(EXP))
+    sys.modules.pop("configs", None)  # each experiment folder has its own configs.py
     try:
         spec = importlib.util.spec_from_file_location("end_biased_mnist_main", EXP / "main.py")
         mod = importlib.util.module_from_spec(spec)
@@ -16,6 +17,7 @@ def _load_main():
         return mod
     finally:
         sys.path.remove(str(EXP))
+        sys.modules.pop("configs", None)
 
 
 def test_configs_follow_the_paper_protocol():
