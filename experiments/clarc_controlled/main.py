@@ -45,6 +45,7 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
             channels=b["channels"], workdir=base_dir, resume=True, progress=progress, eval_every=b["epochs"], data=data,
         )
         base_secs = float(np.median([h["seconds"] for h in base["history"]])) if base["history"] else None
+        base_added = False
         for label, (method, hp) in cfg["methods"].items():
             if only and label not in only:
                 continue
@@ -52,7 +53,8 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
             epochs = 0 if method == "pclarc" else c["epochs"]
             res = correct(base=base_dir, method=method, hparams=hp, epochs=epochs, batch_size=c["batch_size"],
                           lr=c["lr"], seed=seed, chosen=(cfg["artifact_class"],), progress=progress, data=data)
-            if not runs or runs[-1]["seed"] != seed or runs[-1]["model"] != "uncorrected":
+            if not base_added:  # the uncorrected model's report, once per seed
+                base_added = True
                 runs.append({"seed": seed, "model": "uncorrected", "method": "vanilla",
                              "seconds_per_epoch": base_secs, **res["base_report"]})
             runs.append({"seed": seed, "model": label, "method": method, "hparams": hp,
