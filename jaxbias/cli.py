@@ -162,6 +162,7 @@ def cmd_correct(args: argparse.Namespace) -> int:
         base=args.base, method=args.method, hparams=hp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, chosen=args.classes or None, workdir=args.workdir,
         resume=args.resume, progress=not args.no_progress, log=_epoch_log(args.json),
+        trainable=tuple(args.trainable.split(",")) if args.trainable else None,
     )
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "state"}, indent=2))
@@ -243,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cav", default=None, choices=["signal", "ridge", "lasso", "logistic", "svm"], help="CAV fitter")
     p.add_argument("--hp", type=_kv, action="append", default=[], metavar="KEY=VALUE", help="other hyperparameters")
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0: P-ClArC needs none)")
+    p.add_argument("--trainable", default=None,
+                   help="train only these parameter groups, comma-separated (e.g. fc: the head), batch-norm frozen")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.0)

@@ -190,6 +190,7 @@ def correct(
     data=None,
     cav_layer: str = "block4",
     cav_method: str = "signal",
+    trainable: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Correct the newest checkpoint of the artifact-dataset run in ``base`` with ``method``.
 
@@ -198,7 +199,8 @@ def correct(
     corrected model (P-ClArC evaluated through its projection). TCAV scores use
     one artifact CAV fitted on the *uncorrected* model (``cav_layer``,
     ``cav_method``) so that every correction is measured along the same
-    direction.
+    direction. ``trainable=("fc",)`` fine-tunes only the head, with the
+    network in evaluation mode (frozen batch-norm statistics).
 
     Returns:
       ``{"config", "report", "base_report", "seconds", "seconds_per_epoch", "history"}``.
@@ -231,7 +233,7 @@ def correct(
         method=method, hparams=hparams, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         decay_every=None, seed=seed, data_seed=bcfg["data_seed"], source=bcfg["source"], data_dir=bcfg["data_dir"],
         workdir=workdir, resume=resume, progress=progress, eval_every=max(epochs, 1), data=data, log=log,
-        init_from=base,
+        init_from=base, trainable=trainable,
     )
     seconds = time.perf_counter() - t0
     state = res["state"]

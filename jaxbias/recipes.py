@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxbias import methods as methods_lib
 from jaxbias import models as models_lib
-from jaxbias.train import FitResult, evaluate, fit, make_optimizer, make_predict
+from jaxbias.train import FitResult, evaluate, fit, freeze, make_optimizer, make_predict
 from jaxbias.types import Batch
 
 #: Channels of the ReBias/EnD network; the offline demo uses a narrower one
@@ -133,6 +133,7 @@ def train_model(
     data=None,
     log=None,
     init_from: str | None = None,
+    trainable: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train one model on a dataset with a method and evaluate it.
 
@@ -144,8 +145,13 @@ def train_model(
     ``init_from``: the workdir of an earlier run to start from (fine-tuning, as
     the ClArC methods do): its newest parameters and model settings are used,
     and the method's state (e.g. a CAV) is fitted on them by
-    :func:`fit_method_state` before training.
+    :func:`fit_method_state` before training. ``trainable`` (with
+    ``init_from``): train only these top-level parameter groups (e.g.
+    ``("fc",)``, the head) with the model in evaluation mode, so frozen
+    batch-norm statistics stay as they were.
     """
+    if trainable is not None and init_from is None:
+        raise ValueError("trainable= freezes layers of a trained model: pass init_from=<workdir> too")
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
     model_cfg = {"name": "simple_conv", "channels": list(channels), "last_activation": last_activation}
@@ -172,6 +178,7 @@ def train_model(
         "data_dir": data_dir,
         "model": model_cfg,
         "init_from": init_from,
+        "trainable": None if trainable is None else list(trainable),
     }
     hp = make_hparams(method, hparams)
     mod = methods_lib.get(method)
@@ -195,6 +202,8 @@ def train_model(
     if base is not None:
         init_params = (base["state"].params, base["state"].model_state)
         method_state = fit_method_state(mod, hp, module, init_params, data, train)
+        if trainable is not None:
+            tx = freeze(tx, init_params[0], trainable)
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -218,6 +227,7 @@ def train_model(
         config=config,
         log=log,
         init_params=init_params,
+        train_mode=trainable is None,
     )
     seconds = time.perf_counter() - t0
     final = result.history[-1]["eval"] if result.history and "eval" in result.history[-1] else None
@@ -285,6 +295,8 @@ def restore_workdir(workdir: str) -> dict[str, Any]:
     module = _module(config["model"])
     params, model_state = models_lib.init(module, jax.random.key(0), np.zeros((1, 28, 28, 3), np.float32))
     tx = make_optimizer(lr=config["lr"], weight_decay=config["weight_decay"], decay_every=config["decay_every"])
+    if config.get("trainable"):
+        tx = freeze(tx, params, config["trainable"])
     mod = methods_lib.get(config["method"])
     hp = make_hparams(config["method"], config.get("hparams"))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, is_dataclass
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax
@@ -104,11 +104,28 @@ def make_optimizer(
     )
 
 
-def method_loss(method: ModuleType, module: flax.linen.Module, hp: Any) -> LossFn:
-    """Adapt ``method.loss(params, state, batch, key, *, model, hp)`` to the step's signature."""
+def freeze(tx: optax.GradientTransformation, params: Params, trainable: Sequence[str]) -> optax.GradientTransformation:
+    """``tx`` on the top-level parameter groups named in ``trainable``, zero updates elsewhere.
+
+    Example:
+      >>> tx = freeze(make_optimizer(), params, trainable=("fc",))  # train the head only
+    """
+    unknown = sorted(set(trainable) - set(params))
+    if unknown or not trainable:
+        raise ValueError(f"trainable must name top-level parameter groups {sorted(params)}; got {list(trainable)}")
+    labels = {k: jax.tree.map(lambda _, k=k: "train" if k in trainable else "frozen", v) for k, v in params.items()}
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def method_loss(method: ModuleType, module: flax.linen.Module, hp: Any, *, train: bool = True) -> LossFn:
+    """Adapt ``method.loss(params, state, batch, key, *, model, hp)`` to the step's signature.
+
+    ``train=False`` runs the model in evaluation mode (batch-norm uses and keeps
+    its running statistics): fine-tuning on top of frozen feature layers.
+    """
 
     def loss_fn(params, model_state, method_state, batch, key):
-        model = models_lib.bind(module, model_state, train=True)
+        model = models_lib.bind(module, model_state, train=train)
         return method.loss(params, method_state, batch, key, model=model, hp=hp)
 
     return loss_fn
@@ -229,6 +246,7 @@ def fit(
     config: Mapping[str, Any] | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
     init_params: tuple[Params, ModelState] | None = None,
+    train_mode: bool = True,
 ) -> FitResult:
     """Train ``module`` with ``method`` for ``epochs`` epochs.
 
@@ -237,7 +255,9 @@ def fit(
     ``fold_in(step_key, t)``, so a run killed after epoch ``k`` and restarted with
     ``resume=True`` replays exactly the uninterrupted run. With ``workdir`` a
     checkpoint is written after every epoch and metrics are appended to
-    ``workdir/metrics.jsonl`` (one JSON object per epoch).
+    ``workdir/metrics.jsonl`` (one JSON object per epoch). ``train_mode=False``
+    runs the model in evaluation mode while training (frozen batch-norm
+    statistics; pair it with :func:`freeze` to train only some layers).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be ≥ 0, got {epochs}")
@@ -250,7 +270,8 @@ def fit(
     if init_params is None:
         params, model_state = models_lib.init(module, init_key, jnp.asarray(train.x[:1]))
     else:
-        params, model_state = init_params
+        # copies: the jitted step donates the state, which must not delete the caller's arrays
+        params, model_state = jax.tree.map(jnp.array, init_params)
     if method_state is None:
         method_state = method.init()
     state = create_train_state(params, model_state, tx, key=step_key, method_state=method_state)
@@ -278,7 +299,7 @@ def fit(
         elif os.path.exists(metrics_path):
             os.remove(metrics_path)
 
-    step_fn = jax.jit(make_train_step(method_loss(method, module, hp), tx), donate_argnums=0)
+    step_fn = jax.jit(make_train_step(method_loss(method, module, hp, train=train_mode), tx), donate_argnums=0)
     predict = make_predict(module)
     steps_per_epoch = len(batch_indices(n, batch_size, key=data_key, drop_last=drop_last))
     hp_record = {"method": method.__name__.rsplit(".", 1)[-1], "hparams": _hp_dict(hp), **dict(config or {})}

@@ -79,11 +79,12 @@ def test_cli_train_then_correct(tmp_path, capsys):
     assert out["report"]["tcav_sens"] != out["base_report"]["tcav_sens"]  # evaluated through the projection
     rr = tmp_path / "rr"
     assert main(["correct", "--from", str(base), "--method", "rrclarc", "--lam", "10", "--classes", "0",
-                 "--criterion", "class", "--epochs", "1", "--batch-size", "100", "--workdir", str(rr),
+                 "--criterion", "class", "--epochs", "1", "--batch-size", "100", "--trainable", "fc", "--workdir", str(rr),
                  "--no-progress", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["hparams"] == {"lam": 10.0, "criterion": "class", "classes": [0]}
     assert len(out["history"]) == 1 and "rr" in out["history"][0]
+    assert out["config"]["trainable"] == ["fc"]
     # the fine-tuned run restores (its checkpoint carries the fitted CAV)
     assert main(["evaluate", "--workdir", str(rr), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)

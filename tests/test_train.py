@@ -127,3 +127,30 @@ def test_fit_rejects_mismatched_arrays():
     with pytest.raises(ValueError, match="train.y"):
         fit(module=module, method=vanilla, hp=vanilla.Hparams(), train=bad, epochs=1, batch_size=8,
             tx=optax.sgd(0.1), progress=False)
+
+
+def test_freeze_trains_only_the_named_groups_with_frozen_batchnorm():
+    import optax
+
+    from jaxbias import methods, models
+    from jaxbias.train import fit, freeze, make_optimizer
+    from jaxbias.types import Batch
+
+    module = models.create("simple_conv", channels=(2, 2, 2, 3), kernel_size=3)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 32).astype(np.int32)
+    params, ms = models.init(module, jax.random.key(0), x[:1])
+    tx = freeze(make_optimizer(lr=1e-2, decay_every=None), params, ("fc",))
+    res = fit(module=module, method=methods.get("vanilla"), hp=methods.get("vanilla").Hparams(), train=Batch(x, y),
+              epochs=2, batch_size=8, tx=tx, init_params=(params, ms), train_mode=False, progress=False)
+    new = res.state.params
+    assert not np.allclose(new["fc"]["kernel"], params["fc"]["kernel"])
+    for name in params:
+        if name != "fc":
+            for a, b in zip(jax.tree.leaves(new[name]), jax.tree.leaves(params[name])):
+                np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(res.state.model_state), jax.tree.leaves(ms)):
+        np.testing.assert_array_equal(a, b)  # evaluation mode: running statistics untouched
+    with pytest.raises(ValueError, match="trainable"):
+        freeze(optax.sgd(1.0), params, ("nope",))
