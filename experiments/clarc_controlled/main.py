@@ -102,12 +102,15 @@ def main(argv=None) -> int:
     p.add_argument("--config", choices=sorted(CONFIGS), default="offline")
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     p.add_argument("--workroot", default="runs/clarc_controlled", help="base-model checkpoints (resumable)")
+    p.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
     p.add_argument("--base-epochs", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of the corrections")
     p.add_argument("--only", default=None, help="comma-separated method labels to run")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = dict(CONFIGS[a.config])
+    if a.seeds is not None:
+        cfg["seeds"] = list(range(a.seeds))
     if a.base_epochs is not None:
         cfg["base"] = {**cfg["base"], "epochs": a.base_epochs}
     if a.epochs is not None:

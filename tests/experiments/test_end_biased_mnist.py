@@ -1,27 +1,9 @@
 """The EnD Biased-MNIST experiment script runs end to end on a tiny budget."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-EXP = Path(__file__).resolve().parents[2] / "experiments" / "end_biased_mnist"
 
 
-def _load_main():
-    sys.path.insert(0, str(EXP))
-    sys.modules.pop("configs", None)  # each experiment folder has its own configs.py
-    try:
-        spec = importlib.util.spec_from_file_location("end_biased_mnist_main", EXP / "main.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(EXP))
-        sys.modules.pop("configs", None)
-
-
-def test_configs_follow_the_paper_protocol():
-    mod = _load_main()
+def test_configs_follow_the_paper_protocol(load_experiment):
+    mod = load_experiment("end_biased_mnist")
     full = mod.CONFIGS["full"]
     assert full["rhos"] == [0.999, 0.997, 0.995, 0.990]
     assert (full["lr"], full["weight_decay"], full["batch_size"], full["epochs"], full["decay_every"]) == (
@@ -31,8 +13,8 @@ def test_configs_follow_the_paper_protocol():
     assert set(mod.CONFIGS["offline"]["methods"]) == {"vanilla", "end"}
 
 
-def test_offline_mode_writes_its_table(tmp_path):
-    mod = _load_main()
+def test_offline_mode_writes_its_table(tmp_path, load_experiment):
+    mod = load_experiment("end_biased_mnist")
     argv = ["--config", "offline", "--out", str(tmp_path), "--seeds", "1", "--epochs", "1",
             "--rhos", "0.99", "--alpha", "2", "--no-progress"]
     assert mod.main(argv) == 0
