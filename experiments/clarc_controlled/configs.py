@@ -2,12 +2,15 @@
 
 ``offline``: the 5,000 offline MNIST digits (4,000 train), a "12:05" stamp in
 the bottom-right corner of half of the training 0s; the demo's 4/8/16/32
-network (7×7 convs, tanh last block) trained 10 epochs at Adam 1e-3. Every
-correction continues from the same base model for 5 epochs at the same
-learning rate, training only the linear head with batch-norm frozen (the
-protocol of the RR-ClArC paper's cost table; P-ClArC: no training). With every
-layer trained, fine-tuning alone moved the other classes' accuracy by 3 points
-(seed 0), which hides what a class-specific correction does.
+network (7×7 convs, tanh last block) trained 12 epochs at Adam 1e-3 (× 0.1
+after 8, so that fine-tuning the base alone changes little). Every correction
+continues from the same base model for 5 epochs at Adam 2e-3, training only
+the linear head with batch-norm frozen (the protocol of the RR-ClArC paper's
+cost table; P-ClArC: no training). With every layer trained, fine-tuning alone
+moved the other classes' accuracy by 3 points (seed 0), which hides what a
+class-specific correction does; from an unconverged base (10 epochs at 1e-3,
+head fine-tuned at 1e-3) Vanilla fine-tuning raised it by 1–3 points and
+RR-ClArC cut TCAV_sens by 91/65/67 % on seeds 0/1/2.
 
 The CAV is the signal CAV of ``block4`` (max-pooled), fitted on the training
 0s with and without the stamp; the same CAV measures TCAV for every model.
@@ -26,9 +29,9 @@ OFFLINE = {
     "artifact_class": 0,
     "p": 0.5,
     "seeds": [0, 1, 2],
-    "base": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "decay_every": None,
+    "base": {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "decay_every": 8,
              "channels": [4, 8, 16, 32]},
-    "correct": {"epochs": 5, "batch_size": 64, "lr": 1e-3, "trainable": ["fc"]},
+    "correct": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "trainable": ["fc"]},
     "methods": {
         "Vanilla fine-tune": ("vanilla", {}),
         "RRR": ("rrr", {"lam": 1.0}),
