@@ -29,6 +29,8 @@ DEMO_CHANNELS = (4, 8, 16, 32)
 def make_hparams(method: str, overrides: Mapping[str, Any] | None = None) -> Any:
     """The method's ``Hparams`` with ``overrides`` applied, values cast to each field's type."""
     mod = methods_lib.get(method)
+    if not hasattr(mod, "loss") or not hasattr(mod, "Hparams"):
+        raise ValueError(f"method {method!r} is post-hoc (it edits a trained model) and has no training loss")
     hp_cls = mod.Hparams
     fields = {f.name: f for f in dataclasses.fields(hp_cls)}
     kwargs = {}
