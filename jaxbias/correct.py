@@ -60,10 +60,10 @@ def latent_sensitivity(
       >>> s = latent_sensitivity(model, params, x_artifact, state.cav, layer="block4", target=0)
       >>> metrics.tcav(s), metrics.tcav_sens(s)
     """
-    shape = _check_layer_target(model, params, x, layer, target)
-    if jnp.shape(cav) != (shape[-1],):
-        raise ValueError(f"cav has shape {jnp.shape(cav)}, expected ({shape[-1]},) for layer {layer!r}")
-    return latent_gradient(model, params, x, layer=layer, target=target) @ jnp.asarray(cav, jnp.float32)
+    g = latent_gradient(model, params, x, layer=layer, target=target)
+    if jnp.shape(cav) != (g.shape[-1],):
+        raise ValueError(f"cav has shape {jnp.shape(cav)}, expected ({g.shape[-1]},) for layer {layer!r}")
+    return g @ jnp.asarray(cav, jnp.float32)
 
 
 def tcav_test(

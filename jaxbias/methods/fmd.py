@@ -84,6 +84,17 @@ def per_sample_grads(logits_fn: LogitsFn, params: dict, x: Array, y: Array, *, s
     return jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(block, jnp.asarray(x), jnp.asarray(y))
 
 
+def _summed_grad(logits_fn: LogitsFn, params: dict, x: Array, y: Array, subset) -> dict:
+    """``Σ_n ∇_θ L(z_n, θ)`` on the block: one backward pass of the summed loss, not N per-sample ones."""
+    block = select(params, subset)
+
+    def total(b):
+        logits = logits_fn(merge(params, b), jnp.asarray(x))
+        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y)))
+
+    return jax.grad(total)(block)
+
+
 def _dot_rows(tree_rows, tree_vec) -> Array:
     return sum(jnp.tensordot(r, v, axes=v.ndim) if v.ndim else r * v
                for r, v in zip(jax.tree.leaves(tree_rows), jax.tree.leaves(tree_vec)))
@@ -140,8 +151,7 @@ def unlearn_training(
 
     ``θ_new = θ̂ + H⁻¹ Σ_k ∇L(z_k, θ̂) / n_train``.
     """
-    grads = per_sample_grads(logits_fn, params, x, y, subset=subset)
-    total = jax.tree.map(lambda g: jnp.sum(g, axis=0), grads)
+    total = _summed_grad(logits_fn, params, x, y, subset)
     return _newton(params, total, hessian_loss, subset, damping, method, 1.0 / n_train)
 
 
@@ -162,7 +172,7 @@ def unlearn_counterfactual(
     """
     x, x_cf, y = pairs
     _check_pairs(x, x_cf, y)
-    g = per_sample_grads(logits_fn, params, x, y, subset=subset)
-    g_cf = per_sample_grads(logits_fn, params, x_cf, y, subset=subset)
-    diff = jax.tree.map(lambda a, b: jnp.sum(a - b, axis=0), g, g_cf)
+    g = _summed_grad(logits_fn, params, x, y, subset)
+    g_cf = _summed_grad(logits_fn, params, x_cf, y, subset)
+    diff = jax.tree.map(jnp.subtract, g, g_cf)
     return _newton(params, diff, hessian_loss, subset, damping, method, scale)

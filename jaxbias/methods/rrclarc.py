@@ -45,6 +45,8 @@ The JVP gives ``Σ_{n'} ∂(m_n·f̃_n)/∂a_{n'} · h`` and the gradient form g
 ``Σ_{n'} ∂(m_{n'}·f̃_{n'})/∂a_n · h``; they are equal whenever samples do not
 interact above the layer — always for layers after the last batch-norm (the
 paper's setting: the last conv layer) and for batch-norm in evaluation mode.
+
+Per-position sensitivities for TCAV: :func:`jaxbias.correct.latent_sensitivity`.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ Array = jax.Array
 CRITERIA = ("random", "all", "target", "max", "logprobs", "class")
 FORMS = ("l2", "l1", "cosine")
 
-__all__ = ["CRITERIA", "FORMS", "Hparams", "State", "init", "loss", "penalty", "sensitivity"]
+__all__ = ["CRITERIA", "FORMS", "Hparams", "State", "init", "loss", "penalty"]
 
 
 @dataclass(frozen=True)
@@ -200,25 +202,3 @@ def loss(params: Params, state: State, batch: Batch, key: Array, *, model: Bound
     sens = jnp.sum(jnp.where(sel, jnp.abs(s), 0.0)) / count
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out.logits, batch.y))
     return ce + hp.lam * rr, Aux(metrics={"ce": ce, "rr": rr, "sens": sens}, state=out.state)
-
-
-def sensitivity(model: BoundModel, params: Params, x: Array, cav: Array, *, layer: str, target: int) -> Array:
-    """Per-position latent sensitivity ``s(x) = ∇_a f̃_c(a(x)) · h`` (SPEC §2), for TCAV.
-
-    Returns ``(B, H, W)`` for a conv layer (the gradient at each position
-    dotted with ``h``; no spatial averaging) or ``(B,)`` for a dense layer.
-    ``model`` should be bound in evaluation mode so that samples do not interact.
-    """
-    shapes = jax.eval_shape(lambda p: model(p, x), params)
-    shape = check_layer(shapes.acts, layer).shape
-    if jnp.shape(cav) != (shape[-1],):
-        raise ValueError(f"cav has shape {jnp.shape(cav)}, expected ({shape[-1]},) for layer {layer!r}")
-    k = shapes.logits.shape[-1]
-    if not 0 <= target < k:
-        raise ValueError(f"target must be a class in [0, {k - 1}]; got {target}")
-
-    def f(p):
-        return jnp.sum(model(params, x, perturb={layer: p}).logits[:, target])
-
-    g = jax.grad(f)(jnp.zeros(shape, jnp.float32))
-    return g @ cav
