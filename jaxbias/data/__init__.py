@@ -3,6 +3,17 @@
 Nothing here imports TensorFlow; ``tensorflow_datasets`` and ``mlxtend`` are
 imported lazily inside the loaders in :mod:`jaxbias.data.sources`.
 """
+from jaxbias.data.adult import (
+    ADULT_COLUMNS,
+    ADULT_URL,
+    CATEGORICAL,
+    NUMERIC,
+    PROTECTED,
+    Adult,
+    counterfactual_pairs,
+    load_adult,
+    read_adult,
+)
 from jaxbias.data.artifacts import (
     ARTIFACTS,
     CORNERS,
@@ -20,21 +31,31 @@ from jaxbias.data.artifacts import (
 from jaxbias.data.biased_mnist import (
     COLOURS,
     BiasedMNIST,
+    ColourPairs,
     assign_colours,
     biased_mnist,
     color_mnist,
+    colour_pairs,
     colourise,
+    every_colour,
     to_float,
 )
 from jaxbias.data.iterators import batch_indices, iterate, num_batches
 from jaxbias.data.sources import DatasetUnavailableError, Digits, load_mnist
 
 __all__ = [
+    "ADULT_COLUMNS",
+    "ADULT_URL",
     "ARTIFACTS",
+    "CATEGORICAL",
     "COLOURS",
     "CORNERS",
     "FONT_3X5",
+    "NUMERIC",
+    "PROTECTED",
+    "Adult",
     "BiasedMNIST",
+    "ColourPairs",
     "DatasetUnavailableError",
     "Digits",
     "assign_colours",
@@ -42,16 +63,21 @@ __all__ = [
     "biased_mnist",
     "blend",
     "color_mnist",
+    "colour_pairs",
     "colour_patch",
     "colourise",
+    "counterfactual_pairs",
     "decoy_mnist",
+    "every_colour",
     "insert_all",
     "insert_into_class",
     "iterate",
+    "load_adult",
     "load_mnist",
     "lsb_hide",
     "lsb_read",
     "num_batches",
+    "read_adult",
     "render_text",
     "stamp",
     "to_float",

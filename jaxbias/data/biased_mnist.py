@@ -289,3 +289,73 @@ def biased_mnist(
         unbiased_bias=u_bias,
         source=digits.source,
     )
+
+
+def every_colour(images: Any, *, foreground: str = "white") -> np.ndarray:
+    """Each digit on each of the ten backgrounds: ``(N, 10, H, W, 3)`` uint8 (FMD's counterfactuals).
+
+    ``every_colour(images)[n, c]`` equals ``colourise(images[n:n+1], [c])[0]``.
+    """
+    imgs = _check_images(images)
+    n = imgs.shape[0]
+    rgb = colourise(np.repeat(imgs, NUM_CLASSES, axis=0), np.tile(np.arange(NUM_CLASSES), n), foreground=foreground)
+    return rgb.reshape(n, NUM_CLASSES, *rgb.shape[1:])
+
+
+class ColourPairs(NamedTuple):
+    """Counterfactual pairs of Colored MNIST (SPEC §8, FMD).
+
+    ``x`` is a digit on its class's own (biased) colour, ``x_cf`` the same digit
+    on colour ``bias_cf``; ``y`` is the shared label. Images are ``(P, 28, 28, 3)``
+    float32 in ``[0, 1]``; the other fields ``(P,)`` int32. ``index`` is the
+    source digit of each pair.
+    """
+
+    x: np.ndarray
+    x_cf: np.ndarray
+    y: np.ndarray
+    bias: np.ndarray
+    bias_cf: np.ndarray
+    index: np.ndarray
+
+
+_PAIR_MODES = ("all", "random")
+
+
+def colour_pairs(images: Any, labels: Any, *, others: str = "all", seed: int = 0,
+                 foreground: str = "white") -> ColourPairs:
+    """Pair each digit on its own class colour with the same digit on other colours.
+
+    Args:
+      images: ``(N, 28, 28)`` grey digits (as :func:`color_mnist`).
+      labels: ``(N,)`` digit classes in ``[0, 9]``.
+      others: ``"all"`` — every one of the 9 other colours (``9N`` pairs,
+        digit-major); ``"random"`` — one other colour per digit drawn from
+        ``seed`` (``N`` pairs), for a small external set.
+      seed: non-negative int (``"random"`` only).
+      foreground: see :func:`color_mnist`.
+
+    Returns:
+      :class:`ColourPairs`.
+
+    Example:
+      >>> pairs = colour_pairs(test_images[:100], test_labels[:100], others="random", seed=0)
+      >>> counterfactual_bias(logits_fn, params, pairs.x, pairs.x_cf, pairs.y)
+    """
+    imgs = _check_images(images)
+    labels = _check_labels(labels, imgs.shape[0])
+    seed = _check_seed(seed)
+    if others not in _PAIR_MODES:
+        raise ValueError(f"others must be one of {_PAIR_MODES}, got {others!r}")
+    n = imgs.shape[0]
+    if others == "all":
+        index = np.repeat(np.arange(n), NUM_CLASSES - 1)
+        offset = np.tile(np.arange(1, NUM_CLASSES), n)
+    else:
+        index = np.arange(n)
+        offset = np.random.default_rng(seed).integers(1, NUM_CLASSES, size=n)
+    own = labels[index].astype(np.int32)
+    other = ((own + offset) % NUM_CLASSES).astype(np.int32)
+    x = to_float(colourise(imgs[index], own, foreground=foreground))
+    x_cf = to_float(colourise(imgs[index], other, foreground=foreground))
+    return ColourPairs(x, x_cf, own.copy(), own, other, index.astype(np.int32))

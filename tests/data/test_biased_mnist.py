@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxbias.data import COLOURS, BiasedMNIST, biased_mnist, color_mnist, load_mnist, to_float
+from jaxbias.data import COLOURS, BiasedMNIST, biased_mnist, color_mnist, colourise, load_mnist, to_float
 
 # The colour table of SPEC §8, written out independently of the module.
 SPEC_COLOURS = [
@@ -185,3 +185,43 @@ def test_to_float():
     np.testing.assert_allclose(to_float(x), [0.0, 0.2, 1.0], rtol=1e-6)
     with pytest.raises(ValueError, match="rgb"):
         to_float(x.astype(np.float32))
+
+
+def test_every_colour_equals_colourise_per_colour():
+    from jaxbias.data.biased_mnist import every_colour
+
+    rng = np.random.default_rng(3)
+    imgs = (rng.random((4, 28, 28)) > 0.7).astype(np.uint8) * rng.integers(1, 256, (4, 28, 28)).astype(np.uint8)
+    out = every_colour(imgs)
+    assert out.shape == (4, 10, 28, 28, 3) and out.dtype == np.uint8
+    for n in range(4):
+        for c in range(10):
+            np.testing.assert_array_equal(out[n, c], colourise(imgs[n:n + 1], np.array([c]))[0])
+
+
+def test_colour_pairs_all_and_random():
+    from jaxbias.data.biased_mnist import colour_pairs
+
+    rng = np.random.default_rng(4)
+    imgs = (rng.random((6, 28, 28)) > 0.7).astype(np.uint8) * 200
+    labels = np.array([0, 3, 9, 3, 5, 1])
+    pairs = colour_pairs(imgs, labels, others="all")
+    assert pairs.x.shape == (54, 28, 28, 3) and pairs.x.dtype == np.float32
+    for n in range(6):
+        rows = np.flatnonzero(pairs.index == n)
+        assert rows.shape == (9,)
+        assert sorted(pairs.bias_cf[rows].tolist()) == [c for c in range(10) if c != labels[n]]
+        assert np.all(pairs.bias[rows] == labels[n]) and np.all(pairs.y[rows] == labels[n])
+        for r in rows:
+            np.testing.assert_array_equal(pairs.x[r], to_float(colourise(imgs[n:n + 1], labels[n:n + 1]))[0])
+            np.testing.assert_array_equal(pairs.x_cf[r], to_float(colourise(imgs[n:n + 1], pairs.bias_cf[r:r + 1]))[0])
+            fg = imgs[n] != 0  # only the background differs
+            np.testing.assert_array_equal(pairs.x[r][fg], pairs.x_cf[r][fg])
+    rnd = colour_pairs(imgs, labels, others="random", seed=1)
+    assert rnd.x.shape == (6, 28, 28, 3) and np.all(rnd.bias_cf != labels)
+    again = colour_pairs(imgs, labels, others="random", seed=1)
+    np.testing.assert_array_equal(rnd.bias_cf, again.bias_cf)
+    with pytest.raises(ValueError, match="others"):
+        colour_pairs(imgs, labels, others="some")
+    with pytest.raises(ValueError, match="labels"):
+        colour_pairs(imgs, labels[:3])
