@@ -13,6 +13,11 @@ loss, usually on a small block of parameters (the last layer). Three solvers:
 
 HVPs are forward-over-reverse (``jax.jvp`` of ``jax.grad``): one extra forward
 pass per product, no Hessian materialised.
+
+:func:`inverse_ggn` solves with the Gauss-Newton matrix of the cross-entropy
+instead (``JᵀHJ``, one JVP + one VJP per product): positive semi-definite for
+any block, equal to the Hessian for the last layer, and the usual choice when
+the block has hidden layers and the model is not at a strict minimum.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ PyTree = Any
 
 METHODS = ("exact", "cg", "lissa")
 
-__all__ = ["METHODS", "hvp", "inverse_hvp", "select", "merge"]
+__all__ = ["METHODS", "hvp", "ggn_vp", "inverse_hvp", "inverse_ggn", "select", "merge"]
 
 
 def select(params: dict, names: Sequence[str] | None) -> dict:
@@ -113,15 +118,92 @@ def inverse_hvp(
     sub = select(params, subset)
     _check(sub, v, damping, method)
     flat0, unravel = ravel_pytree(sub)
-    vflat, _ = ravel_pytree(v)
-    dtype = jnp.promote_types(flat0.dtype, jnp.float32)
-    vflat = vflat.astype(dtype)
 
     def f_flat(x):
         return f(merge(params, unravel(x)))
 
+    def curvature(x):
+        return jax.jvp(jax.grad(f_flat), (flat0,), (x,))[1]
+
+    return _solve(curvature, flat0, unravel, v, method=method, damping=damping, maxiter=maxiter, tol=tol,
+                  lissa_depth=lissa_depth, lissa_scale=lissa_scale)
+
+
+def ggn_vp(logits_fn: Callable[[PyTree, Array], Array], params: dict, x: Array, v: PyTree, *,
+           subset: Sequence[str] | None = None) -> PyTree:
+    """Gauss-Newton product ``G v = (1/N) Σ_n J_nᵀ (diag(p_n) − p_n p_nᵀ) J_n v`` of the mean cross-entropy.
+
+    ``J_n`` is the Jacobian of sample ``n``'s logits with respect to the block,
+    ``p_n`` its softmax. ``G`` is the Hessian of the mean cross-entropy without
+    the term of the network's own curvature: always positive semi-definite,
+    and equal to the Hessian when the logits are linear in the block (the last
+    layer). One JVP and one VJP per product.
+    """
+    sub = select(params, subset)
+    _check(sub, v, 0.0, "cg")
+    flat0, unravel = ravel_pytree(sub)
+    vflat, _ = ravel_pytree(v)
+    return unravel(_ggn_matvec(logits_fn, params, unravel, flat0, x)(vflat.astype(flat0.dtype)))
+
+
+def _ggn_matvec(logits_fn, params, unravel, flat0, x):
+    x = jnp.asarray(x)
+    n = x.shape[0]
+
+    def logits(q):
+        return logits_fn(merge(params, unravel(q)), x)
+
+    z, pullback = jax.vjp(logits, flat0)
+    p = jax.nn.softmax(z)
+
+    def matvec(u):
+        jv = jax.jvp(logits, (flat0,), (u,))[1]
+        hjv = p * jv - p * jnp.sum(p * jv, axis=-1, keepdims=True)
+        return pullback(hjv / n)[0]
+
+    return matvec
+
+
+def inverse_ggn(
+    logits_fn: Callable[[PyTree, Array], Array],
+    params: dict,
+    x: Array,
+    v: PyTree,
+    *,
+    method: str = "cg",
+    damping: float = 0.0,
+    subset: Sequence[str] | None = None,
+    maxiter: int = 1000,
+    tol: float = 1e-8,
+    lissa_depth: int = 5000,
+    lissa_scale: float | None = None,
+) -> PyTree:
+    """``(G + damping·I)⁻¹ v`` with ``G`` the Gauss-Newton matrix of the mean cross-entropy on ``x`` (:func:`ggn_vp`).
+
+    The positive semi-definite stand-in for the Hessian when the block has
+    hidden layers (where the true Hessian is indefinite away from a minimum).
+    Arguments and errors as :func:`inverse_hvp`; ``G`` has no zero-gradient
+    assumption, so it is the same at any ``params``.
+    """
+    sub = select(params, subset)
+    _check(sub, v, damping, method)
+    x = jnp.asarray(x)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch (N, ...); got shape {x.shape}")
+    flat0, unravel = ravel_pytree(sub)
+    curvature = _ggn_matvec(logits_fn, params, unravel, flat0, x)
+    return _solve(curvature, flat0, unravel, v, method=method, damping=damping, maxiter=maxiter, tol=tol,
+                  lissa_depth=lissa_depth, lissa_scale=lissa_scale)
+
+
+def _solve(curvature, flat0, unravel, v, *, method, damping, maxiter, tol, lissa_depth, lissa_scale):
+    """``(C + damping·I)⁻¹ v`` for the flat matvec ``curvature``; residual/eigenvalue checks instead of NaN."""
+    vflat, _ = ravel_pytree(v)
+    dtype = jnp.promote_types(flat0.dtype, jnp.float32)
+    vflat = vflat.astype(dtype)
+
     def matvec(x):
-        return jax.jvp(jax.grad(f_flat), (flat0,), (x,))[1] + damping * x
+        return curvature(x) + damping * x
 
     if method == "exact":
         n = flat0.shape[0]
@@ -148,6 +230,9 @@ def inverse_hvp(
             return vflat + xx - mv(xx) / scale
 
         x = jax.lax.fori_loop(0, lissa_depth, body, vflat) / scale
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{method} produced non-finite values: the curvature is singular or not finite; "
+                         "increase damping")
     if method != "exact":
         res = float(jnp.linalg.norm(matvec(x) - vflat) / jnp.maximum(jnp.linalg.norm(vflat), 1e-30))
         if not res <= 1e-3:

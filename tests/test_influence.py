@@ -101,3 +101,80 @@ def test_bad_input():
         inverse_hvp(f, params, {"w": jnp.ones(5)}, subset=("w",), damping=-1.0)
     with pytest.raises(ValueError, match="method"):
         inverse_hvp(f, params, {"w": jnp.ones(5)}, subset=("w",), method="qr")
+
+
+def _mlp_logits(p, x):
+    return jnp.tanh(x @ p["h"]) @ p["out"] + p["b"]
+
+
+def _mlp(seed=0, n=12, d=3, k=4):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    params = {"h": rng.normal(size=(d, 5)) * 0.7, "out": rng.normal(size=(5, k)) * 0.7, "b": rng.normal(size=k) * 0.1}
+    return x, params
+
+
+def test_ggn_equals_explicit_jacobian_product():
+    from jax.flatten_util import ravel_pytree
+
+    from jaxbias.influence import ggn_vp
+
+    with jax.enable_x64(True):
+        x, params = _mlp()
+        params = jax.tree.map(jnp.asarray, params)
+        flat, unravel = ravel_pytree(params)
+        # independent reference: G = (1/N) Σ J_nᵀ (diag p − p pᵀ) J_n with J from jacfwd, in NumPy
+        jac = np.asarray(jax.jacfwd(lambda q: _mlp_logits(unravel(q), x))(flat))  # (N, k, P)
+        probs = np.asarray(jax.nn.softmax(_mlp_logits(params, x)))
+        g = sum(jac[n].T @ (np.diag(probs[n]) - np.outer(probs[n], probs[n])) @ jac[n] for n in range(len(x))) / len(x)
+        v = np.random.default_rng(1).normal(size=flat.shape[0])
+        got = ravel_pytree(ggn_vp(_mlp_logits, params, x, unravel(jnp.asarray(v))))[0]
+        np.testing.assert_allclose(got, g @ v, rtol=1e-10, atol=1e-12)
+        assert np.linalg.eigvalsh(g)[0] > -1e-12  # positive semi-definite
+
+
+def test_ggn_is_the_hessian_for_the_last_layer():
+    from jaxbias.influence import ggn_vp
+
+    with jax.enable_x64(True):
+        x, params = _mlp(2)
+        params = jax.tree.map(jnp.asarray, params)
+        y = jnp.asarray(np.random.default_rng(3).integers(0, 4, len(x)))
+
+        def ce(p):
+            z = _mlp_logits(p, x)
+            return jnp.mean(jax.nn.logsumexp(z, axis=1) - jnp.take_along_axis(z, y[:, None], 1)[:, 0])
+
+        rng = np.random.default_rng(4)
+        v = {"out": jnp.asarray(rng.normal(size=(5, 4))), "b": jnp.asarray(rng.normal(size=4))}
+        got = ggn_vp(_mlp_logits, params, x, v, subset=("out", "b"))
+        f_block = lambda blk: ce({**params, **blk})  # noqa: E731
+        want = hvp(f_block, {"out": params["out"], "b": params["b"]}, v)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        # for the hidden layer the true Hessian differs (the network's own curvature)
+        vh = {"h": jnp.asarray(rng.normal(size=(3, 5)))}
+        gh = ggn_vp(_mlp_logits, params, x, vh, subset=("h",))["h"]
+        hh = hvp(lambda blk: ce({**params, **blk}), {"h": params["h"]}, vh)["h"]
+        assert np.linalg.norm(gh - hh) > 1e-3 * np.linalg.norm(hh)
+
+
+@pytest.mark.parametrize("method", ["cg", "lissa"])
+def test_inverse_ggn_matches_the_dense_solve(method):
+    from jaxbias.influence import inverse_ggn
+
+    x, params = _mlp(5, n=40)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    x = jnp.asarray(x, jnp.float32)
+    rng = np.random.default_rng(6)
+    v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=np.shape(a)), jnp.float32), params)
+    exact = inverse_ggn(_mlp_logits, params, x, v, method="exact", damping=0.05)
+    got = inverse_ggn(_mlp_logits, params, x, v, method=method, damping=0.05)
+    e = np.concatenate([np.ravel(a) for a in jax.tree.leaves(exact)])
+    g = np.concatenate([np.ravel(a) for a in jax.tree.leaves(got)])
+    assert np.linalg.norm(g - e) <= 1e-4 * np.linalg.norm(e)
+    # more parameters than samples × classes: G is singular, so no damping is an error, never NaN/inf
+    with pytest.raises(ValueError, match="damping"):
+        inverse_ggn(_mlp_logits, params, x[:2], v, method="exact", damping=0.0)
+    with pytest.raises(ValueError, match="x must be"):
+        inverse_ggn(_mlp_logits, params, x[0], v, damping=0.1)

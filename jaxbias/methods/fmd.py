@@ -22,25 +22,103 @@ paper                  here
 =====================  ======================================================
 
 Cost: one inverse HVP ``s = H⁻¹ ∇B`` serves every training sample, whose
-influence is then ``−sᵀ ∇L(z_k)`` with per-sample gradients vmapped over the
-data; the Newton-step edit is one more inverse HVP.
+influence ``−sᵀ ∇L(z_k)`` is the directional derivative of every per-sample
+loss along ``s``: one JVP for the whole training set, no per-sample gradients;
+the Newton-step edit is one more inverse HVP. The post-hoc entry point is
+:func:`edit` (or :func:`debias`, which also reports), configured by
+:class:`Hparams`.
+
+Curvature: ``"hessian"`` is the paper's Hessian of the cross-entropy;
+``"ggn"`` (default) its Gauss-Newton part, positive semi-definite for any
+parameter block, identical for the last layer. The step scale ``s`` is chosen
+on the counterfactual pairs when not given (the authors tune it): the
+smallest bias on the pairs whose accuracy on their factual half stays within
+``max_acc_drop`` of the model's.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import dataclasses
+import re
+import time
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbias.influence import inverse_hvp, merge, select
+from jaxbias.influence import METHODS, inverse_ggn, inverse_hvp, merge, select
 
 Array = jax.Array
 LogitsFn = Callable[[Any, Array], Array]
 
-__all__ = ["counterfactual_bias", "per_sample_grads", "influence_on_bias", "unlearn_training",
-           "unlearn_counterfactual"]
+__all__ = ["Hparams", "EditResult", "counterfactual_bias", "check_pair_labels", "per_sample_grads",
+           "influence_on_bias", "resolve_subset", "unlearn_training", "unlearn_counterfactual", "debias", "edit"]
+
+MODES = ("counterfactual", "training")
+CURVATURES = ("ggn", "hessian")
+#: Step scales tried when ``Hparams.scale`` is ``None`` (log grid).
+SCALE_GRID = tuple(float(v) for v in np.geomspace(1e-5, 1.0, 31))
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+    """FMD's edit.
+
+    Attributes:
+      mode: ``"counterfactual"`` — replace each external pair's factual sample
+        by its counterfactual, no training data (the paper's external-set
+        variant); ``"training"`` — rank the training samples by influence on
+        the bias and unlearn the ``top_k`` most harmful (replaced by their
+        counterfactuals when those are given).
+      params: the parameter block that is edited: ``"last"`` (the output
+        layer), ``"lastN"`` (the last N layers), ``"all"``, or a
+        comma-separated list of top-level parameter groups.
+      curvature: ``"ggn"`` or ``"hessian"`` (module docstring).
+      solver: ``"cg"``, ``"exact"`` or ``"lissa"`` (:mod:`jaxbias.influence`).
+      damping: ``λ`` added to the curvature's diagonal.
+      scale: the step scale ``s``; ``None`` chooses it from :data:`SCALE_GRID`
+        on the pairs (``"training"`` mode: ``None`` is also allowed, and
+        ``1/n`` is the textbook value).
+      max_acc_drop: largest loss of accuracy on the pairs that the scale
+        search accepts (fraction, 0.03 = 3 points).
+      accuracy_on: which accuracy the search keeps: ``"factual"`` (the
+        pairs' factual samples: the biased, in-distribution view) or
+        ``"both"`` (factual and counterfactual samples: a bias-balanced view,
+        like an unbiased test set).
+      top_k: ``"training"`` mode: how many harmful samples are unlearned.
+    """
+
+    mode: str = "counterfactual"
+    params: str = "last"
+    curvature: str = "ggn"
+    solver: str = "cg"
+    damping: float = 1e-2
+    scale: float | None = None
+    max_acc_drop: float = 0.03
+    accuracy_on: str = "factual"
+    top_k: int = 100
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}; got {self.curvature!r}")
+        if self.solver not in METHODS:
+            raise ValueError(f"solver must be one of {METHODS}; got {self.solver!r}")
+        if not (isinstance(self.damping, (int, float)) and self.damping >= 0):
+            raise ValueError(f"damping must be a number >= 0; got {self.damping!r}")
+        if self.scale is not None and not (isinstance(self.scale, (int, float)) and np.isfinite(self.scale)
+                                           and self.scale > 0):
+            raise ValueError(f"scale must be a positive number or None; got {self.scale!r}")
+        if not (isinstance(self.max_acc_drop, (int, float)) and 0 <= self.max_acc_drop <= 1):
+            raise ValueError(f"max_acc_drop must be in [0, 1]; got {self.max_acc_drop!r}")
+        if self.accuracy_on not in ("factual", "both"):
+            raise ValueError(f"accuracy_on must be 'factual' or 'both'; got {self.accuracy_on!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"top_k must be a positive int; got {self.top_k!r}")
+        if not isinstance(self.params, str) or not self.params.strip():
+            raise ValueError(f"params must be 'last', 'lastN', 'all' or comma-separated group names; got {self.params!r}")
 
 
 def _check_pairs(x, x_cf, y):
@@ -100,6 +178,21 @@ def _dot_rows(tree_rows, tree_vec) -> Array:
                for r, v in zip(jax.tree.leaves(tree_rows), jax.tree.leaves(tree_vec)))
 
 
+def _per_sample_losses(logits_fn: LogitsFn, params: dict, x: Array, y: Array):
+    def losses(p):
+        return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, jnp.asarray(x)), jnp.asarray(y))
+
+    return losses
+
+
+def _ce_loss(logits_fn: LogitsFn, x: Array, y: Array) -> Callable[[dict], Array]:
+    """The mean cross-entropy on ``(x, y)`` as a function of the full parameters."""
+    def f(p):
+        return jnp.mean(_per_sample_losses(logits_fn, p, x, y)(p))
+
+    return f
+
+
 def influence_on_bias(
     logits_fn: LogitsFn,
     params: dict,
@@ -107,30 +200,49 @@ def influence_on_bias(
     train_y: Array,
     pairs: tuple[Array, Array, Array],
     *,
-    hessian_loss: Callable[[dict], Array],
+    hessian_loss: Callable[[dict], Array] | None = None,
     subset: Sequence[str] | None = None,
     damping: float = 0.0,
     method: str = "cg",
+    curvature: str = "hessian",
 ) -> Array:
     """``I(z_k) = −∇_θ B(θ̂)ᵀ H⁻¹ ∇_θ L(z_k, θ̂)`` for every training sample, ``(N,)``.
 
     ``I > 0``: up-weighting ``z_k`` raises the bias (a harmful sample); removing
     it changes ``B`` by about ``−I(z_k)/n`` for a mean loss over ``n`` samples.
+    All ``N`` values come from one JVP of the per-sample losses along
+    ``s = H⁻¹ ∇B``.
 
     Args:
       pairs: ``(x, x_cf, y)`` counterfactual pairs defining ``B``.
-      hessian_loss: scalar loss of the full parameters whose Hessian is ``H``.
+      hessian_loss: scalar loss of the full parameters whose Hessian is ``H``
+        (``curvature="hessian"``); ``None``: the mean cross-entropy on the
+        training data.
       subset, damping, method: see :func:`jaxbias.influence.inverse_hvp`.
+      curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton on the training inputs).
     """
+    _check_pairs(*pairs)
     block = select(params, subset)
     g_b = jax.grad(lambda b: counterfactual_bias(logits_fn, merge(params, b), *pairs))(block)
-    s = inverse_hvp(hessian_loss, params, g_b, method=method, damping=damping, subset=subset)
-    grads = per_sample_grads(logits_fn, params, train_x, train_y, subset=subset)
-    return -_dot_rows(grads, s)
+    solve = _solver(logits_fn, params, train_x, train_y, subset=subset, damping=damping, method=method,
+                    curvature=curvature, hessian_loss=hessian_loss)
+    s = solve(g_b)
+    losses = _per_sample_losses(logits_fn, params, train_x, train_y)
+    return -jax.jvp(lambda b: losses(merge(params, b)), (block,), (s,))[1]
 
 
-def _newton(params, direction, hessian_loss, subset, damping, method, scale):
-    step = inverse_hvp(hessian_loss, params, direction, method=method, damping=damping, subset=subset)
+def _solver(logits_fn, params, x, y, *, subset, damping, method, curvature, hessian_loss=None):
+    """``v ↦ (C + λI)⁻¹ v`` on the block, ``C`` the Hessian of the mean loss or the Gauss-Newton matrix on ``x``."""
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}; got {curvature!r}")
+    if curvature == "ggn":
+        return lambda v: inverse_ggn(logits_fn, params, x, v, method=method, damping=damping, subset=subset)
+    f = hessian_loss if hessian_loss is not None else _ce_loss(logits_fn, x, y)
+    return lambda v: inverse_hvp(f, params, v, method=method, damping=damping, subset=subset)
+
+
+def _newton(params, direction, solve, subset, scale):
+    step = solve(direction)
     block = select(params, subset)
     return merge(params, jax.tree.map(lambda p, d: p + scale * d, block, step))
 
@@ -152,7 +264,9 @@ def unlearn_training(
     ``θ_new = θ̂ + H⁻¹ Σ_k ∇L(z_k, θ̂) / n_train``.
     """
     total = _summed_grad(logits_fn, params, x, y, subset)
-    return _newton(params, total, hessian_loss, subset, damping, method, 1.0 / n_train)
+    solve = _solver(logits_fn, params, None, None, subset=subset, damping=damping, method=method,
+                    curvature="hessian", hessian_loss=hessian_loss)
+    return _newton(params, total, solve, subset, 1.0 / n_train)
 
 
 def unlearn_counterfactual(
@@ -170,9 +284,202 @@ def unlearn_counterfactual(
 
     ``θ_new = θ̂ + s · H⁻¹ Σ_k (∇L(z_k, θ̂) − ∇L(z̄_k, θ̂))``, ``s = scale``.
     """
+    _check_pairs(*pairs)
+    solve = _solver(logits_fn, params, None, None, subset=subset, damping=damping, method=method,
+                    curvature="hessian", hessian_loss=hessian_loss)
+    return _newton(params, _replacement_direction(logits_fn, params, pairs, subset), solve, subset, scale)
+
+
+def _replacement_direction(logits_fn, params, pairs, subset):
+    """``Σ_k ∇L(z_k) − ∇L(z̄_k)`` on the block (two summed backward passes)."""
     x, x_cf, y = pairs
-    _check_pairs(x, x_cf, y)
     g = _summed_grad(logits_fn, params, x, y, subset)
     g_cf = _summed_grad(logits_fn, params, x_cf, y, subset)
-    diff = jax.tree.map(jnp.subtract, g, g_cf)
-    return _newton(params, diff, hessian_loss, subset, damping, method, scale)
+    return jax.tree.map(jnp.subtract, g, g_cf)
+
+
+_LAST_N = re.compile(r"^last(\d*)$")
+
+
+def resolve_subset(spec: str, params: dict, *, order: Sequence[str] | None = None) -> tuple[str, ...] | None:
+    """The parameter groups named by ``spec`` (``None`` for all).
+
+    ``"last"``/``"lastN"`` count from the end of ``order``, the model's layers
+    in forward order (default: the order of ``params``, which is Flax's call
+    order after ``init``).
+
+    Example:
+      >>> resolve_subset("last2", {"fc1": ..., "fc2": ..., "out": ...})
+      ('fc2', 'out')
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"params must be a string ('last', 'lastN', 'all' or group names); got {spec!r}")
+    groups = list(order) if order is not None else list(params)
+    unknown = sorted(set(groups) - set(params))
+    if unknown:
+        raise ValueError(f"order names {unknown}, which are not parameter groups {sorted(params)}")
+    spec = spec.strip()
+    if spec == "all":
+        return None
+    m = _LAST_N.match(spec)
+    if m:
+        n = int(m.group(1) or 1)
+        if not 1 <= n <= len(groups):
+            raise ValueError(f"params={spec!r} asks for the last {n} of {len(groups)} parameter groups {groups}")
+        return tuple(groups[-n:])
+    names = tuple(t.strip() for t in spec.split(",") if t.strip())
+    select(params, names)  # raises for names that match nothing
+    return names
+
+
+class EditResult(NamedTuple):
+    """What :func:`debias` did.
+
+    ``params``: the edited parameters; ``subset``: the groups changed
+    (``None``: all); ``scale``: the step scale used; ``seconds``: wall-clock
+    time of the edit (gradients, solve, scale search; results on the host);
+    ``bias_before``/``bias_after`` and ``acc_before``/``acc_after``: ``B`` and
+    the accuracy (``Hparams.accuracy_on``) on the pairs given; ``removed``: the
+    indices of the unlearned training samples (``"training"`` mode);
+    ``grid``: ``(scales, bias, accuracy)`` of the scale search (empty when the
+    scale was given).
+    """
+
+    params: dict
+    subset: tuple[str, ...] | None
+    scale: float
+    seconds: float
+    bias_before: float
+    bias_after: float
+    acc_before: float
+    acc_after: float
+    removed: np.ndarray | None
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _pair_scores(logits_fn, params, pairs, accuracy_on="factual"):
+    x, x_cf, y = pairs
+    y = jnp.asarray(y)
+    logits = logits_fn(params, jnp.concatenate([jnp.asarray(x), jnp.asarray(x_cf)]))
+    p = jnp.take_along_axis(jax.nn.softmax(logits), jnp.concatenate([y, y])[:, None], axis=1)[:, 0]
+    n = y.shape[0]
+    hits = jnp.argmax(logits, axis=-1) == jnp.concatenate([y, y])
+    acc = jnp.mean(hits[:n]) if accuracy_on == "factual" else jnp.mean(hits)
+    return jnp.mean(jnp.abs(p[:n] - p[n:])), acc
+
+
+def _search_scale(logits_fn, params, block, step, pairs, scales, max_drop, accuracy_on):
+    """Bias and accuracy on the pairs for every scale (``lax.map``), and the chosen index."""
+    def at(scale):
+        moved = merge(params, jax.tree.map(lambda p, d: p + scale * d, block, step))
+        return _pair_scores(logits_fn, moved, pairs, accuracy_on)
+
+    b0, a0 = _pair_scores(logits_fn, params, pairs, accuracy_on)
+    bias, acc = jax.lax.map(at, jnp.asarray(scales, jnp.float32))
+    ok = (acc >= a0 - max_drop - 1e-6) & jnp.isfinite(bias)
+    score = jnp.where(ok, bias, jnp.inf)
+    return bias, acc, jnp.argmin(score), jnp.any(ok & (bias < b0))
+
+
+def debias(
+    logits_fn: LogitsFn,
+    params: dict,
+    pairs: tuple[Array, Array, Array],
+    *,
+    hp: Hparams = Hparams(),
+    train: tuple[Array, Array] | None = None,
+    train_cf: Array | None = None,
+    order: Sequence[str] | None = None,
+    y_cf: Array | None = None,
+) -> EditResult:
+    """FMD's post-hoc edit of a trained model, with a report.
+
+    Args:
+      logits_fn: ``(params, x) -> (B, k)`` logits in evaluation mode.
+      params: the trained parameters (a dict of top-level groups).
+      pairs: ``(x, x_cf, y)`` counterfactual pairs; they define ``B`` and, in
+        ``"counterfactual"`` mode, are the only data the edit uses (the
+        curvature is taken on ``x`` and ``x_cf`` together).
+      hp: :class:`Hparams`.
+      train: ``(x, y)`` training data (``"training"`` mode; curvature, influence).
+      train_cf: counterfactual versions of ``train``'s inputs (``"training"``
+        mode, optional): the removed samples are then replaced by these.
+      order: the model's parameter groups in forward order (for ``"last"``).
+      y_cf: labels of ``x_cf`` when they come separately; they must equal ``y``.
+
+    Returns:
+      :class:`EditResult`.
+
+    Raises:
+      ValueError: pairs whose labels differ, a ``params`` block that matches
+        nothing, missing training data in ``"training"`` mode, or a curvature
+        that is not positive definite at this damping (never NaN).
+
+    Example:
+      >>> res = debias(logits_fn, params, (x, x_cf, y), hp=Hparams(params="last"))
+      >>> res.bias_before, res.bias_after, res.seconds
+    """
+    if not isinstance(hp, Hparams):
+        raise ValueError(f"hp must be fmd.Hparams; got {type(hp).__name__}")
+    x, x_cf, y = pairs
+    _check_pairs(x, x_cf, y)
+    if y_cf is not None:
+        check_pair_labels(y, y_cf)
+    if jnp.shape(x)[0] == 0:
+        raise ValueError("pairs must hold at least one counterfactual pair")
+    pairs = (jnp.asarray(x), jnp.asarray(x_cf), jnp.asarray(y))
+    subset = resolve_subset(hp.params, params, order=order)
+    t0 = time.perf_counter()
+    block = select(params, subset)
+    removed = None
+    if hp.mode == "counterfactual":
+        cx = jnp.concatenate([pairs[0], pairs[1]])
+        cy = jnp.concatenate([pairs[2], pairs[2]])
+        solve = _solver(logits_fn, params, cx, cy, subset=subset, damping=hp.damping, method=hp.solver,
+                        curvature=hp.curvature)
+        direction = _replacement_direction(logits_fn, params, pairs, subset)
+    else:
+        if train is None:
+            raise ValueError('mode="training" needs train=(x, y), the training data')
+        tx, ty = jnp.asarray(train[0]), jnp.asarray(train[1])
+        if jnp.ndim(ty) != 1 or tx.shape[0] != ty.shape[0]:
+            raise ValueError(f"train must be (x, y) with y of shape (N,) = ({tx.shape[0]},); got {jnp.shape(ty)}")
+        if train_cf is not None and jnp.shape(train_cf) != tx.shape:
+            raise ValueError(f"train_cf must have the shape of train x {tx.shape}; got {jnp.shape(train_cf)}")
+        solve = _solver(logits_fn, params, tx, ty, subset=subset, damping=hp.damping, method=hp.solver,
+                        curvature=hp.curvature)
+        g_b = jax.grad(lambda b: counterfactual_bias(logits_fn, merge(params, b), *pairs))(block)
+        s = solve(g_b)
+        losses = _per_sample_losses(logits_fn, params, tx, ty)
+        infl = -jax.jvp(lambda b: losses(merge(params, b)), (block,), (s,))[1]
+        k = min(hp.top_k, tx.shape[0])
+        removed = np.asarray(jax.lax.top_k(infl, k)[1])
+        direction = _summed_grad(logits_fn, params, tx[removed], ty[removed], subset)
+        if train_cf is not None:
+            g_cf = _summed_grad(logits_fn, params, jnp.asarray(train_cf)[removed], ty[removed], subset)
+            direction = jax.tree.map(jnp.subtract, direction, g_cf)
+    step = solve(direction)
+    if hp.scale is None:
+        # counterfactual: a log grid; training: around the textbook 1/n
+        scales = np.asarray(SCALE_GRID) if hp.mode == "counterfactual" else np.geomspace(1e-2, 1e2, 21) / tx.shape[0]
+        gb, ga, best, _ = _search_scale(logits_fn, params, block, step, pairs, scales, hp.max_acc_drop,
+                                          hp.accuracy_on)
+        scale = float(scales[int(best)])
+        grid = (scales, np.asarray(gb), np.asarray(ga))
+    else:
+        scale = float(hp.scale)
+        grid = (np.zeros(0), np.zeros(0), np.zeros(0))
+    new = merge(params, jax.tree.map(lambda p, d: p + scale * d, block, step))
+    b0, a0 = _pair_scores(logits_fn, params, pairs, hp.accuracy_on)
+    b1, a1 = _pair_scores(logits_fn, new, pairs, hp.accuracy_on)
+    new = jax.block_until_ready(new)
+    seconds = time.perf_counter() - t0
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(select(new, subset))):
+        raise ValueError("the edit produced non-finite parameters; increase damping or give a smaller scale")
+    return EditResult(new, subset, scale, seconds, float(b0), float(b1), float(a0), float(a1), removed, grid)
+
+
+def edit(logits_fn: LogitsFn, params: dict, pairs: tuple[Array, Array, Array], *, hp: Hparams = Hparams(),
+         **kwargs) -> dict:
+    """The post-hoc method contract: the edited parameters of :func:`debias`."""
+    return debias(logits_fn, params, pairs, hp=hp, **kwargs).params

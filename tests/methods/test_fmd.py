@@ -1,4 +1,6 @@
 """FMD on a convex problem: influence predictions against actual retraining; the edits."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,3 +101,118 @@ def test_bad_input():
         fmd.counterfactual_bias(logits_fn, {"w": jnp.zeros(D), "b": jnp.zeros(())}, x, x[:, :2], y)
     with pytest.raises(ValueError, match="subset"):
         fmd.per_sample_grads(logits_fn, {"w": jnp.zeros(D), "b": jnp.zeros(())}, x, y, subset=("fc",))
+
+
+def _two_layer(seed=0, n=60, d=4, k=3):
+    """A small tanh network on data whose label leans on the last input column (the 'attribute')."""
+    rng = np.random.default_rng(seed)
+    attr = rng.integers(0, 2, n)
+    y = np.where(rng.random(n) < 0.8, attr * 2, rng.integers(0, k, n)).astype(np.int32)
+    x = np.concatenate([rng.normal(size=(n, d - 1)) + 0.3 * y[:, None], attr[:, None]], 1).astype(np.float32)
+    params = {"hidden": {"w": jnp.asarray(rng.normal(size=(d, 6)) * 0.8, jnp.float32)},
+              "out": {"w": jnp.asarray(rng.normal(size=(6, k)) * 0.8, jnp.float32), "b": jnp.zeros(k)}}
+    x_cf = x.copy()
+    x_cf[:, -1] = 1 - x_cf[:, -1]
+    return params, jnp.asarray(x), jnp.asarray(x_cf), jnp.asarray(y)
+
+
+def net(p, x):
+    return jnp.tanh(x @ p["hidden"]["w"]) @ p["out"]["w"] + p["out"]["b"]
+
+
+def _trained(seed=0):
+    import optax
+
+    params, x, x_cf, y = _two_layer(seed)
+    tx = optax.adam(0.05)
+    opt = tx.init(params)
+    loss = lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(net(p, x), y))  # noqa: E731
+    for _ in range(150):
+        g = jax.grad(loss)(params)
+        u, opt = tx.update(g, opt)
+        params = optax.apply_updates(params, u)
+    return params, x, x_cf, y
+
+
+def test_resolve_subset():
+    params = {"fc1": 0, "fc2": 0, "out": 0}
+    assert fmd.resolve_subset("last", params) == ("out",)
+    assert fmd.resolve_subset("last2", params) == ("fc2", "out")
+    assert fmd.resolve_subset("all", params) is None
+    assert fmd.resolve_subset("fc1, out", params) == ("fc1", "out")
+    assert fmd.resolve_subset("last", params, order=["out", "fc1", "fc2"]) == ("fc2",)
+    for bad in ("fc9", "last4", "last0"):
+        with pytest.raises(ValueError, match="params|subset|groups"):
+            fmd.resolve_subset(bad, params)
+
+
+def test_debias_auto_scale_is_the_best_feasible_grid_point():
+    params, x, x_cf, y = _trained()
+    pairs = (x, x_cf, y)
+    hp = fmd.Hparams(params="all", damping=0.1)
+    res = fmd.debias(net, params, pairs, hp=hp)
+    assert res.bias_after < res.bias_before
+    assert res.acc_after >= res.acc_before - hp.max_acc_drop - 1e-6
+    scales, bias, acc = res.grid
+    # independent check: every grid scale as an explicit edit, then the rule by hand
+    b0 = float(fmd.counterfactual_bias(net, params, *pairs))
+    a0 = float(np.mean(np.argmax(net(params, x), -1) == y))
+    manual = []
+    for s in scales[::5]:
+        r = fmd.debias(net, params, pairs, hp=dataclasses.replace(hp, scale=float(s)))
+        np.testing.assert_allclose(r.bias_after, float(fmd.counterfactual_bias(net, r.params, *pairs)), rtol=1e-5)
+        manual.append((r.bias_after, r.acc_after))
+    np.testing.assert_allclose([m[0] for m in manual], bias[::5], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose([m[1] for m in manual], acc[::5], atol=1e-6)
+    feasible = [(b, s) for b, a, s in zip(bias, acc, scales) if a >= a0 - hp.max_acc_drop - 1e-6]
+    assert res.scale == min(feasible)[1]
+    assert res.bias_before == pytest.approx(b0, rel=1e-5)
+
+
+def test_debias_ggn_equals_hessian_on_the_last_layer():
+    params, x, x_cf, y = _trained(1)
+    kw = dict(params="last", damping=0.01, scale=1e-2, solver="exact")
+    a = fmd.debias(net, params, (x, x_cf, y), hp=fmd.Hparams(curvature="ggn", **kw))
+    b = fmd.debias(net, params, (x, x_cf, y), hp=fmd.Hparams(curvature="hessian", **kw))
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
+    assert jax.tree.leaves(a.params["hidden"])[0] is params["hidden"]["w"]  # frozen block untouched
+
+
+def test_debias_training_mode_removes_the_top_influence_samples():
+    params, x, x_cf, y = _trained(2)
+    pairs = (x[:20], x_cf[:20], y[:20])
+    hp = fmd.Hparams(mode="training", params="last", top_k=7, damping=0.05, curvature="ggn")
+    res = fmd.debias(net, params, pairs, hp=hp, train=(x, y), train_cf=x_cf)
+    infl = np.asarray(fmd.influence_on_bias(net, params, x, y, pairs, subset=("out",), damping=0.05,
+                                            curvature="ggn"))
+    assert sorted(res.removed.tolist()) == sorted(np.argsort(-infl)[:7].tolist())
+    # the JVP influences equal per-sample gradients dotted with H⁻¹∇B (the explicit form)
+    from jaxbias.influence import inverse_ggn, select
+    g_b = jax.grad(lambda b: fmd.counterfactual_bias(net, {**params, **b}, *pairs))(select(params, ("out",)))
+    s = inverse_ggn(net, params, x, g_b, damping=0.05, subset=("out",))
+    grads = fmd.per_sample_grads(net, params, x, y, subset=("out",))
+    explicit = -sum(np.tensordot(np.asarray(g), np.asarray(v), axes=v.ndim)
+                    for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(s)))
+    np.testing.assert_allclose(infl, explicit, rtol=1e-4, atol=1e-6)
+    assert np.all(infl[res.removed] > 0)  # harmful: up-weighting them raises B
+    with pytest.raises(ValueError, match="train"):
+        fmd.debias(net, params, pairs, hp=hp)
+
+
+def test_debias_bad_input():
+    params, x, x_cf, y = _trained(3)
+    with pytest.raises(ValueError, match="same label"):
+        fmd.debias(net, params, (x, x_cf, y), y_cf=(y + 1) % 3)
+    with pytest.raises(ValueError, match="subset|groups"):
+        fmd.debias(net, params, (x, x_cf, y), hp=fmd.Hparams(params="fc"))
+    with pytest.raises(ValueError, match="x_cf"):
+        fmd.debias(net, params, (x, x_cf[:5], y))
+    # the true Hessian over the hidden layer is indefinite here: without damping an error, never NaN
+    with pytest.raises(ValueError, match="damping"):
+        fmd.debias(net, params, (x, x_cf, y), hp=fmd.Hparams(params="all", curvature="hessian", damping=0.0,
+                                                             solver="exact"))
+    for bad in (dict(mode="x"), dict(curvature="fisher"), dict(solver="lu"), dict(damping=-1.0), dict(scale=0.0),
+                dict(max_acc_drop=2.0), dict(top_k=0), dict(accuracy_on="all"), dict(params="")):
+        with pytest.raises(ValueError):
+            fmd.Hparams(**bad)
