@@ -119,12 +119,7 @@ def inverse_hvp(
     _check(sub, v, damping, method)
     flat0, unravel = ravel_pytree(sub)
 
-    def f_flat(x):
-        return f(merge(params, unravel(x)))
-
-    def curvature(x):
-        return jax.jvp(jax.grad(f_flat), (flat0,), (x,))[1]
-
+    curvature = _hessian_matvec(f, params, unravel, flat0)
     return _solve(curvature, flat0, unravel, v, method=method, damping=damping, maxiter=maxiter, tol=tol,
                   lissa_depth=lissa_depth, lissa_scale=lissa_scale)
 
@@ -144,6 +139,16 @@ def ggn_vp(logits_fn: Callable[[PyTree, Array], Array], params: dict, x: Array, 
     flat0, unravel = ravel_pytree(sub)
     vflat, _ = ravel_pytree(v)
     return unravel(_ggn_matvec(logits_fn, params, unravel, flat0, x)(vflat.astype(flat0.dtype)))
+
+
+def _hessian_matvec(f, params, unravel, flat0):
+    def f_flat(q):
+        return f(merge(params, unravel(q)))
+
+    def matvec(u):
+        return jax.jvp(jax.grad(f_flat), (flat0,), (u,))[1]
+
+    return matvec
 
 
 def _ggn_matvec(logits_fn, params, unravel, flat0, x):
@@ -198,53 +203,69 @@ def inverse_ggn(
 
 def _solve(curvature, flat0, unravel, v, *, method, damping, maxiter, tol, lissa_depth, lissa_scale):
     """``(C + damping·I)⁻¹ v`` for the flat matvec ``curvature``; residual/eigenvalue checks instead of NaN."""
+    if lissa_scale is not None and not lissa_scale > 0:
+        raise ValueError(f"lissa_scale must be positive; got {lissa_scale}")
     vflat, _ = ravel_pytree(v)
-    dtype = jnp.promote_types(flat0.dtype, jnp.float32)
-    vflat = vflat.astype(dtype)
+    x, diag = solve_flat(curvature, vflat.astype(jnp.promote_types(flat0.dtype, jnp.float32)), method=method,
+                         damping=damping, maxiter=maxiter, tol=tol, lissa_depth=lissa_depth, lissa_scale=lissa_scale)
+    check_solution(method, x, diag, damping)
+    return unravel(x.astype(flat0.dtype))
+
+
+def solve_flat(curvature, vflat, *, method, damping, maxiter=1000, tol=1e-8, lissa_depth=5000, lissa_scale=None):
+    """``(C + damping·I)⁻¹ v`` on flat vectors, traceable (usable inside ``jax.jit``).
+
+    Returns ``(x, diag)``: ``diag`` is the smallest eigenvalue of ``C + λI``
+    for ``"exact"`` and the relative residual otherwise; pass both to
+    :func:`check_solution`, which raises instead of returning a wrong answer.
+    """
+    dtype = vflat.dtype
 
     def matvec(x):
         return curvature(x) + damping * x
 
     if method == "exact":
-        n = flat0.shape[0]
+        n = vflat.shape[0]
         h = jax.vmap(matvec)(jnp.eye(n, dtype=dtype))
         h = 0.5 * (h + h.T)
-        lo = float(jnp.linalg.eigvalsh(h)[0])
-        if not lo > 0:
-            raise ValueError(
-                f"H + damping·I is not positive definite (smallest eigenvalue {lo:.3g} with damping={damping}); "
-                "increase damping"
-            )
+        lo = jnp.linalg.eigvalsh(h)[0]
         x = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(h), vflat)
-    elif method == "cg":
-        x, _ = jax.scipy.sparse.linalg.cg(jax.jit(matvec), vflat, tol=tol, maxiter=maxiter)
-    else:
-        mv = jax.jit(matvec)
-        scale = lissa_scale
-        if scale is None:
-            scale = 1.1 * _top_eigenvalue(mv, vflat)
-        if not scale > 0:
-            raise ValueError(f"lissa_scale must be positive; got {scale}")
+        return x, lo
+    if method == "cg":
+        x, _ = jax.scipy.sparse.linalg.cg(matvec, vflat, tol=tol, maxiter=maxiter)
+    elif method == "lissa":
+        scale = 1.1 * _top_eigenvalue(matvec, vflat) if lissa_scale is None else jnp.asarray(lissa_scale, dtype)
 
         def body(_, xx):
-            return vflat + xx - mv(xx) / scale
+            return vflat + xx - matvec(xx) / scale
 
         x = jax.lax.fori_loop(0, lissa_depth, body, vflat) / scale
+    else:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    res = jnp.linalg.norm(matvec(x) - vflat) / jnp.maximum(jnp.linalg.norm(vflat), 1e-30)
+    return x, res
+
+
+def check_solution(method: str, x, diag, damping) -> None:
+    """Raise ``ValueError`` when :func:`solve_flat` did not solve the system (indefinite, singular, diverged)."""
+    diag = float(diag)
+    if method == "exact" and not diag > 0:
+        raise ValueError(
+            f"H + damping·I is not positive definite (smallest eigenvalue {diag:.3g} with damping={damping}); "
+            "increase damping"
+        )
     if not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"{method} produced non-finite values: the curvature is singular or not finite; "
                          "increase damping")
-    if method != "exact":
-        res = float(jnp.linalg.norm(matvec(x) - vflat) / jnp.maximum(jnp.linalg.norm(vflat), 1e-30))
-        if not res <= 1e-3:
-            raise ValueError(
-                f"{method} did not solve (H + damping·I) x = v (relative residual {res:.3g}); H + {damping}·I is "
-                "probably not positive definite or badly conditioned: increase damping"
-                + (", maxiter" if method == "cg" else ", lissa_depth")
-            )
-    return unravel(x.astype(flat0.dtype))
+    if method != "exact" and not diag <= 1e-3:
+        raise ValueError(
+            f"{method} did not solve (H + damping·I) x = v (relative residual {diag:.3g}); H + {damping}·I is "
+            "probably not positive definite or badly conditioned: increase damping"
+            + (", maxiter" if method == "cg" else ", lissa_depth")
+        )
 
 
-def _top_eigenvalue(mv: Callable[[Array], Array], v: Array, steps: int = 50) -> float:
+def _top_eigenvalue(mv: Callable[[Array], Array], v: Array, steps: int = 50) -> Array:
     x = v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
     x = jnp.where(jnp.all(x == 0), jnp.ones_like(x) / jnp.sqrt(x.size), x)
 
@@ -253,4 +274,4 @@ def _top_eigenvalue(mv: Callable[[Array], Array], v: Array, steps: int = 50) -> 
         return y / jnp.maximum(jnp.linalg.norm(y), 1e-30)
 
     x = jax.lax.fori_loop(0, steps, body, x)
-    return float(jnp.abs(x @ mv(x)))
+    return jnp.abs(x @ mv(x))

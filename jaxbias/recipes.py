@@ -80,8 +80,20 @@ def artifact_mnist_sets(data) -> tuple[Batch, dict[str, Batch]]:
     return train, evals
 
 
+def adult_sets(data) -> tuple[Batch, dict[str, Batch]]:
+    """Adult: training batch (``bias`` = protected attribute index) and the ``test`` set.
+
+    The test set carries no ``bias`` during training (its fairness views come
+    from :func:`jaxbias.recipes.unlearn_workdir`).
+    """
+    train = Batch(data.train_x, data.train_y, data.train_a)
+    return train, {"test": Batch(data.test_x, data.test_y)}
+
+
 #: Datasets of ``train``/``evaluate``.
-DATASETS = ("biased_mnist", "artifact_mnist")
+DATASETS = ("biased_mnist", "artifact_mnist", "adult")
+#: Models of ``train``.
+MODELS = ("simple_conv", "mlp")
 
 
 def load_dataset(
@@ -94,8 +106,14 @@ def load_dataset(
     artifact: str = "stamp",
     artifact_class: int = 0,
     p: float = 0.5,
+    data_path: str | None = None,
+    protected: str = "sex",
 ):
-    """Load ``dataset`` and return ``(data, train Batch, {name: eval Batch})``."""
+    """Load ``dataset`` and return ``(data, train Batch, {name: eval Batch})``.
+
+    ``data_path``/``protected``: Adult only (the ``adult.data`` file; ``None``
+    reads ``$JAXBIAS_ADULT``), split with ``seed``.
+    """
     if dataset == "biased_mnist":
         data = load_biased_mnist(rho=rho, seed=seed, source=source, data_dir=data_dir)
         return (data, *biased_mnist_sets(data))
@@ -105,6 +123,11 @@ def load_dataset(
         data = artifact_mnist(artifact=artifact, target_class=artifact_class, p=p, seed=seed, source=source,
                               data_dir=data_dir)
         return (data, *artifact_mnist_sets(data))
+    if dataset == "adult":
+        from jaxbias.data.adult import load_adult
+
+        data = load_adult(data_path, protected=protected, seed=seed)
+        return (data, *adult_sets(data))
     raise ValueError(f"dataset must be one of {DATASETS}; got {dataset!r}")
 
 
@@ -136,8 +159,16 @@ def train_model(
     log=None,
     init_from: str | None = None,
     trainable: Sequence[str] | None = None,
+    model: str = "simple_conv",
+    hidden: Sequence[int] = (100, 100, 100),
+    data_path: str | None = None,
+    protected: str = "sex",
 ) -> dict[str, Any]:
     """Train one model on a dataset with a method and evaluate it.
+
+    ``model``: ``"simple_conv"`` (``channels``, ``last_activation``) or
+    ``"mlp"`` (``hidden`` widths; FMD's Colored-MNIST MLP is the default).
+    ``data_path``/``protected``: the Adult file and protected attribute.
 
     Returns a JSON-able dict: the configuration, final ``eval`` (per evaluation
     set: :func:`jaxbias.metrics.bias_report` for Biased MNIST, accuracy for the
@@ -156,7 +187,12 @@ def train_model(
         raise ValueError("trainable= freezes layers of a trained model: pass init_from=<workdir> too")
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
-    model_cfg = {"name": "simple_conv", "channels": list(channels), "last_activation": last_activation}
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}; got {model!r}")
+    if model == "simple_conv":
+        model_cfg = {"name": "simple_conv", "channels": list(channels), "last_activation": last_activation}
+    else:
+        model_cfg = {"name": "mlp", "hidden": [int(h) for h in hidden]}
     base = None
     if init_from is not None:
         base = restore_workdir(init_from)
@@ -181,6 +217,8 @@ def train_model(
         "model": model_cfg,
         "init_from": init_from,
         "trainable": None if trainable is None else list(trainable),
+        "data_path": data_path,
+        "protected": protected,
     }
     hp = make_hparams(method, hparams)
     mod = methods_lib.get(method)
@@ -192,11 +230,15 @@ def train_model(
     if data is None:
         data, train, evals = load_dataset(
             dataset, seed=config["data_seed"], source=source, data_dir=data_dir, rho=rho, artifact=artifact,
-            artifact_class=artifact_class, p=p,
+            artifact_class=artifact_class, p=p, data_path=data_path, protected=protected,
         )
     else:
         train, evals = dataset_sets(data)
     config["source"] = getattr(data, "source", source)
+    num_classes = int(np.max(train.y)) + 1 if dataset == "adult" else 10
+    if init_from is None:
+        model_cfg["num_classes"] = num_classes
+    config["input_shape"] = [int(d) for d in np.shape(train.x)[1:]]
     module = _module(model_cfg)
     steps_per_epoch = train.x.shape[0] // batch_size
     tx = make_optimizer(lr=lr, weight_decay=weight_decay, steps_per_epoch=steps_per_epoch, decay_every=decay_every)
@@ -259,13 +301,24 @@ def dataset_sets(data) -> tuple[Batch, dict[str, Batch]]:
     """Training batch and named evaluation sets of a loaded dataset."""
     if hasattr(data, "train_concept"):
         return artifact_mnist_sets(data)
+    if hasattr(data, "protected_columns"):
+        return adult_sets(data)
     return biased_mnist_sets(data)
 
 
 def _module(model_cfg: Mapping[str, Any]):
+    kwargs = {"num_classes": int(model_cfg.get("num_classes", 10))}
+    if model_cfg["name"] == "mlp":
+        return models_lib.create("mlp", hidden=tuple(model_cfg["hidden"]), **kwargs)
     return models_lib.create(
-        model_cfg["name"], channels=tuple(model_cfg["channels"]), last_activation=model_cfg["last_activation"]
+        model_cfg["name"], channels=tuple(model_cfg["channels"]), last_activation=model_cfg["last_activation"],
+        **kwargs,
     )
+
+
+def _input_shape(config: Mapping[str, Any]) -> tuple[int, ...]:
+    """One sample's shape as stored in config.json (runs before it was stored: 28×28×3 digits)."""
+    return tuple(config.get("input_shape") or (28, 28, 3))
 
 
 def fit_method_state(mod, hp, module, init_params, data, train: Batch):
@@ -295,7 +348,7 @@ def restore_workdir(workdir: str) -> dict[str, Any]:
     with open(cfg_path) as f:
         config = json.load(f)
     module = _module(config["model"])
-    params, model_state = models_lib.init(module, jax.random.key(0), np.zeros((1, 28, 28, 3), np.float32))
+    params, model_state = models_lib.init(module, jax.random.key(0), np.zeros((1, *_input_shape(config)), np.float32))
     tx = make_optimizer(lr=config["lr"], weight_decay=config["weight_decay"], decay_every=config["decay_every"])
     if config.get("trainable"):
         tx = freeze(tx, params, config["trainable"])
@@ -332,13 +385,12 @@ def _state_like(mod, hp, module, init_params, config):
     Only the ClArC family fits a state here (``State(cav, z_plus, z_minus)``);
     the others' state is empty.
     """
-    del config
     layer = getattr(hp, "layer", None)
     if layer is None or "cav" not in getattr(mod.State, "_fields", ()):
         return mod.init()
     params, model_state = init_params
     bound = models_lib.bind(module, model_state, train=False)
-    shapes = jax.eval_shape(lambda p: bound(p, np.zeros((1, 28, 28, 3), np.float32)), params)
+    shapes = jax.eval_shape(lambda p: bound(p, np.zeros((1, *_input_shape(config)), np.float32)), params)
     c = shapes.acts[layer].shape[-1]
     return mod.State(jnp.zeros(c, jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
 
@@ -352,6 +404,7 @@ def evaluate_workdir(workdir: str, *, data=None) -> dict[str, Any]:
             config.get("dataset", "biased_mnist"), seed=config["data_seed"], source=config["source"],
             data_dir=config["data_dir"], rho=config["rho"], artifact=config.get("artifact", "stamp"),
             artifact_class=config.get("artifact_class", 0), p=config.get("p", 0.5),
+            data_path=config.get("data_path"), protected=config.get("protected", "sex"),
         )
     else:
         _, evals = dataset_sets(data)

@@ -38,6 +38,7 @@ smallest bias on the pairs whose accuracy on their factual half stays within
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbias.influence import METHODS, inverse_ggn, inverse_hvp, merge, select
+from jaxbias.influence import METHODS, check_solution, inverse_ggn, inverse_hvp, merge, select
 
 Array = jax.Array
 LogitsFn = Callable[[Any, Array], Array]
@@ -172,10 +173,6 @@ def _summed_grad(logits_fn: LogitsFn, params: dict, x: Array, y: Array, subset) 
 
     return jax.grad(total)(block)
 
-
-def _dot_rows(tree_rows, tree_vec) -> Array:
-    return sum(jnp.tensordot(r, v, axes=v.ndim) if v.ndim else r * v
-               for r, v in zip(jax.tree.leaves(tree_rows), jax.tree.leaves(tree_vec)))
 
 
 def _per_sample_losses(logits_fn: LogitsFn, params: dict, x: Array, y: Array):
@@ -368,17 +365,76 @@ def _pair_scores(logits_fn, params, pairs, accuracy_on="factual"):
     return jnp.mean(jnp.abs(p[:n] - p[n:])), acc
 
 
-def _search_scale(logits_fn, params, block, step, pairs, scales, max_drop, accuracy_on):
-    """Bias and accuracy on the pairs for every scale (``lax.map``), and the chosen index."""
+def _flat_solver(logits_fn, params, x, y, subset, hp):
+    """Traceable ``v ↦ ((C + λI)⁻¹ v, flat, diag)`` on the block for ``hp.curvature`` on ``(x, y)``."""
+    from jax.flatten_util import ravel_pytree
+
+    from jaxbias.influence import _ggn_matvec, _hessian_matvec, solve_flat
+
+    flat0, unravel = ravel_pytree(select(params, subset))
+    if hp.curvature == "ggn":
+        curvature = _ggn_matvec(logits_fn, params, unravel, flat0, x)
+    else:
+        curvature = _hessian_matvec(_ce_loss(logits_fn, x, y), params, unravel, flat0)
+
+    def solve(v):
+        vflat = ravel_pytree(v)[0].astype(flat0.dtype)
+        out, diag = solve_flat(curvature, vflat, method=hp.solver, damping=hp.damping)
+        return unravel(out), out, diag
+
+    return solve
+
+
+def _scales(hp: Hparams, n_train: int | None) -> np.ndarray:
+    if hp.scale is not None:
+        return np.asarray([hp.scale], np.float32)
+    if hp.mode == "counterfactual":
+        return np.asarray(SCALE_GRID, np.float32)
+    return (np.geomspace(1e-2, 1e2, 21) / n_train).astype(np.float32)  # around the textbook 1/n
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "hp", "subset"))
+def _debias_core(logits_fn, params, pairs, train, train_cf, *, hp, subset):
+    """The whole edit as one compiled program: gradients, solve(s), influences, scale search."""
+    block = select(params, subset)
+    diags = []
+    removed = None
+    if hp.mode == "counterfactual":
+        cx = jnp.concatenate([pairs[0], pairs[1]])
+        cy = jnp.concatenate([pairs[2], pairs[2]])
+        solve = _flat_solver(logits_fn, params, cx, cy, subset, hp)
+        direction = _replacement_direction(logits_fn, params, pairs, subset)
+        n_train = None
+    else:
+        tx, ty = train
+        n_train = tx.shape[0]
+        solve = _flat_solver(logits_fn, params, tx, ty, subset, hp)
+        g_b = jax.grad(lambda b: counterfactual_bias(logits_fn, merge(params, b), *pairs))(block)
+        s, s_flat, d0 = solve(g_b)
+        diags.append((d0, s_flat))
+        losses = _per_sample_losses(logits_fn, params, tx, ty)
+        infl = -jax.jvp(lambda b: losses(merge(params, b)), (block,), (s,))[1]
+        removed = jax.lax.top_k(infl, min(hp.top_k, n_train))[1]
+        direction = _summed_grad(logits_fn, params, tx[removed], ty[removed], subset)
+        if train_cf is not None:
+            g_cf = _summed_grad(logits_fn, params, train_cf[removed], ty[removed], subset)
+            direction = jax.tree.map(jnp.subtract, direction, g_cf)
+    step, step_flat, d1 = solve(direction)
+    diags.append((d1, step_flat))
+    scales = jnp.asarray(_scales(hp, n_train))
+
     def at(scale):
         moved = merge(params, jax.tree.map(lambda p, d: p + scale * d, block, step))
-        return _pair_scores(logits_fn, moved, pairs, accuracy_on)
+        return _pair_scores(logits_fn, moved, pairs, hp.accuracy_on)
 
-    b0, a0 = _pair_scores(logits_fn, params, pairs, accuracy_on)
-    bias, acc = jax.lax.map(at, jnp.asarray(scales, jnp.float32))
-    ok = (acc >= a0 - max_drop - 1e-6) & jnp.isfinite(bias)
-    score = jnp.where(ok, bias, jnp.inf)
-    return bias, acc, jnp.argmin(score), jnp.any(ok & (bias < b0))
+    b0, a0 = _pair_scores(logits_fn, params, pairs, hp.accuracy_on)
+    bias, acc = jax.lax.map(at, scales)
+    ok = (acc >= a0 - hp.max_acc_drop - 1e-6) & jnp.isfinite(bias)
+    best = jnp.argmin(jnp.where(ok, bias, jnp.inf))
+    scale = scales[best]
+    new = merge(params, jax.tree.map(lambda p, d: p + scale * d, block, step))
+    return {"params": new, "scale": scale, "grid": (scales, bias, acc), "before": (b0, a0),
+            "after": (bias[best], acc[best]), "removed": removed, "diags": diags}
 
 
 def debias(
@@ -394,8 +450,13 @@ def debias(
 ) -> EditResult:
     """FMD's post-hoc edit of a trained model, with a report.
 
+    The edit is one compiled program per ``(logits_fn, hp, shapes)``: call it
+    again with the same model function (e.g. another checkpoint or other
+    pairs of the same size) and nothing recompiles.
+
     Args:
-      logits_fn: ``(params, x) -> (B, k)`` logits in evaluation mode.
+      logits_fn: ``(params, x) -> (B, k)`` logits in evaluation mode (hashable:
+        keep the same function object across calls to reuse the compilation).
       params: the trained parameters (a dict of top-level groups).
       pairs: ``(x, x_cf, y)`` counterfactual pairs; they define ``B`` and, in
         ``"counterfactual"`` mode, are the only data the edit uses (the
@@ -427,56 +488,33 @@ def debias(
         check_pair_labels(y, y_cf)
     if jnp.shape(x)[0] == 0:
         raise ValueError("pairs must hold at least one counterfactual pair")
-    pairs = (jnp.asarray(x), jnp.asarray(x_cf), jnp.asarray(y))
     subset = resolve_subset(hp.params, params, order=order)
     t0 = time.perf_counter()
-    block = select(params, subset)
-    removed = None
-    if hp.mode == "counterfactual":
-        cx = jnp.concatenate([pairs[0], pairs[1]])
-        cy = jnp.concatenate([pairs[2], pairs[2]])
-        solve = _solver(logits_fn, params, cx, cy, subset=subset, damping=hp.damping, method=hp.solver,
-                        curvature=hp.curvature)
-        direction = _replacement_direction(logits_fn, params, pairs, subset)
-    else:
+    pairs = (jnp.asarray(x), jnp.asarray(x_cf), jnp.asarray(y))
+    if hp.mode == "training":
         if train is None:
             raise ValueError('mode="training" needs train=(x, y), the training data')
-        tx, ty = jnp.asarray(train[0]), jnp.asarray(train[1])
-        if jnp.ndim(ty) != 1 or tx.shape[0] != ty.shape[0]:
-            raise ValueError(f"train must be (x, y) with y of shape (N,) = ({tx.shape[0]},); got {jnp.shape(ty)}")
-        if train_cf is not None and jnp.shape(train_cf) != tx.shape:
-            raise ValueError(f"train_cf must have the shape of train x {tx.shape}; got {jnp.shape(train_cf)}")
-        solve = _solver(logits_fn, params, tx, ty, subset=subset, damping=hp.damping, method=hp.solver,
-                        curvature=hp.curvature)
-        g_b = jax.grad(lambda b: counterfactual_bias(logits_fn, merge(params, b), *pairs))(block)
-        s = solve(g_b)
-        losses = _per_sample_losses(logits_fn, params, tx, ty)
-        infl = -jax.jvp(lambda b: losses(merge(params, b)), (block,), (s,))[1]
-        k = min(hp.top_k, tx.shape[0])
-        removed = np.asarray(jax.lax.top_k(infl, k)[1])
-        direction = _summed_grad(logits_fn, params, tx[removed], ty[removed], subset)
+        train = (jnp.asarray(train[0]), jnp.asarray(train[1]))
+        if jnp.ndim(train[1]) != 1 or train[0].shape[0] != train[1].shape[0]:
+            raise ValueError(f"train must be (x, y) with y of shape (N,) = ({train[0].shape[0]},); "
+                             f"got {jnp.shape(train[1])}")
         if train_cf is not None:
-            g_cf = _summed_grad(logits_fn, params, jnp.asarray(train_cf)[removed], ty[removed], subset)
-            direction = jax.tree.map(jnp.subtract, direction, g_cf)
-    step = solve(direction)
-    if hp.scale is None:
-        # counterfactual: a log grid; training: around the textbook 1/n
-        scales = np.asarray(SCALE_GRID) if hp.mode == "counterfactual" else np.geomspace(1e-2, 1e2, 21) / tx.shape[0]
-        gb, ga, best, _ = _search_scale(logits_fn, params, block, step, pairs, scales, hp.max_acc_drop,
-                                          hp.accuracy_on)
-        scale = float(scales[int(best)])
-        grid = (scales, np.asarray(gb), np.asarray(ga))
+            if jnp.shape(train_cf) != train[0].shape:
+                raise ValueError(f"train_cf must have the shape of train x {train[0].shape}; got {jnp.shape(train_cf)}")
+            train_cf = jnp.asarray(train_cf)
     else:
-        scale = float(hp.scale)
-        grid = (np.zeros(0), np.zeros(0), np.zeros(0))
-    new = merge(params, jax.tree.map(lambda p, d: p + scale * d, block, step))
-    b0, a0 = _pair_scores(logits_fn, params, pairs, hp.accuracy_on)
-    b1, a1 = _pair_scores(logits_fn, new, pairs, hp.accuracy_on)
-    new = jax.block_until_ready(new)
+        train = train_cf = None
+    out = _debias_core(logits_fn, params, pairs, train, train_cf, hp=hp, subset=subset)
+    out = jax.block_until_ready(out)
     seconds = time.perf_counter() - t0
-    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(select(new, subset))):
+    for diag, sol in out["diags"]:
+        check_solution(hp.solver, sol, diag, hp.damping)
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(select(out["params"], subset))):
         raise ValueError("the edit produced non-finite parameters; increase damping or give a smaller scale")
-    return EditResult(new, subset, scale, seconds, float(b0), float(b1), float(a0), float(a1), removed, grid)
+    grid = tuple(np.asarray(g) for g in out["grid"]) if hp.scale is None else (np.zeros(0),) * 3
+    removed = None if out["removed"] is None else np.asarray(out["removed"])
+    return EditResult(out["params"], subset, float(out["scale"]), seconds, float(out["before"][0]),
+                      float(out["after"][0]), float(out["before"][1]), float(out["after"][1]), removed, grid)
 
 
 def edit(logits_fn: LogitsFn, params: dict, pairs: tuple[Array, Array, Array], *, hp: Hparams = Hparams(),
