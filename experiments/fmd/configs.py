@@ -1,0 +1,53 @@
+"""Configurations of the FMD experiment (SPEC §5, §8).
+
+``offline``:
+
+- Colored MNIST: the 5,000 offline MNIST digits (4,000 train, 1,000 test) on
+  ReBias colour backgrounds at ρ = 0.99 (40 bias-conflicting training
+  digits); FMD's MLP 3·28·28→100→100→100→10, 20 epochs of Adam 1e-3, batch 64,
+  no decay. External pairs: 100 test digits (seeded), each on its class colour
+  and on one random other colour; the other 900 test digits measure B (every
+  other colour: 8,100 pairs) and accuracy on the biased (ρ = 1) and unbiased
+  (ρ = 0.1) colourings.
+- Adult: ``../shared/data/adult.data`` (skipped when absent), 80/20 split
+  stratified by label, protected sex (and race), MLP 108→64→32→2, 10 epochs
+  of Adam 1e-3, batch 256. External: 100 test records with the protected
+  field flipped (race: every other value); the other test records measure
+  B, accuracy and the demographic-parity gap.
+
+Every FMD variant is compared with fine-tuning the same block on the same
+pairs (full-batch Adam 1e-3), its number of steps chosen by the same rule as
+FMD's step scale (smallest B on the pairs within 3 points of accuracy).
+"""
+from __future__ import annotations
+
+import os
+
+_ADULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "adult.data")
+
+VARIANTS = {
+    "FMD last layer": {"params": "last"},
+    "FMD all layers": {"params": "all", "damping": 1.0},
+    "FMD all layers, balanced accuracy kept": {"params": "all", "damping": 1.0, "accuracy_on": "both"},
+    "FMD training data, top-100 (last layer)": {"mode": "training", "params": "last", "top_k": 100},
+}
+
+OFFLINE = {
+    "seeds": [0, 1, 2],
+    "external": 100,
+    "variants": VARIANTS,
+    "datasets": {
+        "colored_mnist": {"dataset": "biased_mnist", "rho": 0.99, "source": "offline",
+                          "base": {"epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4,
+                                   "hidden": [100, 100, 100]}},
+        "adult_sex": {"dataset": "adult", "data_path": _ADULT, "protected": "sex",
+                      "base": {"epochs": 10, "batch_size": 256, "lr": 1e-3, "weight_decay": 1e-4, "hidden": [64, 32]}},
+        "adult_race": {"dataset": "adult", "data_path": _ADULT, "protected": "race",
+                       "base": {"epochs": 10, "batch_size": 256, "lr": 1e-3, "weight_decay": 1e-4, "hidden": [64, 32]}},
+    },
+}
+
+FULL = {**OFFLINE, "datasets": {**OFFLINE["datasets"],
+                                "colored_mnist": {**OFFLINE["datasets"]["colored_mnist"], "source": "tfds"}}}
+
+CONFIGS = {"offline": OFFLINE, "full": FULL}
