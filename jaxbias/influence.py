@@ -232,7 +232,7 @@ def solve_flat(curvature, vflat, *, method, damping, maxiter=1000, tol=1e-8, lis
         x = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(h), vflat)
         return x, lo
     if method == "cg":
-        x, _ = jax.scipy.sparse.linalg.cg(matvec, vflat, tol=tol, maxiter=maxiter)
+        x = _cg(matvec, vflat, tol=tol, maxiter=maxiter)
     elif method == "lissa":
         scale = 1.1 * _top_eigenvalue(matvec, vflat) if lissa_scale is None else jnp.asarray(lissa_scale, dtype)
 
@@ -244,6 +244,39 @@ def solve_flat(curvature, vflat, *, method, damping, maxiter=1000, tol=1e-8, lis
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     res = jnp.linalg.norm(matvec(x) - vflat) / jnp.maximum(jnp.linalg.norm(vflat), 1e-30)
     return x, res
+
+
+def _cg(matvec, b, *, tol, maxiter):
+    """Conjugate gradient from 0 that stops at convergence, at ``maxiter``, or at a breakdown.
+
+    The tolerance is raised to the dtype's reach (10 ulp relative residual)
+    so float32 does not iterate on rounding noise; a non-positive or
+    non-finite ``pᵀAp`` (an indefinite system, or an exact solution reached)
+    ends the loop with the last finite iterate instead of a NaN, and the
+    caller's residual check reports what happened.
+    """
+    tol = max(float(tol), 10 * float(jnp.finfo(b.dtype).eps))
+    bb = jnp.vdot(b, b)
+    thresh = tol * tol * bb
+
+    def cond(state):
+        _, _, _, rs, k, ok = state
+        return ok & (rs > thresh) & (k < maxiter)
+
+    def body(state):
+        x, r, p, rs, k, _ = state
+        ap = matvec(p)
+        pap = jnp.vdot(p, ap)
+        good = jnp.isfinite(pap) & (pap > 0)
+        alpha = jnp.where(good, rs / jnp.where(good, pap, 1.0), 0.0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = jnp.vdot(r, r)
+        p = r + jnp.where(good, rs_new / jnp.where(rs > 0, rs, 1.0), 0.0) * p
+        return x, r, p, rs_new, k + 1, good
+
+    init = (jnp.zeros_like(b), b, b, bb, 0, jnp.asarray(True))
+    return jax.lax.while_loop(cond, body, init)[0]
 
 
 def check_solution(method: str, x, diag, damping) -> None:

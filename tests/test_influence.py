@@ -178,3 +178,13 @@ def test_inverse_ggn_matches_the_dense_solve(method):
         inverse_ggn(_mlp_logits, params, x[:2], v, method="exact", damping=0.0)
     with pytest.raises(ValueError, match="x must be"):
         inverse_ggn(_mlp_logits, params, x[0], v, damping=0.1)
+
+
+def test_cg_stops_at_an_exact_solution_without_nan():
+    """Two distinct eigenvalues: CG is exact after 2 steps; iterating on (p = 0) must not make 0/0."""
+    a = jnp.diag(jnp.array([1.0, 2.0, 2.0, 1.0], jnp.float32))
+    f = lambda p: 0.5 * p["w"] @ a @ p["w"]  # noqa: E731
+    params = {"w": jnp.zeros(4, jnp.float32)}
+    for _ in range(5):  # the old failure was intermittent (reduction order)
+        x = inverse_hvp(f, params, {"w": jnp.ones(4, jnp.float32)}, method="cg", tol=1e-12, maxiter=500)
+        np.testing.assert_allclose(x["w"], [1.0, 0.5, 0.5, 1.0], rtol=1e-6)
