@@ -1,6 +1,6 @@
 """FMD: wall-clock of the Newton-step edit, and influences by one JVP vs per-sample gradients.
 
-Models: FMD's Colored-MNIST MLP (3·28·28→100→100→100→10, 266,610 parameters)
+Models: FMD's Colored-MNIST MLP (3·28·28→100→100→100→10, 256,510 parameters)
 trained 3 epochs on offline Biased MNIST (ρ = 0.99), and, when
 ``../shared/data/adult.data`` exists, an Adult MLP (108→64→32→2) trained 5
 epochs. The edit uses 100 external counterfactual pairs and is timed through

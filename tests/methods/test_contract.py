@@ -68,3 +68,32 @@ def test_method_contract(name, setup):
 
     grads = jax.grad(lambda p: f(p, key)[0])(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+POST_HOC_METHODS = [n for n in methods.available() if not hasattr(methods.get(n), "loss")]
+
+
+def test_there_are_post_hoc_methods():
+    assert "fmd" in POST_HOC_METHODS
+
+
+@pytest.mark.parametrize("name", POST_HOC_METHODS)
+def test_post_hoc_contract(name):
+    """A post-hoc method edits trained parameters: ``edit(logits_fn, params, data, *, hp) -> params``."""
+    import inspect
+
+    mod = methods.get(name)
+    assert mod.__doc__ and len(mod.__doc__) > 40
+    assert dataclasses.is_dataclass(mod.Hparams) and mod.Hparams.__dataclass_params__.frozen
+    hp = mod.Hparams()
+    assert hash(hp) == hash(mod.Hparams())  # hashable: a static argument of the compiled edit
+    sig = inspect.signature(mod.edit)
+    assert "hp" in sig.parameters and sig.parameters["hp"].kind is inspect.Parameter.KEYWORD_ONLY
+    # the edit runs on a tiny model and returns parameters of the same structure
+    rng = np.random.default_rng(0)
+    params = {"out": {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "b": jnp.zeros(2)}}
+    x = jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)
+    x_cf = x.at[:, 0].set(-x[:, 0])
+    y = jnp.asarray(np.arange(8) % 2, jnp.int32)
+    new = mod.edit(lambda p, xx: xx @ p["out"]["w"] + p["out"]["b"], params, (x, x_cf, y), hp=hp)
+    assert jax.tree.structure(new) == jax.tree.structure(params)
