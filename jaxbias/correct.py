@@ -4,7 +4,8 @@
 of a ``jaxbias train`` run on the artifact dataset; :func:`artifact_report`
 measures what the RR-ClArC paper reports in its controlled setting: clean and
 artifact-test accuracy, accuracy of the chosen (corrected) class(es) against
-the other classes, and TCAV / TCAV_sens of the artifact CAV.
+the other classes, TCAV / TCAV_sens of the artifact CAV, and R_bias, the
+share of LRP relevance on the artifact (:func:`lrp_r_bias`).
 """
 from __future__ import annotations
 
@@ -172,6 +173,31 @@ def artifact_report(
     return out
 
 
+def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_class: int | None = None,
+               batch_size: int = 250) -> dict[str, float]:
+    """R_bias of LRP maps (EpsilonPlusFlat, SPEC §7) on images that carry the artifact (``batch.mask``).
+
+    Relevance of each sample's true class; ``r_bias`` is the mean over all
+    samples, ``r_bias_chosen`` over those of ``target_class`` (the class the
+    artifact was inserted into).
+    """
+    from jaxbias.explain import make_lrp, to_graph
+
+    if batch.mask is None:
+        raise ValueError("batch.mask must mark the artifact pixels")
+    fn = make_lrp(to_graph(module, dict(variables)))
+    x, y, mask = np.asarray(batch.x), np.asarray(batch.y), np.asarray(batch.mask)
+    vals = np.concatenate([
+        metrics.r_bias(np.asarray(fn(jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size]))),
+                       mask[i:i + batch_size])
+        for i in range(0, x.shape[0], batch_size)
+    ])
+    out = {"r_bias": float(vals.mean())}
+    if target_class is not None and np.any(y == target_class):
+        out["r_bias_chosen"] = float(vals[y == target_class].mean())
+    return out
+
+
 def correct(
     *,
     base: str,
@@ -226,6 +252,8 @@ def correct(
     ref_state = fit_method_state(rrc, ref_hp, module, (bstate.params, bstate.model_state), data, train)
     report_kw = dict(cav=ref_state.cav, layer=cav_layer, target_class=data.target_class, chosen=chosen)
     base_report = artifact_report(eval_model, bstate.params, evals, **report_kw)
+    base_report.update(lrp_r_bias(module, {"params": bstate.params, **bstate.model_state}, evals["artifact"],
+                                  target_class=data.target_class))
 
     t0 = time.perf_counter()
     res = train_model(
@@ -243,6 +271,11 @@ def correct(
     if hasattr(mod, "corrected"):
         model = mod.corrected(model, state.method_state, hp)
     report = artifact_report(model, state.params, evals, **report_kw)
+    if hasattr(mod, "corrected"):  # an edited forward pass (P-ClArC's projection) has no layer graph for LRP
+        report.update({"r_bias": None, "r_bias_chosen": None})
+    else:
+        report.update(lrp_r_bias(module, {"params": state.params, **state.model_state}, evals["artifact"],
+                                 target_class=data.target_class))
     epoch_secs = [h["seconds"] for h in res["history"]]
     return {
         "config": {**res["config"], "base": base, "chosen": list(chosen) if chosen else [data.target_class]},

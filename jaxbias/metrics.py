@@ -140,3 +140,290 @@ def tcav_significance(concept_scores: Any, random_scores: Any) -> dict[str, floa
         p = 1.0 if np.isclose(c.mean(), r.mean()) else 0.0
     return {"p_value": p, "t": t, "concept_mean": float(c.mean()), "random_mean": float(r.mean()),
             "random_std": float(r.std(ddof=1))}
+
+
+# --- explanation metrics (SPEC §7): artifact relevance share and mask post-processing ---------------
+
+def _real_dtype(name: str, dtype: Any, *, allow_bool: bool) -> None:
+    kinds = "biuf" if allow_bool else "iuf"
+    if np.dtype(dtype).kind not in kinds:
+        expected = "a bool, integer or float array" if allow_bool else "an integer or float array"
+        raise ValueError(f"{name} has dtype {np.dtype(dtype)}, expected {expected}")
+
+
+def _explain_shapes(relevance_shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Check the shapes of ``relevance`` and ``mask``; returns ``(B, H, W)``."""
+    if len(relevance_shape) not in (3, 4):
+        raise ValueError(
+            f"relevance has shape {relevance_shape} ({len(relevance_shape)}-D), expected (B, H, W) or (B, H, W, C)"
+        )
+    if 0 in relevance_shape:
+        raise ValueError(f"relevance has shape {relevance_shape}, expected every axis to be non-empty")
+    b, h, w = relevance_shape[:3]
+    if len(mask_shape) == 2:
+        if mask_shape != (h, w):
+            raise ValueError(
+                f"mask has shape {mask_shape}, expected (H, W) = {(h, w)} (shared mask) "
+                f"or (B, H, W) = {(b, h, w)} to match relevance of shape {relevance_shape}"
+            )
+    elif len(mask_shape) == 3:
+        if mask_shape != (b, h, w):
+            raise ValueError(
+                f"mask has shape {mask_shape}, expected (B, H, W) = {(b, h, w)} "
+                f"or (H, W) = {(h, w)} to match relevance of shape {relevance_shape}"
+            )
+    else:
+        raise ValueError(f"mask has shape {mask_shape} ({len(mask_shape)}-D), expected (H, W) or (B, H, W)")
+    return b, h, w
+
+
+def _check_mask_values(name: str, m: np.ndarray, *, upper: float | None = 1.0) -> None:
+    if not np.all(np.isfinite(m)):
+        raise ValueError(f"{name} contains NaN or inf (shape {m.shape})")
+    lo = float(m.min()) if m.size else 0.0
+    hi = float(m.max()) if m.size else 0.0
+    if lo < 0.0 or (upper is not None and hi > upper):
+        expected = "values in [0, 1]" if upper is not None else "non-negative values"
+        raise ValueError(f"{name} has values in [{lo:g}, {hi:g}], expected {expected}")
+
+
+def _explain_inputs(relevance: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``relevance`` (float64, channel axis kept) and ``mask`` as float64 ``(B, H, W)``."""
+    r = np.asarray(relevance)
+    m = np.asarray(mask)
+    _real_dtype("relevance", r.dtype, allow_bool=False)
+    _real_dtype("mask", m.dtype, allow_bool=True)
+    b, h, w = _explain_shapes(r.shape, m.shape)
+    r = r.astype(np.float64)
+    m = m.astype(np.float64)
+    if not np.all(np.isfinite(r)):
+        raise ValueError(f"relevance contains NaN or inf (shape {r.shape})")
+    _check_mask_values("mask", m)
+    if m.ndim == 2:  # the one documented broadcast: a shared (H, W) mask for every sample
+        m = np.broadcast_to(m, (b, h, w))
+    return r, m
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` clipped to [0, 1], and 0 where ``den == 0`` (never NaN)."""
+    out = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def r_bias(relevance: Any, mask: Any) -> np.ndarray:
+    """Share of absolute relevance on the artifact: ``R_bias = Σ_j |R_j M_j| / Σ_j |R_j|`` per sample.
+
+    With a channel axis, ``|R|`` is taken per element and summed over the
+    channels, so a pixel contributes ``Σ_c |R_{j,c}|``, weighted by its mask
+    value ``M_j``. A soft mask (values in [0, 1]) weights each pixel by its
+    value; since ``M_j ≥ 0`` the formula equals ``Σ_j M_j |R_j| / Σ_j |R_j|``.
+    A sample whose total absolute relevance is 0 has ``R_bias = 0`` (no
+    relevance at all, hence none on the artifact) — never NaN. Results are
+    clipped to [0, 1] against rounding.
+
+    Args:
+      relevance: ``(B, H, W)`` or ``(B, H, W, C)`` real, finite relevance
+        (NumPy or JAX array).
+      mask: artifact mask, ``(B, H, W)`` (one per sample) or ``(H, W)`` (the
+        same mask for every sample — the only broadcast performed), bool or
+        real with values in [0, 1].
+
+    Returns:
+      ``(B,)`` float64 NumPy array with values in [0, 1].
+
+    Raises:
+      ValueError: wrong ndim, empty axes, mismatched shapes, non-real dtypes,
+        NaN/inf, or mask values outside [0, 1].
+
+    Example:
+      >>> r_bias(np.array([[[1.0, -3.0]]]), np.array([[0, 1]]))
+      array([0.75])
+    """
+    r, m = _explain_inputs(relevance, mask)
+    a = np.abs(r)
+    if a.ndim == 4:
+        a = a.sum(axis=-1)
+    num = (a * m).sum(axis=(1, 2))
+    den = a.sum(axis=(1, 2))
+    return _safe_ratio(num, den)
+
+
+def _dtype_of(x: Any) -> np.dtype:
+    """The dtype of an array or tracer (``.dtype``), else that of ``np.asarray(x)``."""
+    dt = getattr(x, "dtype", None)
+    return np.dtype(dt) if dt is not None else np.asarray(x).dtype
+
+
+def r_bias_jax(relevance: Any, mask: Any) -> Any:
+    """Jittable :func:`r_bias`: same formula, shapes and conventions, as a JAX array.
+
+    Shapes and dtypes are checked when the function is traced (they are static
+    under ``jax.jit``), so a wrong shape raises ``ValueError`` at trace time.
+    Values (NaN/inf, mask outside [0, 1]) can only be checked on concrete
+    arrays: they are checked when called outside ``jit`` and not inside it —
+    use :func:`r_bias` on the host for checked evaluation. A sample with zero
+    total relevance gives 0, never NaN (the division is guarded so that its
+    gradient is finite too). The result has JAX's default float dtype
+    (float32 unless x64 is enabled).
+
+    Args:
+      relevance: ``(B, H, W)`` or ``(B, H, W, C)`` relevance.
+      mask: ``(B, H, W)`` or shared ``(H, W)`` mask, bool or real in [0, 1].
+
+    Returns:
+      ``(B,)`` JAX array with values in [0, 1].
+    """
+    import jax
+    import jax.numpy as jnp
+
+    r_shape, m_shape = tuple(jnp.shape(relevance)), tuple(jnp.shape(mask))
+    _real_dtype("relevance", _dtype_of(relevance), allow_bool=False)
+    _real_dtype("mask", _dtype_of(mask), allow_bool=True)
+    b, h, w = _explain_shapes(r_shape, m_shape)
+    if not isinstance(relevance, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
+        _explain_inputs(np.asarray(relevance), np.asarray(mask))  # value checks on concrete inputs
+    ftype = jnp.result_type(float)
+    a = jnp.abs(jnp.asarray(relevance).astype(ftype))
+    if a.ndim == 4:
+        a = a.sum(axis=-1)
+    m = jnp.asarray(mask).astype(ftype)
+    if m.ndim == 2:  # shared mask, the documented broadcast
+        m = jnp.broadcast_to(m, (b, h, w))
+    num = (a * m).sum(axis=(1, 2))
+    den = a.sum(axis=(1, 2))
+    pos = den > 0
+    out = jnp.where(pos, num / jnp.where(pos, den, 1.0), 0.0)
+    return jnp.clip(out, 0.0, 1.0)
+
+
+def relevance_mass_accuracy(relevance: Any, mask: Any) -> np.ndarray:
+    """Relevance-mass accuracy: the share of positive relevance that falls inside the mask.
+
+    ``RMA = Σ_j M_j R_j⁺ / Σ_j R_j⁺`` with ``R⁺ = max(R, 0)`` taken per element;
+    with a channel axis the positive parts are summed over channels (like
+    :func:`r_bias` does with ``|R|``). Negative relevance is ignored. A sample
+    without any positive relevance has RMA = 0 — never NaN.
+
+    Args:
+      relevance: ``(B, H, W)`` or ``(B, H, W, C)`` real, finite relevance.
+      mask: ``(B, H, W)`` or shared ``(H, W)`` mask, bool or real in [0, 1]
+        (soft masks weight pixels by their value).
+
+    Returns:
+      ``(B,)`` float64 NumPy array with values in [0, 1].
+
+    Raises:
+      ValueError: as :func:`r_bias`.
+    """
+    r, m = _explain_inputs(relevance, mask)
+    p = np.maximum(r, 0.0)
+    if p.ndim == 4:
+        p = p.sum(axis=-1)
+    return _safe_ratio((p * m).sum(axis=(1, 2)), p.sum(axis=(1, 2)))
+
+
+def _positive_number(name: str, v: Any, *, upper: float | None = None) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} is {v!r}, expected a real number")
+    v = float(v)
+    if not np.isfinite(v) or v <= 0.0 or (upper is not None and v > upper):
+        expected = f"in (0, {upper:g}]" if upper is not None else "a finite number > 0"
+        raise ValueError(f"{name} is {v!r}, expected {expected}")
+    return v
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    radius = int(4.0 * sigma + 0.5)  # truncated at 4 sigma
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _blur_axis(x: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
+    """Correlate ``x`` with the symmetric kernel ``k`` along ``axis``, zeros outside."""
+    r = (k.shape[0] - 1) // 2
+    n = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    xp = np.pad(x, pad)
+    out = np.zeros_like(x)
+    for i, wgt in enumerate(k):
+        out += wgt * np.take(xp, np.arange(i, i + n), axis=axis)
+    return out
+
+
+def gaussian_blur(x: Any, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur over the last two (spatial) axes, zero padding outside the image.
+
+    The kernel is ``exp(-t² / 2σ²)`` on the integer offsets ``|t| ≤ int(4σ + 0.5)``
+    (truncated at 4σ), normalised to sum 1 — the same filter as
+    ``scipy.ndimage.gaussian_filter(x, sigma, mode="constant", cval=0, truncate=4.0)``
+    on a 2-D array. A leading batch axis is not blurred.
+
+    Args:
+      x: ``(H, W)`` or ``(B, H, W)`` real, finite array (bool allowed).
+      sigma: standard deviation in pixels, a finite number > 0.
+
+    Returns:
+      float64 NumPy array of the shape of ``x``.
+
+    Raises:
+      ValueError: wrong ndim, empty axes, non-real dtype, NaN/inf, or ``sigma <= 0``.
+    """
+    sigma = _positive_number("sigma", sigma)
+    a = np.asarray(x)
+    _real_dtype("x", a.dtype, allow_bool=True)
+    if a.ndim not in (2, 3):
+        raise ValueError(f"x has shape {a.shape} ({a.ndim}-D), expected (H, W) or (B, H, W)")
+    if 0 in a.shape:
+        raise ValueError(f"x has shape {a.shape}, expected every axis to be non-empty")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"x contains NaN or inf (shape {a.shape})")
+    k = _gaussian_kernel(sigma)
+    return _blur_axis(_blur_axis(a, k, a.ndim - 2), k, a.ndim - 1)
+
+
+def postprocess_mask(mask: Any, *, low: float = 0.1, sigma: float = 2.0, high: float = 0.3) -> np.ndarray:
+    """RR-ClArC mask post-processing: threshold, Gaussian blur, threshold again — per sample.
+
+    For each sample: ``m1 = mask >= low · max(mask)``; ``b = gaussian_blur(m1, sigma)``;
+    ``m2 = b >= high · max(b)``. The thresholds are relative to each sample's
+    maximum, so the scale of ``mask`` does not matter. A sample whose mask is
+    all zero stays all False (no artifact found).
+
+    Args:
+      mask: ``(H, W)`` or ``(B, H, W)`` bool or real mask with finite,
+        non-negative values (a soft mask or a non-negative heatmap; it need not
+        be in [0, 1] since only ratios to the maximum are used).
+      low: first threshold as a fraction of the maximum, in (0, 1].
+      sigma: Gaussian standard deviation in pixels, > 0.
+      high: second threshold as a fraction of the blurred maximum, in (0, 1].
+
+    Returns:
+      bool NumPy array of the shape of ``mask``.
+
+    Raises:
+      ValueError: wrong ndim, empty axes, non-real dtype, NaN/inf, negative
+        values, ``sigma <= 0``, or ``low``/``high`` outside (0, 1].
+    """
+    low = _positive_number("low", low, upper=1.0)
+    high = _positive_number("high", high, upper=1.0)
+    sigma = _positive_number("sigma", sigma)
+    m = np.asarray(mask)
+    _real_dtype("mask", m.dtype, allow_bool=True)
+    if m.ndim not in (2, 3):
+        raise ValueError(f"mask has shape {m.shape} ({m.ndim}-D), expected (H, W) or (B, H, W)")
+    if 0 in m.shape:
+        raise ValueError(f"mask has shape {m.shape}, expected every axis to be non-empty")
+    m = m.astype(np.float64)
+    _check_mask_values("mask", m, upper=None)
+    single = m.ndim == 2
+    m3 = m[None] if single else m
+    peak = m3.max(axis=(1, 2), keepdims=True)
+    nonzero = peak > 0
+    m1 = (m3 >= low * peak) & nonzero  # an all-zero sample stays empty
+    blurred = gaussian_blur(m1, sigma)
+    bpeak = blurred.max(axis=(1, 2), keepdims=True)
+    m2 = (blurred >= high * bpeak) & nonzero
+    return m2[0] if single else m2

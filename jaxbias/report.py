@@ -97,3 +97,212 @@ def mean_std_rows(
                 row[c] = f"{_fmt(float(vals.mean()), d)} ± {_fmt(float(vals.std()), d)}"
         rows.append(row)
     return rows
+
+
+# --- relevance heatmaps -----------------------------------------------------------------------------
+
+def _images(images: Any) -> np.ndarray:
+    """``images`` as float64 ``(N, H, W)`` or ``(N, H, W, 3)`` with values in [0, 1], or a ``ValueError``."""
+    a = np.asarray(images)
+    if a.dtype.kind not in "buif":
+        raise ValueError(f"images has dtype {a.dtype}, expected a real array with values in [0, 1]")
+    if not (a.ndim == 3 or (a.ndim == 4 and a.shape[-1] == 3)):
+        raise ValueError(f"images has shape {a.shape}, expected (N, H, W) or (N, H, W, 3)")
+    if 0 in a.shape:
+        raise ValueError(f"images has shape {a.shape}, expected every axis to be non-empty")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)) or a.min() < 0.0 or a.max() > 1.0:
+        raise ValueError(f"images has values in [{a.min():g}, {a.max():g}], expected finite values in [0, 1]")
+    return a
+
+
+def _relevance_maps(name: str, rel: Any, n: int, hw: tuple[int, int]) -> np.ndarray:
+    """``rel`` summed over channels as float64 ``(N, H, W)``; shapes must match the images."""
+    r = np.asarray(rel)
+    if r.dtype.kind not in "iuf":
+        raise ValueError(f"{name} has dtype {r.dtype}, expected an integer or float array")
+    if r.ndim not in (3, 4):
+        raise ValueError(f"{name} has shape {r.shape}, expected (N, H, W) or (N, H, W, C)")
+    if r.shape[0] != n:
+        raise ValueError(f"{name} has {r.shape[0]} samples (shape {r.shape}), expected N = {n} like images")
+    if tuple(r.shape[1:3]) != hw:
+        raise ValueError(f"{name} has H, W = {tuple(r.shape[1:3])} (shape {r.shape}), expected {hw} like images")
+    if r.ndim == 4 and r.shape[-1] == 0:
+        raise ValueError(f"{name} has shape {r.shape}, expected at least one channel")
+    r = r.astype(np.float64)
+    if not np.all(np.isfinite(r)):
+        raise ValueError(f"{name} contains NaN or inf (shape {r.shape})")
+    return r.sum(axis=-1) if r.ndim == 4 else r
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R BT.601 weights) of an ``(H, W, 3)`` image; an ``(H, W)`` image is returned as is."""
+    return img @ np.array([0.299, 0.587, 0.114]) if img.ndim == 3 else img
+
+
+def _titles(titles: Sequence[str] | None, n: int) -> list[str]:
+    if titles is None:
+        return [""] * n
+    if isinstance(titles, str) or not hasattr(titles, "__len__") or len(titles) != n:
+        raise ValueError(f"titles must be a sequence of {n} strings (one per sample), got {titles!r}")
+    return [str(t) for t in titles]
+
+
+def _alpha(alpha: Any) -> float:
+    number = isinstance(alpha, (int, float, np.integer, np.floating)) and not isinstance(alpha, bool)
+    if not number or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha is {alpha!r}, expected a number in [0, 1]")
+    return float(alpha)
+
+
+def _limit(*maps: np.ndarray) -> float:
+    """Symmetric colour limit ``max |R|`` over ``maps``; 1.0 for all-zero maps (a valid, blank scale)."""
+    m = max(float(np.abs(r).max()) for r in maps)
+    return m if m > 0 else 1.0
+
+
+def _heatmap_grid(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    rows: Sequence[tuple[str, np.ndarray]],
+    limits: np.ndarray,
+    titles: list[str],
+    cols: int,
+    alpha: float,
+) -> str:
+    """Blocks of ``cols`` samples; each block has one image row then one overlay row per ``rows`` entry."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = images.shape[0]
+    blocks = -(-n // cols)
+    per = 1 + len(rows)
+    fig, axes = plt.subplots(blocks * per, cols, figsize=(2.2 * cols, 2.2 * blocks * per), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i in range(n):
+        top, c = (i // cols) * per, i % cols
+        ax = axes[top, c]
+        ax.set_axis_on()
+        ax.imshow(images[i], cmap=None if images.ndim == 4 else "gray", vmin=0.0, vmax=1.0)
+        if titles[i]:
+            ax.set_title(titles[i], fontsize=9)
+        if c == 0:
+            ax.set_ylabel("image", fontsize=9)
+        grey = _grey(images[i])
+        for k, (label, maps) in enumerate(rows, start=1):
+            ax = axes[top + k, c]
+            ax.set_axis_on()
+            ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0)
+            ax.imshow(maps[i], cmap="bwr", vmin=-limits[i], vmax=limits[i], alpha=alpha)
+            ax.set_xlabel(f"±{limits[i]:.3g}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+        for k in range(per):
+            axes[top + k, c].set_xticks([])
+            axes[top + k, c].set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return str(path)
+
+
+def heatmap_overlay(
+    images: Any,
+    relevances: Any,
+    path: str | os.PathLike,
+    *,
+    titles: Sequence[str] | None = None,
+    cols: int | None = None,
+    alpha: float = 0.6,
+) -> str:
+    """Grid of samples with their relevance heatmaps, written as PNG.
+
+    One column per sample: the image on top, below it the relevance (summed
+    over channels) in the diverging ``"bwr"`` colormap (red positive, blue
+    negative) with symmetric limits ``±max|R|`` of that sample, drawn with
+    ``alpha`` over the greyscale image. The limit is printed under each
+    heatmap; an all-zero map gets limits ±1. With ``cols`` < N the samples
+    wrap into several blocks of two rows.
+
+    Args:
+      images: ``(N, H, W, 3)`` RGB or ``(N, H, W)`` greyscale, float in [0, 1].
+      relevances: ``(N, H, W)`` or ``(N, H, W, C)`` finite relevance (same N, H, W).
+      path: output file (PNG).
+      titles: one title per sample, or None.
+      cols: samples per block row, 1 ≤ cols; None puts all N in one row.
+      alpha: opacity of the heatmap over the greyscale image, in [0, 1].
+
+    Returns:
+      ``str(path)``.
+
+    Raises:
+      ValueError: bad shapes or values of ``images``/``relevances``, mismatched
+        N, H or W, wrong number of ``titles``, ``cols`` < 1, ``alpha`` outside [0, 1].
+    """
+    img = _images(images)
+    n = img.shape[0]
+    rel = _relevance_maps("relevances", relevances, n, tuple(img.shape[1:3]))
+    names = _titles(titles, n)
+    a = _alpha(alpha)
+    if cols is None:
+        cols = n
+    if isinstance(cols, bool) or not isinstance(cols, (int, np.integer)) or cols < 1:
+        raise ValueError(f"cols is {cols!r}, expected an integer >= 1 or None")
+    cols = min(int(cols), n)
+    limits = np.array([_limit(r) for r in rel])
+    return _heatmap_grid(path, img, [("relevance", rel)], limits, names, cols, a)
+
+
+def heatmaps_before_after(
+    images: Any,
+    before: Any,
+    after: Any,
+    path: str | os.PathLike,
+    *,
+    labels: Sequence[str] = ("before", "after"),
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.6,
+) -> str:
+    """Relevance of each sample before and after a correction, on one colour scale per sample; PNG.
+
+    Three rows — image, ``before`` heatmap, ``after`` heatmap — one column per
+    sample. Both heatmaps of a sample share the symmetric limits
+    ``±max(max|before|, max|after|)`` so that their colours compare directly
+    (a fading artifact shows as a paler "after" map). Heatmaps are summed over
+    channels and drawn in ``"bwr"`` with ``alpha`` over the greyscale image.
+
+    Args:
+      images: ``(N, H, W, 3)`` or ``(N, H, W)``, float in [0, 1].
+      before: ``(N, H, W)`` or ``(N, H, W, C)`` relevance before.
+      after: ``(N, H, W)`` or ``(N, H, W, C)`` relevance after.
+      path: output file (PNG).
+      labels: the two row labels, for ``before`` and ``after``.
+      titles: one title per sample, or None.
+      alpha: opacity of the heatmaps, in [0, 1].
+
+    Returns:
+      ``str(path)``.
+
+    Raises:
+      ValueError: bad shapes or values, mismatched N, H or W, ``labels`` not two
+        strings, wrong number of ``titles``, ``alpha`` outside [0, 1].
+    """
+    img = _images(images)
+    n = img.shape[0]
+    hw = tuple(img.shape[1:3])
+    rb = _relevance_maps("before", before, n, hw)
+    ra = _relevance_maps("after", after, n, hw)
+    if (
+        isinstance(labels, str)
+        or not hasattr(labels, "__len__")
+        or len(labels) != 2
+        or not all(isinstance(s, str) for s in labels)
+    ):
+        raise ValueError(f"labels is {labels!r}, expected two strings (for before and after)")
+    names = _titles(titles, n)
+    a = _alpha(alpha)
+    limits = np.array([_limit(rb[i], ra[i]) for i in range(n)])
+    return _heatmap_grid(path, img, [(labels[0], rb), (labels[1], ra)], limits, names, n, a)

@@ -77,6 +77,8 @@ def test_cli_train_then_correct(tmp_path, capsys):
     for rep in (out["report"], out["base_report"]):
         assert 0 <= rep["clean"] <= 1 and 0 <= rep["tcav"] <= 1 and rep["tcav_sens"] >= 0
     assert out["report"]["tcav_sens"] != out["base_report"]["tcav_sens"]  # evaluated through the projection
+    assert 0 <= out["base_report"]["r_bias"] <= 1 and 0 <= out["base_report"]["r_bias_chosen"] <= 1
+    assert out["report"]["r_bias"] is None  # P-ClArC's projected forward pass has no LRP graph
     rr = tmp_path / "rr"
     assert main(["correct", "--from", str(base), "--method", "rrclarc", "--lam", "10", "--classes", "0",
                  "--criterion", "class", "--epochs", "1", "--batch-size", "100", "--trainable", "fc", "--workdir", str(rr),
@@ -85,6 +87,7 @@ def test_cli_train_then_correct(tmp_path, capsys):
     assert out["config"]["hparams"] == {"lam": 10.0, "criterion": "class", "classes": [0]}
     assert len(out["history"]) == 1 and "rr" in out["history"][0]
     assert out["config"]["trainable"] == ["fc"]
+    assert 0 <= out["report"]["r_bias"] <= 1 and out["report"]["r_bias"] != out["base_report"]["r_bias"]
     # the fine-tuned run restores (its checkpoint carries the fitted CAV)
     assert main(["evaluate", "--workdir", str(rr), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
@@ -122,3 +125,24 @@ def test_tcav_test_separates_a_planted_concept(small):
     assert out["p_value"] < 1e-6
     with pytest.raises(ValueError, match="n_random"):
         tcav_test(model, reader, x, acts, concept, layer="block4", target=2, n_random=1)
+
+
+def test_lrp_r_bias_against_direct_computation():
+    from jaxbias.correct import lrp_r_bias
+    from jaxbias.explain import lrp, to_graph
+    from jaxbias.types import Batch
+
+    module = models.create("simple_conv", channels=(2, 3, 3, 4), kernel_size=3)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(size=(6, 10, 10, 3)), jnp.float32)
+    params, ms = models.init(module, jax.random.key(0), x)
+    y = np.array([0, 1, 0, 2, 0, 1])
+    mask = np.zeros((6, 10, 10), bool)
+    mask[:, :3, :4] = True
+    out = lrp_r_bias(module, {"params": params, **ms}, Batch(x, y, None, mask), target_class=0, batch_size=4)
+    rel = np.abs(np.asarray(lrp(to_graph(module, {"params": params, **ms}), x, target=jnp.asarray(y)))).sum(-1)
+    per = (rel * mask).sum((1, 2)) / rel.sum((1, 2))
+    assert out["r_bias"] == pytest.approx(per.mean(), rel=1e-5)
+    assert out["r_bias_chosen"] == pytest.approx(per[y == 0].mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="mask"):
+        lrp_r_bias(module, {"params": params, **ms}, Batch(x, y))

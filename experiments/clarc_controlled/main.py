@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import CONFIGS  # noqa: E402
 
 COLUMNS = ["clean", "artifact", "tcav", "tcav_sens", "chosen_clean", "other_clean", "chosen_artifact",
-           "other_artifact", "artifact_flip_to_target"]
+           "other_artifact", "artifact_flip_to_target", "r_bias", "r_bias_chosen"]
 
 
 def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, only: list[str] | None = None) -> dict:
@@ -68,7 +68,10 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
         rs = [r for r in runs if r["model"] == label]
         row = {"model": label}
         for k in COLUMNS:
-            vals = np.array([r[k] for r in rs], dtype=float)
+            vals = np.array([r[k] for r in rs if r.get(k) is not None], dtype=float)
+            if vals.size == 0:
+                row[k] = "–"
+                continue
             row[k] = f"{vals.mean():.4g}" if k in ("tcav_sens",) else f"{100 * vals.mean():.1f}"
         row["TCAV_sens vs uncorrected"] = f"{100 * (np.mean([r['tcav_sens'] for r in rs]) / base_sens - 1):+.0f}%"
         secs = [r["seconds_per_epoch"] for r in rs if r["seconds_per_epoch"] is not None]
@@ -80,7 +83,7 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
         f"{cfg['p']}; base: {cfg['base']}; corrections fine-tune {cfg['correct']['epochs']} epochs from the base "
         f"({cfg['correct']}; P-ClArC none). Accuracies and TCAV in %, TCAV_sens absolute (mean |∇_a f_c · h| per position of `block4`), mean "
         f"over seeds {cfg['seeds']}. *chosen* = the artifact class, *other* = the rest; *artifact* test = every "
-        f"test image stamped; *flip* = share of stamped non-{cfg['artifact_class']} digits predicted as "
+        f"test image stamped; *r_bias* = share of LRP relevance (true class, EpsilonPlusFlat) inside the stamp on the artifact test set, *r_bias_chosen* the same on its class-{cfg['artifact_class']} images (P-ClArC: no layer graph for its projected forward pass); *flip* = share of stamped non-{cfg['artifact_class']} digits predicted as "
         f"{cfg['artifact_class']}. Total {time.perf_counter() - t0:.0f} s.\n\n"
         + markdown_table(rows, ["model", *COLUMNS, "TCAV_sens vs uncorrected", "s / epoch"])
         + "\n\nHyperparameters: "
