@@ -211,7 +211,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from jaxbias.report import markdown_table
 
     results = evaluate_workdir(args.workdir)
+    if args.heatmaps:
+        from jaxbias.recipes import heatmaps_workdir
+
+        results["heatmaps"] = heatmaps_workdir(args.workdir, out_dir=args.out, n=args.n)
     _print_eval(results, args.json)
+    if args.heatmaps and not args.json:
+        print(f"wrote {results['heatmaps']}")
     if "artifact_report" in results and not args.json:
         rep = results["artifact_report"]
         keys = ["clean", "artifact", "chosen_clean", "other_clean", "chosen_artifact", "other_artifact", "tcav",
@@ -323,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate the newest checkpoint of a `train` workdir")
     p.add_argument("--workdir", required=True)
+    p.add_argument("--heatmaps", action="store_true",
+                   help="also write LRP heatmaps (PNG; a corrected run shows its base model's maps too)")
+    p.add_argument("--out", default=None, help="folder for heatmaps.png (default: the workdir)")
+    p.add_argument("--n", type=int, default=8, help="images in the heatmap figure")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     return parser

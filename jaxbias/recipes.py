@@ -436,3 +436,52 @@ def _artifact_report_of(run: Mapping[str, Any], data) -> dict[str, Any]:
     if hasattr(run["method"], "corrected"):
         model = run["method"].corrected(model, state.method_state, run["hp"])
     return artifact_report(model, state.params, evals, cav=cav, layer="block4", target_class=data.target_class)
+
+
+def heatmaps_workdir(workdir: str, *, out_dir: str | None = None, n: int = 8, data=None) -> list[str]:
+    """LRP heatmaps (EpsilonPlusFlat, true class) of a run's newest checkpoint, written as PNG.
+
+    Artifact runs: ``n`` stamped test images of the artifact class; a
+    corrected run (``init_from``) shows its base model's maps above its own.
+    Biased-MNIST runs: the first ``n`` images of the unbiased test set.
+    Returns the written paths (``<out_dir>/heatmaps.png``, default the workdir).
+    """
+    from jaxbias.explain import make_lrp, to_graph
+    from jaxbias.report import heatmap_overlay, heatmaps_before_after
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int (images to show); got {n!r}")
+    run = restore_workdir(workdir)
+    config = run["config"]
+    dataset = config.get("dataset", "biased_mnist")
+    if dataset not in ("biased_mnist", "artifact_mnist"):
+        raise ValueError(f"heatmaps need an image dataset (biased_mnist, artifact_mnist); {workdir!r} is {dataset!r}")
+    if hasattr(run["method"], "corrected"):
+        raise ValueError(f"{workdir!r} is a {config['method']} run: its projected forward pass has no layer graph "
+                         "for LRP")
+    if data is None:
+        data, _, _ = load_dataset(dataset, seed=config["data_seed"], source=config["source"],
+                                  data_dir=config["data_dir"], rho=config["rho"],
+                                  artifact=config.get("artifact", "stamp"),
+                                  artifact_class=config.get("artifact_class", 0), p=config.get("p", 0.5))
+    _, evals = dataset_sets(data)
+    if dataset == "artifact_mnist":
+        keep = np.flatnonzero(np.asarray(evals["artifact"].y) == data.target_class)[:n]
+        x, y = np.asarray(evals["artifact"].x)[keep], np.asarray(evals["artifact"].y)[keep]
+    else:
+        x, y = np.asarray(evals["unbiased"].x)[:n], np.asarray(evals["unbiased"].y)[:n]
+
+    def relevance(r):
+        st = r["state"]
+        fn = make_lrp(to_graph(r["module"], {"params": st.params, **st.model_state}))
+        return np.asarray(fn(jnp.asarray(x), jnp.asarray(y)))
+
+    out_dir = out_dir or workdir
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "heatmaps.png")
+    titles = [f"label {int(v)}" for v in y]
+    if config.get("init_from"):
+        base = restore_workdir(config["init_from"])
+        return [heatmaps_before_after(x, relevance(base), relevance(run), path, titles=titles,
+                                      labels=("base", config["method"]))]
+    return [heatmap_overlay(x, relevance(run), path, titles=titles)]

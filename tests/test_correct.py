@@ -95,6 +95,14 @@ def test_cli_train_then_correct(tmp_path, capsys):
     # evaluate reports along the base model's CAV, as correct did
     for k in ("clean", "tcav", "tcav_sens", "chosen_clean", "other_clean"):
         assert ev["artifact_report"][k] == pytest.approx(out["report"][k], rel=1e-5)
+    # LRP heatmaps: base maps above the corrected model's
+    assert main(["evaluate", "--workdir", str(rr), "--heatmaps", "--n", "3", "--out", str(tmp_path / "maps"),
+                 "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["heatmaps"] == [str(tmp_path / "maps" / "heatmaps.png")]
+    assert (tmp_path / "maps" / "heatmaps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["evaluate", "--workdir", str(base), "--heatmaps", "--n", "0"]) == 2
+    assert "n must be" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["correct", "--from", str(base), "--method", "end"])
 

@@ -18,6 +18,9 @@ Adam's step size does not grow with λ, so the number of steps, not λ, bounds
 how fast RR-ClArC turns the head away from ``h`` (hand check on seed 0: λ = 1e6
 and 1e7 gave the same curve).
 
+``lrp``: every training 0 stamped (p = 1) and corrections that train every
+layer, to see R_bias (LRP relevance share in the stamp) move.
+
 ``full``: the same on the full MNIST (tensorflow-datasets) with the paper-size
 16/32/64/128 network.
 """
@@ -50,4 +53,17 @@ FULL = {
     "correct": {**OFFLINE["correct"], "batch_size": 256},
 }
 
-CONFIGS = {"offline": OFFLINE, "full": FULL}
+#: R_bias check (issue "LRP"): every training 0 carries the stamp, so the base model leans on it harder, and
+#: the corrections train every layer (a head-only correction cannot move relevance inside the feature extractor).
+LRP = {
+    **OFFLINE,
+    "p": 1.0,
+    "correct": {"epochs": 5, "batch_size": 64, "lr": 1e-3, "trainable": None},
+    "methods": {
+        "Vanilla fine-tune": ("vanilla", {}),
+        "RRR": ("rrr", {"lam": 10.0}),
+        "RR-ClArC": ("rrclarc", {"lam": 1e6}),
+    },
+}
+
+CONFIGS = {"offline": OFFLINE, "full": FULL, "lrp": LRP}
