@@ -174,27 +174,43 @@ def artifact_report(
 
 
 def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_class: int | None = None,
-               batch_size: int = 250) -> dict[str, float]:
+               postprocess: bool = True, batch_size: int = 250) -> dict[str, float]:
     """R_bias of LRP maps (EpsilonPlusFlat, SPEC §7) on images that carry the artifact (``batch.mask``).
 
-    Relevance of each sample's true class; ``r_bias`` is the mean over all
-    samples, ``r_bias_chosen`` over those of ``target_class`` (the class the
-    artifact was inserted into).
+    Returns ``r_bias``: relevance of each sample's true class, mean over all
+    samples; with ``target_class`` (the class the artifact was inserted into)
+    also ``r_bias_chosen`` (its own images) and ``r_bias_pull`` (the
+    ``target_class`` logit explained on the other classes' images: how much of
+    the artifact class's evidence there sits on the artifact). ``postprocess``
+    applies the paper's mask post-processing (threshold 0.1·max, Gaussian
+    blur σ = 2 px, threshold 0.3·max; :func:`jaxbias.metrics.postprocess_mask`),
+    which widens the mask by the blur of relevance that the flat first-layer
+    rule causes.
     """
     from jaxbias.explain import make_lrp, to_graph
 
     if batch.mask is None:
         raise ValueError("batch.mask must mark the artifact pixels")
     fn = make_lrp(to_graph(module, dict(variables)))
-    x, y, mask = np.asarray(batch.x), np.asarray(batch.y), np.asarray(batch.mask)
-    vals = np.concatenate([
-        metrics.r_bias(np.asarray(fn(jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size]))),
-                       mask[i:i + batch_size])
-        for i in range(0, x.shape[0], batch_size)
-    ])
-    out = {"r_bias": float(vals.mean())}
-    if target_class is not None and np.any(y == target_class):
-        out["r_bias_chosen"] = float(vals[y == target_class].mean())
+    x, y = np.asarray(batch.x), np.asarray(batch.y)
+    mask = np.asarray(batch.mask)
+    if postprocess:
+        mask = metrics.postprocess_mask(mask.astype(np.float64))
+
+    def mean_r_bias(sel, target):
+        vals = [metrics.r_bias(np.asarray(fn(jnp.asarray(x[sel][i:i + batch_size]),
+                                             jnp.asarray(target[i:i + batch_size]))), mask[sel][i:i + batch_size])
+                for i in range(0, int(sel.sum()), batch_size)]
+        return float(np.concatenate(vals).mean())
+
+    every = np.ones(y.shape[0], bool)
+    out = {"r_bias": mean_r_bias(every, y)}
+    if target_class is not None:
+        own = y == target_class
+        if own.any():
+            out["r_bias_chosen"] = mean_r_bias(own, y[own])
+        if (~own).any():
+            out["r_bias_pull"] = mean_r_bias(~own, np.full(int((~own).sum()), target_class))
     return out
 
 
@@ -272,7 +288,7 @@ def correct(
         model = mod.corrected(model, state.method_state, hp)
     report = artifact_report(model, state.params, evals, **report_kw)
     if hasattr(mod, "corrected"):  # an edited forward pass (P-ClArC's projection) has no layer graph for LRP
-        report.update({"r_bias": None, "r_bias_chosen": None})
+        report.update({"r_bias": None, "r_bias_chosen": None, "r_bias_pull": None})
     else:
         report.update(lrp_r_bias(module, {"params": state.params, **state.model_state}, evals["artifact"],
                                  target_class=data.target_class))

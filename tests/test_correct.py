@@ -147,10 +147,18 @@ def test_lrp_r_bias_against_direct_computation():
     y = np.array([0, 1, 0, 2, 0, 1])
     mask = np.zeros((6, 10, 10), bool)
     mask[:, :3, :4] = True
-    out = lrp_r_bias(module, {"params": params, **ms}, Batch(x, y, None, mask), target_class=0, batch_size=4)
-    rel = np.abs(np.asarray(lrp(to_graph(module, {"params": params, **ms}), x, target=jnp.asarray(y)))).sum(-1)
+    out = lrp_r_bias(module, {"params": params, **ms}, Batch(x, y, None, mask), target_class=0, batch_size=4,
+                     postprocess=False)
+    graph = to_graph(module, {"params": params, **ms})
+    rel = np.abs(np.asarray(lrp(graph, x, target=jnp.asarray(y)))).sum(-1)
     per = (rel * mask).sum((1, 2)) / rel.sum((1, 2))
     assert out["r_bias"] == pytest.approx(per.mean(), rel=1e-5)
     assert out["r_bias_chosen"] == pytest.approx(per[y == 0].mean(), rel=1e-5)
+    pull = np.abs(np.asarray(lrp(graph, x[y != 0], target=0))).sum(-1)
+    want = ((pull * mask[y != 0]).sum((1, 2)) / pull.sum((1, 2))).mean()
+    assert out["r_bias_pull"] == pytest.approx(want, rel=1e-5)
+    # the paper's post-processed (widened) mask takes a larger share
+    wide = lrp_r_bias(module, {"params": params, **ms}, Batch(x, y, None, mask), target_class=0)
+    assert wide["r_bias"] > out["r_bias"]
     with pytest.raises(ValueError, match="mask"):
         lrp_r_bias(module, {"params": params, **ms}, Batch(x, y))

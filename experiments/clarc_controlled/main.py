@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import CONFIGS  # noqa: E402
 
 COLUMNS = ["clean", "artifact", "tcav", "tcav_sens", "chosen_clean", "other_clean", "chosen_artifact",
-           "other_artifact", "artifact_flip_to_target", "r_bias", "r_bias_chosen"]
+           "other_artifact", "artifact_flip_to_target", "r_bias", "r_bias_chosen", "r_bias_pull"]
 
 
 def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, only: list[str] | None = None) -> dict:
@@ -83,7 +83,7 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
         f"{cfg['p']}; base: {cfg['base']}; corrections fine-tune {cfg['correct']['epochs']} epochs from the base "
         f"({cfg['correct']}; P-ClArC none). Accuracies and TCAV in %, TCAV_sens absolute (mean |∇_a f_c · h| per position of `block4`), mean "
         f"over seeds {cfg['seeds']}. *chosen* = the artifact class, *other* = the rest; *artifact* test = every "
-        f"test image stamped; *r_bias* = share of LRP relevance (true class, EpsilonPlusFlat) inside the stamp on the artifact test set, *r_bias_chosen* the same on its class-{cfg['artifact_class']} images (P-ClArC: no layer graph for its projected forward pass); *flip* = share of stamped non-{cfg['artifact_class']} digits predicted as "
+        f"test image stamped; *r_bias* = share of LRP |relevance| (true class, EpsilonPlusFlat) inside the stamp mask (post-processed as in the paper: threshold, blur σ = 2, threshold) on the artifact test set, *r_bias_chosen* the same on its class-{cfg['artifact_class']} images, *r_bias_pull* the class-{cfg['artifact_class']} logit explained on the other classes' stamped images (P-ClArC: no layer graph for its projected forward pass); *flip* = share of stamped non-{cfg['artifact_class']} digits predicted as "
         f"{cfg['artifact_class']}. Total {time.perf_counter() - t0:.0f} s.\n\n"
         + markdown_table(rows, ["model", *COLUMNS, "TCAV_sens vs uncorrected", "s / epoch"])
         + "\n\nHyperparameters: "
