@@ -198,9 +198,10 @@ def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_cla
         mask = metrics.postprocess_mask(mask.astype(np.float64))
 
     def mean_r_bias(sel, target):
-        vals = [metrics.r_bias(np.asarray(fn(jnp.asarray(x[sel][i:i + batch_size]),
-                                             jnp.asarray(target[i:i + batch_size]))), mask[sel][i:i + batch_size])
-                for i in range(0, int(sel.sum()), batch_size)]
+        xs, ms = x[sel], mask[sel]
+        vals = [metrics.r_bias(np.asarray(fn(jnp.asarray(xs[i:i + batch_size]), jnp.asarray(target[i:i + batch_size]))),
+                               ms[i:i + batch_size])
+                for i in range(0, xs.shape[0], batch_size)]
         return float(np.concatenate(vals).mean())
 
     every = np.ones(y.shape[0], bool)
