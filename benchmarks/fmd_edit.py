@@ -44,7 +44,7 @@ from _common import md_table, time_fn, write_results  # noqa: E402
 
 from jaxbias import models, unlearn  # noqa: E402
 from jaxbias.influence import merge, select  # noqa: E402
-from jaxbias.methods import fmd  # noqa: E402
+from jaxbias.methods import fmd, vanilla  # noqa: E402
 from jaxbias.recipes import load_dataset  # noqa: E402
 from jaxbias.train import fit, make_optimizer  # noqa: E402
 from jaxbias.types import Batch  # noqa: E402
@@ -54,15 +54,9 @@ ADULT = HERE.parent.parent / "shared" / "data" / "adult.data"
 
 def _train(module, data, train, *, epochs, batch_size):
     tx = make_optimizer(lr=1e-3, weight_decay=1e-4, steps_per_epoch=train.x.shape[0] // batch_size, decay_every=None)
-    res = fit(module=module, method=_vanilla(), hp=_vanilla().Hparams(), train=train, epochs=epochs,
+    res = fit(module=module, method=vanilla, hp=vanilla.Hparams(), train=train, epochs=epochs,
               batch_size=batch_size, tx=tx, seed=0, progress=False)
     return res.state.params
-
-
-def _vanilla():
-    from jaxbias import methods
-
-    return methods.get("vanilla")
 
 
 def _time_calls(call, repeats):

@@ -249,15 +249,15 @@ def correct(
       ``{"config", "report", "base_report", "seconds", "seconds_per_epoch", "history"}``.
     """
     from jaxbias import methods as methods_lib
-    from jaxbias.recipes import dataset_sets, fit_method_state, load_dataset, make_hparams, restore_workdir, train_model
+    from jaxbias.recipes import (dataset_sets, fit_method_state, load_run_dataset, make_hparams, restore_workdir,
+                                 train_model)
 
     base_run = restore_workdir(base)
     bcfg = base_run["config"]
     if bcfg.get("dataset") != "artifact_mnist":
         raise ValueError(f"correct needs a base run on the artifact dataset; {base!r} was trained on {bcfg.get('dataset')!r}")
     if data is None:
-        data, _, _ = load_dataset("artifact_mnist", seed=bcfg["data_seed"], source=bcfg["source"], data_dir=bcfg["data_dir"],
-                                  artifact=bcfg["artifact"], artifact_class=bcfg["artifact_class"], p=bcfg["p"])
+        data, _, _ = load_run_dataset(bcfg)
     train, evals = dataset_sets(data)
     module = base_run["module"]
     bstate = base_run["state"]

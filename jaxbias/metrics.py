@@ -352,6 +352,17 @@ def _blur_axis(x: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
+def _image_stack(name: str, value: Any) -> np.ndarray:
+    """``value`` as float64 ``(H, W)`` or ``(B, H, W)`` with no empty axis, or a ValueError naming ``name``."""
+    a = np.asarray(value)
+    _real_dtype(name, a.dtype, allow_bool=True)
+    if a.ndim not in (2, 3):
+        raise ValueError(f"{name} has shape {a.shape} ({a.ndim}-D), expected (H, W) or (B, H, W)")
+    if 0 in a.shape:
+        raise ValueError(f"{name} has shape {a.shape}, expected every axis to be non-empty")
+    return a.astype(np.float64)
+
+
 def gaussian_blur(x: Any, sigma: float) -> np.ndarray:
     """Separable Gaussian blur over the last two (spatial) axes, zero padding outside the image.
 
@@ -371,13 +382,7 @@ def gaussian_blur(x: Any, sigma: float) -> np.ndarray:
       ValueError: wrong ndim, empty axes, non-real dtype, NaN/inf, or ``sigma <= 0``.
     """
     sigma = _positive_number("sigma", sigma)
-    a = np.asarray(x)
-    _real_dtype("x", a.dtype, allow_bool=True)
-    if a.ndim not in (2, 3):
-        raise ValueError(f"x has shape {a.shape} ({a.ndim}-D), expected (H, W) or (B, H, W)")
-    if 0 in a.shape:
-        raise ValueError(f"x has shape {a.shape}, expected every axis to be non-empty")
-    a = a.astype(np.float64)
+    a = _image_stack("x", x)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"x contains NaN or inf (shape {a.shape})")
     k = _gaussian_kernel(sigma)
@@ -410,13 +415,7 @@ def postprocess_mask(mask: Any, *, low: float = 0.1, sigma: float = 2.0, high: f
     low = _positive_number("low", low, upper=1.0)
     high = _positive_number("high", high, upper=1.0)
     sigma = _positive_number("sigma", sigma)
-    m = np.asarray(mask)
-    _real_dtype("mask", m.dtype, allow_bool=True)
-    if m.ndim not in (2, 3):
-        raise ValueError(f"mask has shape {m.shape} ({m.ndim}-D), expected (H, W) or (B, H, W)")
-    if 0 in m.shape:
-        raise ValueError(f"mask has shape {m.shape}, expected every axis to be non-empty")
-    m = m.astype(np.float64)
+    m = _image_stack("mask", mask)
     _check_mask_values("mask", m, upper=None)
     single = m.ndim == 2
     m3 = m[None] if single else m

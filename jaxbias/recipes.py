@@ -395,17 +395,22 @@ def _state_like(mod, hp, module, init_params, config):
     return mod.State(jnp.zeros(c, jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
 
 
+def load_run_dataset(config: Mapping[str, Any]):
+    """:func:`load_dataset` with the data settings a run stored in its config.json."""
+    return load_dataset(
+        config.get("dataset", "biased_mnist"), seed=config["data_seed"], source=config["source"],
+        data_dir=config["data_dir"], rho=config["rho"], artifact=config.get("artifact", "stamp"),
+        artifact_class=config.get("artifact_class", 0), p=config.get("p", 0.5),
+        data_path=config.get("data_path"), protected=config.get("protected", "sex"),
+    )
+
+
 def evaluate_workdir(workdir: str, *, data=None) -> dict[str, Any]:
     """Restore the newest checkpoint of a :func:`train_model` run and evaluate it."""
     base = restore_workdir(workdir)
     config = base["config"]
     if data is None:
-        data, _, evals = load_dataset(
-            config.get("dataset", "biased_mnist"), seed=config["data_seed"], source=config["source"],
-            data_dir=config["data_dir"], rho=config["rho"], artifact=config.get("artifact", "stamp"),
-            artifact_class=config.get("artifact_class", 0), p=config.get("p", 0.5),
-            data_path=config.get("data_path"), protected=config.get("protected", "sex"),
-        )
+        data, _, evals = load_run_dataset(config)
     else:
         _, evals = dataset_sets(data)
     state = base["state"]
@@ -460,10 +465,7 @@ def heatmaps_workdir(workdir: str, *, out_dir: str | None = None, n: int = 8, da
         raise ValueError(f"{workdir!r} is a {config['method']} run: its projected forward pass has no layer graph "
                          "for LRP")
     if data is None:
-        data, _, _ = load_dataset(dataset, seed=config["data_seed"], source=config["source"],
-                                  data_dir=config["data_dir"], rho=config["rho"],
-                                  artifact=config.get("artifact", "stamp"),
-                                  artifact_class=config.get("artifact_class", 0), p=config.get("p", 0.5))
+        data, _, _ = load_run_dataset(config)
     _, evals = dataset_sets(data)
     if dataset == "artifact_mnist":
         keep = np.flatnonzero(np.asarray(evals["artifact"].y) == data.target_class)[:n]

@@ -197,7 +197,7 @@ def unlearn_workdir(
       ``finetune`` (report + seconds, steps), and the edited ``params`` under
       ``"_params"`` (not JSON).
     """
-    from jaxbias.recipes import load_dataset, restore_workdir
+    from jaxbias.recipes import load_run_dataset, restore_workdir
 
     hp = hp or fmd.Hparams()
     run = restore_workdir(workdir)
@@ -206,9 +206,7 @@ def unlearn_workdir(
     if dataset not in ("biased_mnist", "adult"):
         raise ValueError(f"unlearn needs a biased_mnist or adult run (counterfactual pairs); {workdir!r} is {dataset!r}")
     if data is None:
-        data, _, _ = load_dataset(dataset, seed=config["data_seed"], source=config["source"],
-                                  data_dir=config["data_dir"], rho=config["rho"], data_path=config.get("data_path"),
-                                  protected=config.get("protected", "sex"))
+        data, _, _ = load_run_dataset(config)
     split = (split_adult if dataset == "adult" else split_biased_mnist)(data, external=external, seed=seed)
     state = run["state"]
     logits_fn = _logits_fn(run["module"], state.model_state)
