@@ -1,4 +1,4 @@
-"""The ``jaxbias`` command: ``demo``, ``train``, ``correct``, ``evaluate``, ``unlearn``.
+"""The ``jaxbias`` command: ``demo``, ``train``, ``sweep``, ``correct``, ``evaluate``, ``unlearn``, ``attribute``.
 
 Every sub-command has ``--help``; commands that print results take ``--json``.
 """
@@ -151,8 +151,100 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         log=log,
+        devices=args.devices,
     )
     _print_eval(results, args.json)
+    return 0
+
+
+def _sweep_axis(text: str) -> tuple[str, list[Any]]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--sweep expects KEY=V1,V2,..., got {text!r}")
+    key, raw = text.split("=", 1)
+    values: list[Any] = []
+    for item in (s.strip() for s in raw.split(",")):
+        if not item:
+            continue
+        for cast in (int, float):
+            try:
+                values.append(cast(item))
+                break
+            except ValueError:
+                pass
+        else:
+            values.append(item)  # kept: the library says why a non-number cannot be swept
+    if not key.strip() or not values:
+        raise argparse.ArgumentTypeError(f"--sweep expects KEY=V1,V2,... with at least one value, got {text!r}")
+    return key.strip(), values
+
+
+def _number_list(cast, flag: str):
+    def parse(text: str) -> list[Any]:
+        try:
+            out = [cast(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated {cast.__name__}s, got {text!r}") from None
+        if not out:
+            raise argparse.ArgumentTypeError(f"{flag} expects at least one value, got {text!r}")
+        return out
+
+    return parse
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from jaxbias.recipes import sweep_model
+    from jaxbias.report import markdown_table
+    from jaxbias.sweep import grid
+
+    axes: dict[str, list[Any]] = {}
+    for key, values in args.sweep:
+        if key in axes:
+            raise ValueError(f"--sweep names {key!r} twice; give all its values in one --sweep {key}=V1,V2,...")
+        axes[key] = values
+    for key, flag, values in (("seed", "--seeds", args.seeds), ("lr", "--lrs", args.lrs)):
+        if values is not None:
+            if key in axes:
+                raise ValueError(f"{flag} and --sweep {key}=... both set {key}; use one of them")
+            axes[key] = values
+    if not axes:
+        raise ValueError("nothing to sweep: give --sweep KEY=V1,V2,... (a numeric method hyperparameter), "
+                         "--seeds and/or --lrs")
+
+    def log(records):
+        if args.json:
+            return
+        losses = " ".join("–" if r.get("loss") is None else f"{r['loss']:.4f}" for r in records)
+        print(f"epoch {records[0]['epoch']:3d}  loss per member: {losses}  ({records[0]['seconds']:.1f}s)", flush=True)
+
+    results = sweep_model(
+        members=grid(**axes), dataset=args.dataset, rho=args.rho, artifact=args.artifact,
+        artifact_class=args.artifact_class, p=args.p, method=args.method, hparams=_method_overrides(args),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        decay_every=args.decay_every or None, seed=args.seed, source=args.source, data_dir=args.data_dir,
+        channels=args.channels, last_activation=args.last_activation, model=args.model, hidden=args.hidden,
+        data_path=args.data_path, protected=args.protected, init_from=args.base,
+        trainable=tuple(args.trainable.split(",")) if args.trainable else None, workdir=args.workdir,
+        resume=args.resume, progress=not args.no_progress, vectorize=not args.no_vmap, log=log,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in results.items() if k != "result"}, indent=2))
+        return 0
+    keys = list(results["members"][0]["settings"])
+    rows, columns = [], ["member", *keys, "loss"]
+    for m in results["members"]:
+        loss = m["final"].get("loss")
+        row = {"member": m["member"], **m["settings"], "loss": "diverged" if loss is None else loss}
+        row["lr"] = f"{row['lr']:g}"
+        for name, rep in m["eval"].items():
+            row[f"{name} acc"] = rep["accuracy"]
+            if "group_mean" in rep:
+                row[f"{name} group mean"] = rep["group_mean"]
+        for c in row:
+            if c not in columns:
+                columns.append(c)
+        rows.append(row)
+    print(markdown_table(rows, columns))
+    print(f"{len(rows)} members in {results['seconds']:.1f} s; the step was compiled {results['traces']} time(s)")
     return 0
 
 
@@ -263,6 +355,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from jaxbias.attribution.pipeline import attribute, load_attribution_data
+    from jaxbias.data.sources import DatasetUnavailableError
+    from jaxbias.report import markdown_table
+
+    try:
+        data = load_attribution_data(args.dataset, seed=args.seed, image_size=args.image_size, source=args.source,
+                                     data_dir=args.data_dir, confounder=args.confounder, style=args.style,
+                                     limit=args.limit)
+    except DatasetUnavailableError as e:
+        print(f"jaxbias attribute: error: {e}", file=sys.stderr)
+        return 2
+
+    def log(rec):
+        if not args.json:
+            print(f"epoch {rec['epoch']:3d}  loss={rec['loss']:.4f}  patch accuracy={rec['accuracy']:.3f}  "
+                  f"({rec['seconds']:.1f}s)", flush=True)
+
+    res = attribute(data, patch=args.patch, stride=args.stride, arch=args.arch, widths=args.widths,
+                    blocks=args.blocks, stem=args.stem, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    label_smoothing=args.label_smoothing, seed=args.seed, measure=args.measure, q=args.q,
+                    out_dir=args.out, n_figure=args.n, progress=not args.no_progress, log=log)
+    summary = {k: v for k, v in res.items() if k not in ("classifier", "specific", "general")}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        cols = ["dataset", "positions", "patch_accuracy", "ece", *(["iou"] if "iou" in summary else [])]
+        print(markdown_table([summary], cols))
+        print(f"wrote {summary['files']}")
+    return 0
+
+
+def _ints(flag: str):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            out = tuple(int(s) for s in text.split(",") if s.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated integers, got {text!r}") from None
+        if not out or min(out) < 1:
+            raise argparse.ArgumentTypeError(f"{flag} expects positive integers, got {text!r}")
+        return out
+
+    return parse
+
+
+def _quantile(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"--q must be a quantile in [0, 1], got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -280,8 +424,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--workdir", required=True, help="folder for checkpoints, metrics.jsonl, results.json")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="data parallelism over the first N devices (the batch size must divide by N; "
+                   "default: one device). On a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N")
     p.add_argument("--json", action="store_true", help="print the final results as JSON")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="train a grid of members (hyperparameters × seeds × learning rates) as one "
+                       "compiled, vmapped program")
+    _add_train_args(p)
+    p.add_argument("--sweep", type=_sweep_axis, action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a numeric method hyperparameter and its values, e.g. lam=0.1,1,10 (repeatable; the "
+                   "members are the Cartesian product of all axes)")
+    p.add_argument("--seeds", type=_number_list(int, "--seeds"), default=None, metavar="S1,S2,...",
+                   help="seeds axis (initialisation, data order, step keys); default: --seed")
+    p.add_argument("--lrs", type=_number_list(float, "--lrs"), default=None, metavar="LR1,LR2,...",
+                   help="learning-rate axis; default: --lr")
+    p.add_argument("--from", dest="base", default=None,
+                   help="start every member from this `jaxbias train` workdir (fine-tuning; the ClArC methods fit "
+                   "their CAV on it once, shared by all members)")
+    p.add_argument("--trainable", default=None, help="with --from: train only these parameter groups, comma-separated")
+    p.add_argument("--no-vmap", action="store_true",
+                   help="members take turns on one compiled single-model step instead of one vmapped step (results "
+                   "equal `train`'s exactly; faster for conv nets on CPU, where vmapped convolutions are slow)")
+    p.add_argument("--workdir", default=None, help="folder for checkpoints, metrics.jsonl (a row per member and "
+                   "epoch), results.json")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("correct", help="correct an artifact_mnist model (rrclarc, aclarc, pclarc, rrr, vanilla)")
     p.add_argument("--from", dest="base", required=True, help="workdir of the `jaxbias train --dataset artifact_mnist` run")
@@ -335,6 +505,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8, help="images in the heatmap figure")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("attribute", help="region attribution: train a patch classifier for a confounder, "
+                       "write attribution maps and calibration plots")
+    p.add_argument("--dataset", default="controlled", choices=["controlled", "celeba"],
+                   help="controlled: MNIST digits below a band that holds the confounder (offline, true region "
+                   "known; --style); celeba: target Male, --confounder (needs the prepared TFDS celeb_a)")
+    p.add_argument("--style", default="mark", choices=["mark", "hair"],
+                   help="controlled: a yellow square somewhere in the band (mark) or a blond/dark band (hair)")
+    p.add_argument("--confounder", default="Blond_Hair", choices=["Blond_Hair", "Eyeglasses", "Smiling", "Wearing_Hat"])
+    p.add_argument("--source", default="offline", choices=["offline", "tfds", "auto"], help="controlled: digits")
+    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
+    p.add_argument("--image-size", type=int, default=None, help="image side (default 64 controlled, 128 celeba)")
+    p.add_argument("--patch", type=int, default=16, help="patch side k (the paper: 32 on 128×128)")
+    p.add_argument("--stride", type=int, default=4, help="grid stride s (the paper: 2); must tile the image")
+    p.add_argument("--arch", default="small", choices=["small", "resnet18"], help="region classifier")
+    p.add_argument("--widths", type=_ints("--widths"), default=(8, 16, 32), help="small: channels per stage")
+    p.add_argument("--blocks", type=_ints("--blocks"), default=(1, 1, 1), help="small: basic blocks per stage")
+    p.add_argument("--stem", default=None, choices=["small", "imagenet"],
+                   help="default: small (3×3/1); resnet18: imagenet")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--measure", default="top", choices=["top", "margin", "entropy"], help="patch confidence")
+    p.add_argument("--q", type=_quantile, default=0.7, help="quantile of the top region (IoU with the true region)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images of every set (quick runs)")
+    p.add_argument("--n", type=int, default=8, help="images in maps.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="jaxbias_attribution",
+                   help="folder for attribution.json, general_map.npy, specific_maps.npy, maps.png, reliability.png")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_attribute)
     return parser
 
 

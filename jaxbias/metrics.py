@@ -426,3 +426,120 @@ def postprocess_mask(mask: Any, *, low: float = 0.1, sigma: float = 2.0, high: f
     bpeak = blurred.max(axis=(1, 2), keepdims=True)
     m2 = (blurred >= high * bpeak) & nonzero
     return m2[0] if single else m2
+
+
+# --- calibration (SPEC §6): expected calibration error and reliability bins -------------------------
+
+def _probs_labels(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probs)
+    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] < 2:
+        raise ValueError(f"probs must be (N, K) class probabilities with N ≥ 1 and K ≥ 2, got shape {p.shape}")
+    if p.dtype.kind not in "f":
+        raise ValueError(f"probs must be a float array of probabilities, got dtype {p.dtype}")
+    p = p.astype(np.float64)
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"probs contains NaN or inf (shape {p.shape})")
+    if p.min() < 0 or p.max() > 1 or np.abs(p.sum(axis=1) - 1.0).max() > 1e-3:
+        raise ValueError("probs must be probabilities (each in [0, 1], each row summing to 1: a softmax output); "
+                         f"got range [{p.min():.3g}, {p.max():.3g}] and row sums up to "
+                         f"{np.abs(p.sum(axis=1) - 1.0).max():.3g} away from 1")
+    y = check_labels("labels", labels, n=p.shape[0], against="probs", num_classes=p.shape[1])
+    return p, y
+
+
+def _n_bins(n_bins: Any) -> int:
+    if isinstance(n_bins, (bool, np.bool_)) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be an int ≥ 1, got {n_bins!r}")
+    return int(n_bins)
+
+
+def reliability_bins(probs: Any, labels: Any, *, n_bins: int = 15) -> dict[str, list]:
+    """Accuracy and mean confidence per equal-width confidence bin (the reliability diagram's data).
+
+    Confidence ``c_n = max_k p_nk``, prediction ``argmax_k p_nk``; bin ``i`` holds
+    ``c ∈ (i/M, (i+1)/M]`` (``c = 0`` in the first bin).
+
+    Args:
+      probs: ``(N, K)`` softmax probabilities.
+      labels: ``(N,)`` true classes.
+      n_bins: ``M``.
+    Returns:
+      ``{"edges": M+1, "count": M, "accuracy": M, "confidence": M}`` lists; an
+      empty bin has count 0 and accuracy = confidence = 0.
+
+    Example:
+      >>> reliability_bins(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]), n_bins=2)["accuracy"]
+      [0.0, 0.5]
+    """
+    p, y = _probs_labels(probs, labels)
+    m = _n_bins(n_bins)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, m + 1)
+    b = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, m - 1)
+    count = np.bincount(b, minlength=m)
+    acc_sum = np.bincount(b, weights=correct, minlength=m)
+    conf_sum = np.bincount(b, weights=conf, minlength=m)
+    safe = np.maximum(count, 1)
+    return {"edges": edges.tolist(), "count": count.astype(int).tolist(),
+            "accuracy": (acc_sum / safe).tolist(), "confidence": (conf_sum / safe).tolist()}
+
+
+def ece(probs: Any, labels: Any, *, n_bins: int = 15) -> float:
+    """Expected calibration error over equal-width confidence bins.
+
+    ``ECE = Σ_i b_i |p_i − c_i|`` with ``b_i`` the fraction of samples in bin
+    ``i``, ``p_i`` their accuracy and ``c_i`` their mean top-softmax confidence
+    (bins as in :func:`reliability_bins`).
+
+    Args:
+      probs: ``(N, K)`` softmax probabilities.
+      labels: ``(N,)`` true classes.
+      n_bins: number of bins (15 as in Guo et al. 2017).
+    Returns:
+      ECE in [0, 1].
+
+    Example:
+      >>> ece(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]), n_bins=2)
+      0.25
+    """
+    bins = reliability_bins(probs, labels, n_bins=n_bins)
+    count = np.asarray(bins["count"], np.float64)
+    gap = np.abs(np.asarray(bins["accuracy"]) - np.asarray(bins["confidence"]))
+    return float(np.sum(count / count.sum() * gap))
+
+
+# --- subgroups of a test set balanced for target and confounder (SPEC §6) --------------------------
+
+def subgroup_report(pred: Any, labels: Any, confounder: Any) -> dict[str, Any]:
+    """Accuracy overall, per target class ("men" / "women"), per (target, confounder) group, and the gaps.
+
+    ``gap = max_t acc(y = t) − min_t acc(y = t)`` (for a binary target ``|acc₁ − acc₀|``);
+    ``group_gap`` and ``worst_group`` over the non-empty ``(y, a)`` groups.
+
+    Args:
+      pred, labels: ``(N,)`` predicted and true target classes.
+      confounder: ``(N,)`` confounder labels ``a``.
+    Returns:
+      ``{"accuracy", "count", "by_target": {"t1": …}, "groups": {"t1_c0": {"accuracy", "count"}, …},
+      "gap", "group_gap", "worst_group"}``.
+
+    Example:
+      >>> subgroup_report(np.array([1, 0, 0, 0]), np.array([1, 1, 0, 0]), np.array([0, 1, 0, 1]))["gap"]
+      0.5
+    """
+    pred = _labels("pred", pred)
+    labels = _labels("labels", labels, pred.shape[0])
+    conf = _labels("confounder", confounder, pred.shape[0])
+    out: dict[str, Any] = {"accuracy": accuracy(pred, labels), "count": int(pred.shape[0])}
+    by_t = group_accuracy(pred, labels, labels)
+    out["by_target"] = {f"t{t}": {"accuracy": a, "count": c} for t, (a, c) in by_t.items()}
+    nc = int(conf.max()) + 1
+    groups = group_accuracy(pred, labels, labels * nc + conf)
+    out["groups"] = {f"t{g // nc}_c{g % nc}": {"accuracy": a, "count": c} for g, (a, c) in groups.items()}
+    t_acc = [a for a, _ in by_t.values()]
+    g_acc = [a for a, _ in groups.values()]
+    out["gap"] = float(max(t_acc) - min(t_acc))
+    out["group_gap"] = float(max(g_acc) - min(g_acc))
+    out["worst_group"] = float(min(g_acc))
+    return out

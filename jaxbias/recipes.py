@@ -163,6 +163,7 @@ def train_model(
     hidden: Sequence[int] = (100, 100, 100),
     data_path: str | None = None,
     protected: str = "sex",
+    devices: int | None = None,
 ) -> dict[str, Any]:
     """Train one model on a dataset with a method and evaluate it.
 
@@ -182,7 +183,17 @@ def train_model(
     ``init_from``): train only these top-level parameter groups (e.g.
     ``("fc",)``, the head) with the model in evaluation mode, so frozen
     batch-norm statistics stay as they were.
+
+    ``devices``: data parallelism over the first ``devices`` devices
+    (:func:`jaxbias.parallel.make_mesh`; ``batch_size`` must divide by it);
+    ``None`` trains on the default device alone.
     """
+    mesh = None
+    if devices is not None:
+        from jaxbias import parallel
+
+        mesh = parallel.make_mesh(devices)  # before loading data: a bad count fails fast
+        parallel.check_batch_size(batch_size, mesh)
     if trainable is not None and init_from is None:
         raise ValueError("trainable= freezes layers of a trained model: pass init_from=<workdir> too")
     if not 0.0 <= rho <= 1.0:
@@ -272,6 +283,7 @@ def train_model(
         log=log,
         init_params=init_params,
         train_mode=trainable is None,
+        mesh=mesh,
     )
     seconds = time.perf_counter() - t0
     final = result.history[-1]["eval"] if result.history and "eval" in result.history[-1] else None
@@ -487,3 +499,130 @@ def heatmaps_workdir(workdir: str, *, out_dir: str | None = None, n: int = 8, da
         return [heatmaps_before_after(x, relevance(base), relevance(run), path, titles=titles,
                                       labels=("base", config["method"]))]
     return [heatmap_overlay(x, relevance(run), path, titles=titles)]
+
+
+def sweep_model(
+    *,
+    members: Sequence[Mapping[str, Any]],
+    dataset: str = "biased_mnist",
+    rho: float = 0.99,
+    artifact: str = "stamp",
+    artifact_class: int = 0,
+    p: float = 0.5,
+    method: str = "vanilla",
+    hparams: Mapping[str, Any] | None = None,
+    epochs: int = 80,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    decay_every: int | None = 20,
+    seed: int = 0,
+    data_seed: int | None = None,
+    source: str = "offline",
+    data_dir: str | None = None,
+    channels: Sequence[int] = FULL_CHANNELS,
+    last_activation: str = "tanh",
+    model: str = "simple_conv",
+    hidden: Sequence[int] = (100, 100, 100),
+    data_path: str | None = None,
+    protected: str = "sex",
+    init_from: str | None = None,
+    trainable: Sequence[str] | None = None,
+    workdir: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    eval_every: int = 1,
+    vectorize: bool = True,
+    data=None,
+    log=None,
+) -> dict[str, Any]:
+    """:func:`train_model` for several members at once (:func:`jaxbias.sweep.fit_sweep`).
+
+    ``members``: one mapping per member with ``lr``, ``seed`` and numeric
+    method hyperparameters (e.g. ``jaxbias.sweep.grid(lam=[0.1, 1, 10],
+    seed=[0, 1])``); the other arguments are those of :func:`train_model` and
+    are shared. ``hparams`` fixes the non-swept hyperparameters. With
+    ``init_from`` the method state (a CAV) is fitted once on the starting
+    model and shared by every member.
+
+    Returns a JSON-able dict: ``config``, ``members`` (per member: its
+    ``settings``, ``final`` training metrics of the last epoch, ``eval`` and
+    ``history``), ``seconds``, ``resumed_from`` and ``traces`` (compilations
+    of the step).
+    """
+    from jaxbias.sweep import fit_sweep
+
+    if trainable is not None and init_from is None:
+        raise ValueError("trainable= freezes layers of a trained model: pass init_from=<workdir> too")
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}; got {model!r}")
+    if model == "simple_conv":
+        model_cfg = {"name": "simple_conv", "channels": list(channels), "last_activation": last_activation}
+    else:
+        model_cfg = {"name": "mlp", "hidden": [int(h) for h in hidden]}
+    base = None
+    if init_from is not None:
+        base = restore_workdir(init_from)
+        model_cfg = base["config"]["model"]
+    hp = make_hparams(method, hparams)
+    mod = methods_lib.get(method)
+    if init_from is None and _needs_fitted_state(mod):
+        raise ValueError(
+            f"method {method!r} corrects a trained model (it fits a CAV on it): train a base model first and pass "
+            "init_from=<its workdir>"
+        )
+    config = {
+        "dataset": dataset, "rho": rho, "artifact": artifact, "artifact_class": artifact_class, "p": p,
+        "method": method, "hparams": dict(hparams or {}), "members": [dict(m) for m in members], "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "decay_every": decay_every, "seed": seed,
+        "data_seed": seed if data_seed is None else data_seed, "source": source, "data_dir": data_dir,
+        "model": model_cfg, "init_from": init_from, "trainable": None if trainable is None else list(trainable),
+        "data_path": data_path, "protected": protected, "vectorize": vectorize,
+    }
+    if data is None:
+        data, train, evals = load_dataset(
+            dataset, seed=config["data_seed"], source=source, data_dir=data_dir, rho=rho, artifact=artifact,
+            artifact_class=artifact_class, p=p, data_path=data_path, protected=protected,
+        )
+    else:
+        train, evals = dataset_sets(data)
+    config["source"] = getattr(data, "source", source)
+    if init_from is None:
+        model_cfg["num_classes"] = int(np.max(train.y)) + 1 if dataset == "adult" else 10
+    config["input_shape"] = [int(d) for d in np.shape(train.x)[1:]]
+    module = _module(model_cfg)
+    init_params = method_state = None
+    if base is not None:
+        init_params = (base["state"].params, base["state"].model_state)
+        method_state = fit_method_state(mod, hp, module, init_params, data, train)
+    if workdir is not None:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    t0 = time.perf_counter()
+    result = fit_sweep(
+        module=module, method=mod, hp=hp, members=members, train=train, epochs=epochs, batch_size=batch_size,
+        lr=lr, weight_decay=weight_decay, decay_every=decay_every, trainable=trainable, seed=seed,
+        method_state=method_state, eval_sets=evals, eval_every=eval_every, workdir=workdir, resume=resume,
+        progress=progress, config={"dataset": dataset, "model": model_cfg}, log=log, init_params=init_params,
+        train_mode=trainable is None, vectorize=vectorize,
+    )
+    seconds = time.perf_counter() - t0
+    rows = []
+    for i, settings in enumerate(result.members):
+        hist = result.history[i]
+        last = hist[-1] if hist else {}
+        final_eval = last.get("eval")
+        if final_eval is None:
+            final_eval = evaluate(make_predict(module), result.member_params(i), result.member_model_state(i), evals)
+        final = {k: v for k, v in last.items() if k not in ("epoch", "member", "settings", "seconds", "eval")}
+        rows.append({"member": i, "settings": settings, "final": final, "eval": final_eval, "history": hist})
+    out = {"config": config, "hparams": dataclasses.asdict(hp), "members": rows, "seconds": seconds,
+           "resumed_from": result.resumed_from, "traces": result.traces}
+    if workdir is not None:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(out, f, indent=2)
+    out["result"] = result
+    return out

@@ -306,3 +306,120 @@ def heatmaps_before_after(
     a = _alpha(alpha)
     limits = np.array([_limit(rb[i], ra[i]) for i in range(n)])
     return _heatmap_grid(path, img, [(labels[0], rb), (labels[1], ra)], limits, names, n, a)
+
+
+# --- region attribution (SPEC §6): reliability diagrams and attribution maps -------------------------
+
+def reliability_diagram(path: str | os.PathLike, bins: Mapping[str, Sequence[float]], *, title: str = "",
+                        ece: float | None = None) -> str:
+    """Reliability diagram (accuracy against confidence per bin, with the diagonal and bin counts) as PNG.
+
+    Args:
+      path: output file.
+      bins: :func:`jaxbias.metrics.reliability_bins` output (``edges``, ``count``, ``accuracy``, ``confidence``).
+      title: figure title.
+      ece: printed in the title when given.
+    Returns:
+      ``str(path)``.
+
+    Example:
+      >>> reliability_diagram("rel.png", metrics.reliability_bins(probs, labels), ece=metrics.ece(probs, labels))
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for k in ("edges", "count", "accuracy", "confidence"):
+        if k not in bins:
+            raise ValueError(f"bins must hold {k!r} (from jaxbias.metrics.reliability_bins); got keys {sorted(bins)}")
+    edges = np.asarray(bins["edges"], float)
+    count = np.asarray(bins["count"], float)
+    acc = np.asarray(bins["accuracy"], float)
+    conf = np.asarray(bins["confidence"], float)
+    if not (edges.shape[0] == count.shape[0] + 1 == acc.shape[0] + 1 == conf.shape[0] + 1):
+        raise ValueError(f"bins has {edges.shape[0]} edges but {count.shape[0]}/{acc.shape[0]}/{conf.shape[0]} "
+                         "counts/accuracies/confidences; expected one more edge than bins")
+    used = count > 0
+    widths = np.diff(edges)
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(4.2, 5.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(edges[:-1][used], acc[used], widths[used], align="edge", edgecolor="k", alpha=0.8, label="accuracy")
+    ax.bar(edges[:-1][used], (conf - acc)[used], widths[used], bottom=acc[used], align="edge", color="tab:red",
+           alpha=0.3, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    head = title + (f"  (ECE {ece:.3f})" if ece is not None else "")
+    if head:
+        ax.set_title(head, fontsize=10)
+    axc.bar(edges[:-1], count / max(count.sum(), 1), widths, align="edge", color="grey")
+    axc.set_xlim(0, 1)
+    axc.set_xlabel("confidence (top softmax)")
+    axc.set_ylabel("share")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return str(path)
+
+
+def attribution_maps(path: str | os.PathLike, images: Any, maps: Any, *, general: Any = None,
+                     region: Any = None, titles: Sequence[str] | None = None, alpha: float = 0.6) -> str:
+    """Images above their attribution maps (``viridis`` over the greyscale image), optionally the general map; PNG.
+
+    Args:
+      path: output file.
+      images: ``(N, H, W, 3)`` or ``(N, H, W)`` in [0, 1].
+      maps: ``(N, H, W)`` specific maps in [0, 1].
+      general: ``(H, W)`` general map, drawn in an extra column, or ``None``.
+      region: ``(H, W)`` bool outline (e.g. the true confounder region or the top-q region), or ``None``.
+      titles: one per image.
+      alpha: opacity of the maps.
+    Returns:
+      ``str(path)``.
+
+    Example:
+      >>> attribution_maps("maps.png", images[:6], specific[:6], general=general, region=true_region)
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img = _images(images)
+    n = img.shape[0]
+    hw = tuple(img.shape[1:3])
+    m = _relevance_maps("maps", maps, n, hw)
+    names = _titles(titles, n)
+    a = _alpha(alpha)
+    g = None if general is None else np.asarray(general, float)
+    if g is not None and g.shape != hw:
+        raise ValueError(f"general has shape {g.shape}, expected {hw} like the images")
+    r = None if region is None else np.asarray(region, bool)
+    if r is not None and r.shape != hw:
+        raise ValueError(f"region has shape {r.shape}, expected {hw} like the images")
+    cols = n + (g is not None)
+    fig, axes = plt.subplots(2, cols, figsize=(2.0 * cols, 4.2), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(img[i], cmap=None if img.ndim == 4 else "gray", vmin=0, vmax=1)
+        axes[0, i].set_title(names[i], fontsize=8)
+        axes[1, i].imshow(_grey(img[i]), cmap="gray", vmin=0, vmax=1)
+        axes[1, i].imshow(m[i], cmap="viridis", vmin=0, vmax=max(float(m[i].max()), 1e-12), alpha=a)
+        if r is not None:
+            axes[1, i].contour(r, levels=[0.5], colors="r", linewidths=0.8)
+    if g is not None:
+        axes[0, -1].imshow(img.mean(axis=0), cmap=None if img.ndim == 4 else "gray", vmin=0, vmax=1)
+        axes[0, -1].set_title("mean image", fontsize=8)
+        axes[1, -1].imshow(g, cmap="viridis", vmin=0, vmax=max(float(g.max()), 1e-12))
+        axes[1, -1].set_title("general map", fontsize=8)
+        if r is not None:
+            axes[1, -1].contour(r, levels=[0.5], colors="r", linewidths=0.8)
+    axes[0, 0].set_ylabel("image", fontsize=9)
+    axes[1, 0].set_ylabel("specific map", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return str(path)

@@ -247,6 +247,7 @@ def fit(
     log: Callable[[dict[str, Any]], None] | None = None,
     init_params: tuple[Params, ModelState] | None = None,
     train_mode: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> FitResult:
     """Train ``module`` with ``method`` for ``epochs`` epochs.
 
@@ -258,6 +259,14 @@ def fit(
     ``workdir/metrics.jsonl`` (one JSON object per epoch). ``train_mode=False``
     runs the model in evaluation mode while training (frozen batch-norm
     statistics; pair it with :func:`freeze` to train only some layers).
+
+    ``mesh`` (:func:`jaxbias.parallel.make_mesh`): data parallelism. The state
+    is replicated on the mesh, every batch of ``batch_size`` rows is split over
+    its devices (``batch_size`` must divide by the device count; checked before
+    anything is compiled) and the step is jitted once with in/out shardings.
+    The numbers match the single-device run up to summation order. With
+    several processes ``batch_size`` is global and each process feeds its own
+    rows (see :mod:`jaxbias.parallel`).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be ≥ 0, got {epochs}")
@@ -266,6 +275,13 @@ def fit(
     n = _check_train_arrays(train)
     if drop_last and n < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} samples) with drop_last")
+    if mesh is not None:
+        from jaxbias import parallel
+
+        parallel.check_batch_size(batch_size, mesh)
+        if not drop_last and n % batch_size:
+            parallel.check_batch_size(n % batch_size, mesh, name=f"the last batch of an epoch (drop_last=False, n={n})")
+        rows = parallel.process_rows(mesh, batch_size)
     init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
     if init_params is None:
         params, model_state = models_lib.init(module, init_key, jnp.asarray(train.x[:1]))
@@ -274,7 +290,11 @@ def fit(
         params, model_state = jax.tree.map(jnp.array, init_params)
     if method_state is None:
         method_state = method.init()
+    else:  # a copy: the jitted step donates the state, which must not delete the caller's CAV etc.
+        method_state = jax.tree.map(jnp.array, method_state)
     state = create_train_state(params, model_state, tx, key=step_key, method_state=method_state)
+    if mesh is not None:
+        state = parallel.replicate(state, mesh)  # a checkpoint restores into this layout
 
     ckpt = None
     start_epoch, resumed_from, history = 0, None, []
@@ -293,13 +313,20 @@ def fit(
             )
         if latest is not None:
             state, _ = ckpt.restore(state)
+            if mesh is not None:
+                state = parallel.replicate(state, mesh)
             start_epoch = resumed_from = latest
             history = _read_history(metrics_path, upto=latest)
-            _write_history(metrics_path, history)  # drop lines of an epoch that was cut off
-        elif os.path.exists(metrics_path):
+            if jax.process_index() == 0:  # one writer when several processes share the workdir
+                _write_history(metrics_path, history)  # drop lines of an epoch that was cut off
+        elif os.path.exists(metrics_path) and jax.process_index() == 0:
             os.remove(metrics_path)
 
-    step_fn = jax.jit(make_train_step(method_loss(method, module, hp, train=train_mode), tx), donate_argnums=0)
+    step = make_train_step(method_loss(method, module, hp, train=train_mode), tx)
+    if mesh is None:
+        step_fn = jax.jit(step, donate_argnums=0)
+    else:
+        step_fn = parallel.jit_step(step, mesh)
     predict = make_predict(module)
     steps_per_epoch = len(batch_indices(n, batch_size, key=data_key, drop_last=drop_last))
     hp_record = {"method": method.__name__.rsplit(".", 1)[-1], "hparams": _hp_dict(hp), **dict(config or {})}
@@ -310,7 +337,12 @@ def fit(
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", progress)
         sums: dict[str, jax.Array] = {}
         for i, idx in enumerate(idx_list):
-            state, m = step_fn(state, _take(train, idx))
+            if mesh is None:
+                batch = _take(train, idx)
+            else:  # this process's rows of the global batch, gathered on the host and sent straight to their devices
+                mine = idx[rows if len(idx) == batch_size else parallel.process_rows(mesh, len(idx))]
+                batch = parallel.shard_batch(Batch(*(None if a is None else np.asarray(a[mine]) for a in train)), mesh)
+            state, m = step_fn(state, batch)
             sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}
             if bar is not None:
                 if i % 5 == 4:
@@ -326,7 +358,7 @@ def fit(
         if eval_sets and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             record["eval"] = evaluate(predict, state.params, state.model_state, eval_sets)
         history.append(record)
-        if metrics_path is not None:
+        if metrics_path is not None and jax.process_index() == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if ckpt is not None:
@@ -349,7 +381,10 @@ def _read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
 def _write_history(path: str | None, rows: list[dict[str, Any]]) -> None:
     if path is None:
         return
-    with open(path, "w") as f:
+    # write-then-rename: another process of a multi-process run may be reading the file right now
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
 

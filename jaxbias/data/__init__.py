@@ -40,7 +40,9 @@ from jaxbias.data.biased_mnist import (
     every_colour,
     to_float,
 )
+from jaxbias.data.celeba import CelebASubset, balanced_indices, load_celeba, select_subset
 from jaxbias.data.iterators import batch_indices, iterate, num_batches
+from jaxbias.data.region_mnist import RegionMNIST, region_mnist
 from jaxbias.data.sources import DatasetUnavailableError, Digits, load_mnist
 
 __all__ = [
@@ -55,10 +57,13 @@ __all__ = [
     "PROTECTED",
     "Adult",
     "BiasedMNIST",
+    "CelebASubset",
     "ColourPairs",
     "DatasetUnavailableError",
     "Digits",
+    "RegionMNIST",
     "assign_colours",
+    "balanced_indices",
     "batch_indices",
     "biased_mnist",
     "blend",
@@ -73,12 +78,15 @@ __all__ = [
     "insert_into_class",
     "iterate",
     "load_adult",
+    "load_celeba",
     "load_mnist",
     "lsb_hide",
     "lsb_read",
     "num_batches",
     "read_adult",
+    "region_mnist",
     "render_text",
+    "select_subset",
     "stamp",
     "to_float",
 ]

@@ -12,17 +12,28 @@ import flax.linen as nn
 import jax
 
 from jaxbias.models.convnet import SimpleConvNet
+from jaxbias.models.efficientnet import EfficientNetB0
 from jaxbias.models.mlp import MLP
+from jaxbias.models.resnet import ResNet18
+from jaxbias.models.vgg import VGG16
 from jaxbias.types import BoundModel, ModelOutput, ModelState, Params
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "simple_conv": SimpleConvNet,
     "mlp": MLP,
+    "vgg16": VGG16,
+    "resnet18": ResNet18,
+    "efficientnet_b0": EfficientNetB0,
 }
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:
-    """Build a bundled model by name (``"simple_conv"``, ``"mlp"``)."""
+    """Build a bundled model by name.
+
+    Names: ``"simple_conv"`` (Biased MNIST), ``"mlp"`` (FMD), and torchvision's
+    ImageNet architectures ``"vgg16"``, ``"resnet18"``, ``"efficientnet_b0"``
+    (their weights: :func:`jaxbias.models.torchvision_weights.load_torchvision`).
+    """
     if name not in _REGISTRY:
         raise ValueError(f"model name {name!r} is unknown; expected one of {sorted(_REGISTRY)}")
     return _REGISTRY[name](**kwargs)
@@ -58,4 +69,4 @@ def bind(module: nn.Module, state: ModelState, *, train: bool) -> BoundModel:
     return model
 
 
-__all__ = ["SimpleConvNet", "MLP", "create", "init", "bind"]
+__all__ = ["SimpleConvNet", "MLP", "VGG16", "ResNet18", "EfficientNetB0", "create", "init", "bind"]

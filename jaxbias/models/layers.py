@@ -1,9 +1,11 @@
-"""The named-layer hook shared by every bundled model."""
+"""The named-layer hook shared by every bundled model, and PyTorch's adaptive pooling."""
 from __future__ import annotations
 
 from typing import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -54,3 +56,53 @@ def check_hooks(
             raise ValueError(
                 f"{arg} names unknown layer(s) {unknown}; the model's layers are {sorted(acts)}"
             )
+
+
+def adaptive_window(i: int, n_in: int, n_out: int) -> tuple[int, int]:
+    """Window ``[start, end)`` of output cell ``i`` in PyTorch's adaptive pooling.
+
+    ``start = ⌊i·n_in / n_out⌋``, ``end = ⌈(i+1)·n_in / n_out⌉``: windows overlap
+    when ``n_out`` does not divide ``n_in`` and repeat input cells when
+    ``n_out > n_in``.
+    """
+    return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+
+
+def _adaptive_matrix(n_in: int, n_out: int) -> np.ndarray:
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        start, end = adaptive_window(i, n_in, n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: Array, output_size: tuple[int, int]) -> Array:
+    """PyTorch's ``AdaptiveAvgPool2d(output_size)`` on NHWC images.
+
+    ``out[b, i, j, c] = mean(x[b, h0:h1, w0:w1, c])`` with the windows of
+    :func:`adaptive_window` along each spatial axis. Sizes are static, so the
+    windows become a fixed averaging matrix per axis (a reshape-mean when the
+    output divides the input, nothing when they are equal).
+
+    Args:
+      x: ``(B, H, W, C)``.
+      output_size: ``(h, w)``, both ≥ 1.
+    Returns:
+      ``(B, h, w, C)``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"x must be (B, H, W, C), got shape {x.shape}")
+    if len(output_size) != 2 or min(output_size) < 1:
+        raise ValueError(f"output_size must be two positive ints, got {output_size!r}")
+    for axis, n_out in ((1, output_size[0]), (2, output_size[1])):
+        n_in = x.shape[axis]
+        if n_in == n_out:
+            continue
+        if n_in % n_out == 0:
+            shape = x.shape[:axis] + (n_out, n_in // n_out) + x.shape[axis + 1 :]
+            x = jnp.mean(jnp.reshape(x, shape), axis=axis + 1)
+        else:
+            m = jnp.asarray(_adaptive_matrix(n_in, n_out), x.dtype)
+            spec = "oh,bhwc->bowc" if axis == 1 else "ow,bhwc->bhoc"
+            x = jnp.einsum(spec, m, x, precision=jax.lax.Precision.HIGHEST)
+    return x
