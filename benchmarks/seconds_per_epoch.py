@@ -317,6 +317,9 @@ def measure(name: str, args, method_names: list[str], use_torch: bool) -> list[d
                 r.epoch(m)
     for rep in range(args.repeats):
         for fw, r in runners.items():
+            # XLA's and PyTorch's thread pools keep spinning for a moment after their last op; a pause
+            # at each framework switch keeps one from slowing the other's first method down.
+            time.sleep(args.pause)
             for m in method_names:
                 times[fw, m].append(r.epoch(m))
         print(f"  round {rep + 1}/{args.repeats}: " + ", ".join(
@@ -355,6 +358,7 @@ def main(argv=None) -> None:
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per method")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per method first")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds of idle time at each framework switch")
     parser.add_argument("--torch", default="auto", choices=("auto", "on", "off"),
                         help="also run the protocol in PyTorch/torchvision (auto: when importable)")
     args = parser.parse_args(argv)
