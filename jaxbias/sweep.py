@@ -69,6 +69,7 @@ from jaxbias.train import (
     _check_train_arrays,
     _hp_dict,
     _progress,
+    adam_with_decay,
     create_train_state,
     evaluate,
     freeze,
@@ -294,19 +295,8 @@ def schedule_optimizer(
                    decay_factor=decay_factor, decoupled=decoupled)
 
     def optimizer(lr):
-        if decay_every is not None and decay_every >= 1:
-            schedule = optax.exponential_decay(
-                lr, transition_steps=decay_every * steps_per_epoch, decay_rate=decay_factor, staircase=True
-            )
-        else:
-            schedule = optax.constant_schedule(lr)
-        if decoupled:
-            return optax.adamw(schedule, weight_decay=weight_decay)
-        return optax.chain(
-            optax.add_decayed_weights(weight_decay),
-            optax.scale_by_adam(),
-            optax.scale_by_learning_rate(schedule),
-        )
+        return adam_with_decay(lr, weight_decay=weight_decay, steps_per_epoch=steps_per_epoch,
+                               decay_every=decay_every, decay_factor=decay_factor, decoupled=decoupled)
 
     return optimizer
 

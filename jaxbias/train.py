@@ -89,6 +89,14 @@ def make_optimizer(
         raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be ≥ 1, got {steps_per_epoch}")
+    return adam_with_decay(lr, weight_decay=weight_decay, steps_per_epoch=steps_per_epoch, decay_every=decay_every,
+                           decay_factor=decay_factor, decoupled=decoupled)
+
+
+def adam_with_decay(
+    lr: Any, *, weight_decay: float, steps_per_epoch: int, decay_every: int | None, decay_factor: float, decoupled: bool
+) -> optax.GradientTransformation:
+    """:func:`make_optimizer`'s transformation without its checks, so ``lr`` may be a traced array (sweeps)."""
     if decay_every is not None and decay_every >= 1:
         schedule = optax.exponential_decay(
             lr, transition_steps=decay_every * steps_per_epoch, decay_rate=decay_factor, staircase=True
