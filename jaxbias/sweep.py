@@ -69,6 +69,8 @@ from jaxbias.train import (
     _check_train_arrays,
     _hp_dict,
     _progress,
+    _read_history,
+    _write_history,
     adam_with_decay,
     create_train_state,
     evaluate,
@@ -596,8 +598,8 @@ def fit_sweep(
                 )
             state, _ = ckpt.restore(state)
             start_epoch = resumed_from = latest
-            rows = _read_rows(metrics_path, upto=latest)
-            _write_rows(metrics_path, rows)  # drop rows of an epoch that was cut off
+            rows = _read_history(metrics_path, upto=latest)
+            _write_history(metrics_path, rows)  # drop rows of an epoch that was cut off
             for r in rows:
                 if 0 <= r.get("member", -1) < k_members:
                     history[r["member"]].append(r)
@@ -690,19 +692,3 @@ def _gather(train: Batch, idx: np.ndarray) -> Batch:
 
 def _json_safe(d: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
-
-
-def _read_rows(path: str | None, *, upto: int) -> list[dict[str, Any]]:
-    if path is None or not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r.get("epoch", 0) <= upto]
-
-
-def _write_rows(path: str | None, rows: list[dict[str, Any]]) -> None:
-    if path is None:
-        return
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
