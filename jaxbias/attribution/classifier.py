@@ -263,17 +263,7 @@ def patch_probabilities(clf: RegionClassifier, images: Any, *, batch_size: int =
       >>> probs = patch_probabilities(clf, x_val)   # (N, p, K)
     """
     fn = make_probability_fn(clf, chunk=chunk)
-    images = np.asarray(images, np.float32)
-    n = images.shape[0]
-    bs = min(batch_size, n)
-    out = []
-    for start in range(0, n, bs):
-        x = images[start : start + bs]
-        m = x.shape[0]
-        if m < bs:
-            x = np.concatenate([x, np.zeros((bs - m,) + x.shape[1:], x.dtype)])
-        out.append(np.asarray(fn(clf.variables, jnp.asarray(x)))[:m])
-    return np.concatenate(out)
+    return maps_lib.maps_in_batches(fn, clf.variables, np.asarray(images, np.float32), batch_size=batch_size)
 
 
 def specific_maps(clf: RegionClassifier, images: Any, *, measure: str = "top", batch_size: int = 16,

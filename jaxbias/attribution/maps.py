@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbias.train import predict_in_batches
+
 Array = jax.Array
 
 MEASURES = ("top", "margin", "entropy")
@@ -475,13 +477,5 @@ def maps_in_batches(map_fn: Callable[[Any, Array], Array], variables: Any, image
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, H, W, C) array, got shape {images.shape}")
     batch_size = _int("batch_size", batch_size)
-    n = images.shape[0]
-    bs = min(batch_size, n)
-    out = []
-    for start in range(0, n, bs):
-        chunk = images[start : start + bs]
-        m = chunk.shape[0]
-        if m < bs:
-            chunk = np.concatenate([chunk, np.zeros((bs - m,) + chunk.shape[1:], chunk.dtype)])
-        out.append(np.asarray(map_fn(variables, jnp.asarray(chunk)))[:m])
-    return np.concatenate(out)
+    return predict_in_batches(lambda v, _, x: map_fn(v, x), variables, None, images,
+                              batch_size=min(batch_size, images.shape[0]))

@@ -36,9 +36,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxbias.attribution.maps import top_region
+from jaxbias.methods import vanilla
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
@@ -184,6 +184,4 @@ def loss(params: Params, state: State, batch: Batch, key: Array, *, model: Bound
       >>> value, aux = loss(params, init(hp=hp, general_map=g), batch, key, model=model, hp=hp)
     """
     noisy = transform(batch, state, key, hp=hp)
-    out = model(params, noisy.x)
-    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out.logits, batch.y))
-    return ce, Aux(metrics={"ce": ce}, state=out.state)
+    return vanilla.loss(params, vanilla.State(), noisy, key, model=model, hp=vanilla.Hparams())
