@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbias.models.conv import Conv
 from jaxbias.models.layers import check_hooks, tap
 
 Array = jax.Array
@@ -39,14 +40,14 @@ class BasicBlock(nn.Module):
             return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, name=name)
 
         s = (self.stride, self.stride)
-        h = nn.Conv(self.features, (3, 3), strides=s, padding=1, use_bias=False, kernel_init=_KAIMING_FAN_OUT,
+        h = Conv(self.features, (3, 3), strides=s, padding=1, use_bias=False, kernel_init=_KAIMING_FAN_OUT,
                     name="conv1")(x)
         h = nn.relu(bn("bn1")(h))
-        h = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=_KAIMING_FAN_OUT, name="conv2")(h)
+        h = Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=_KAIMING_FAN_OUT, name="conv2")(h)
         h = bn("bn2")(h)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = nn.Conv(self.features, (1, 1), strides=s, use_bias=False, kernel_init=_KAIMING_FAN_OUT,
+            shortcut = Conv(self.features, (1, 1), strides=s, use_bias=False, kernel_init=_KAIMING_FAN_OUT,
                                name="proj_conv")(x)
             shortcut = bn("proj_bn")(shortcut)
         return nn.relu(h + shortcut)
@@ -118,11 +119,11 @@ class RegionResNet(nn.Module):
         acts: dict[str, Array] = {}
         bn = dict(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5)
         if self.stem == "small":
-            h = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, kernel_init=_KAIMING_FAN_OUT,
+            h = Conv(self.widths[0], (3, 3), padding=1, use_bias=False, kernel_init=_KAIMING_FAN_OUT,
                         name="stem_conv")(x)
             h = nn.relu(nn.BatchNorm(**bn, name="stem_bn")(h))
         else:
-            h = nn.Conv(self.widths[0], (7, 7), strides=(2, 2), padding=3, use_bias=False,
+            h = Conv(self.widths[0], (7, 7), strides=(2, 2), padding=3, use_bias=False,
                         kernel_init=_KAIMING_FAN_OUT, name="stem_conv")(x)
             h = nn.relu(nn.BatchNorm(**bn, name="stem_bn")(h))
             h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbias.models.conv import Conv
+
 Array = jax.Array
 
 # torchvision's ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``: an
@@ -57,7 +59,7 @@ def conv(features: int, kernel: int, *, stride: int = 1, groups: int = 1, bias: 
     which shifts every window by one pixel relative to PyTorch.
     """
     pad = (kernel - 1) // 2
-    return nn.Conv(
+    return Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbias.models.conv import Conv
 from jaxbias.models.layers import check_hooks, tap
 
 Array = jax.Array
@@ -64,7 +65,7 @@ class SimpleConvNet(nn.Module):
         h = x
         pad = self.kernel_size // 2
         for i, c in enumerate(self.channels):
-            h = nn.Conv(
+            h = Conv(
                 c, (self.kernel_size, self.kernel_size), padding=pad, kernel_init=_KAIMING_FAN_OUT, name=f"conv{i + 1}"
             )(h)
             h = nn.BatchNorm(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbias.models._imagenet import KAIMING_FAN_OUT, check_images, check_rate
+from jaxbias.models.conv import Conv
 from jaxbias.models.layers import adaptive_avg_pool, check_hooks, tap
 
 Array = jax.Array
@@ -69,7 +70,7 @@ class VGG16(nn.Module):
         h = x
         for s, stage in enumerate(STAGES, start=1):
             for j, c in enumerate(stage, start=1):
-                h = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), kernel_init=KAIMING_FAN_OUT, name=f"conv{s}_{j}")(h)
+                h = Conv(c, (3, 3), padding=((1, 1), (1, 1)), kernel_init=KAIMING_FAN_OUT, name=f"conv{s}_{j}")(h)
                 h = nn.relu(h)
             h = tap("last_conv" if s == len(STAGES) else f"block{s}", h, acts, perturb, edit)
             h = nn.max_pool(h, (2, 2), strides=(2, 2))  # floor mode, like torch

@@ -1,0 +1,469 @@
+"""A 2-D convolution whose derivatives run on fast primitives on XLA:CPU.
+
+XLA:CPU runs a forward convolution about as fast as PyTorch, but its
+*derivative* convolutions much slower: the weight gradient (a convolution of
+the input with the output gradient, batch as the contracted dimension) at a
+third to a half of the forward rate, and the input gradient of wide layers at
+about half. This module defines the convolution as three bilinear primitives,
+
+- ``F(x, w)``   the convolution ``y = x ⋆ w``,
+- ``Gx(g, w)``  its transpose in ``x`` (the input gradient, shaped like ``x``),
+- ``Gw(x, g)``  its transpose in ``w`` (the weight gradient, shaped like ``w``),
+
+and closes them under differentiation: each is bilinear, so its JVP is a sum
+of two calls of itself, and each linear slice transposes into another member
+of the family (``F(·,w)ᵀ = Gx(·,w)``, ``F(x,·)ᵀ = Gw(x,·)``, ``Gx(·,w)ᵀ =
+F(·,w)``, ``Gx(g,·)ᵀ = Gw(·,g)``, ``Gw(·,g)ᵀ = Gx(g,·)``, ``Gw(x,·)ᵀ =
+F(x,·)``). Gradients of any order, forward mode through reverse mode (the
+JVP of an input gradient, as RR-ClArC and Hessian-vector products need) and
+``vmap`` therefore all stay inside the family, and each member picks its own
+implementation when it is lowered:
+
+- ``F``: XLA's convolution;
+- ``Gw``: per image, the strided windows of the padded input gathered into a
+  ``(kh·kw·C_in) × (H_out·W_out)`` matrix times the output gradient, summed
+  over the batch inside a ``lax.scan`` (memory: one image's windows);
+- ``Gx``: for wide layers, per image, ``g · Wᵀ`` (one matrix product) and the
+  ``kh·kw`` column blocks added back at their strided offsets ("col2im");
+  otherwise XLA's own transpose.
+
+Only plain convolutions take this path: NHWC/HWIO, no dilation, one feature
+group, float32, and the CPU backend (read when a function is traced). Grouped
+and depthwise convolutions, other dtypes and every GPU/TPU keep
+``lax.conv_general_dilated`` and XLA's native derivatives (cuDNN / TPU
+kernels). ``use_fast_cpu_conv(False)`` or ``JAXBIAS_FAST_CPU_CONV=0`` turns
+the path off; the choice is read at trace time, so already compiled functions
+keep theirs.
+
+On a batched weight (a vmapped sweep with one kernel per member) or a
+per-sample weight gradient the batching rule falls back to XLA's native
+operations under ``vmap``, which is what a plain ``lax`` convolution would do.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from functools import partial
+from typing import Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend import core as jex_core
+from jax.interpreters import ad, batching, mlir
+from jax._src import dispatch  # apply_primitive: eager calls compile the primitive
+
+Array = jax.Array
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_STATE = {"enabled": os.environ.get("JAXBIAS_FAST_CPU_CONV", "1").strip().lower()
+          not in {"0", "false", "no", "off"}}
+
+# Where the col2im input gradient beats XLA's transpose on a 2-core Xeon
+# (benchmarks/conv_cpu.py): wide outputs. Below this XLA's own is kept.
+COL2IM_MIN_OUT_CHANNELS = 128
+
+
+def fast_cpu_conv_enabled() -> bool:
+    """Whether convolutions traced now take the fast CPU path (CPU backend and not turned off)."""
+    return _STATE["enabled"] and jax.default_backend() == "cpu"
+
+
+@contextlib.contextmanager
+def use_fast_cpu_conv(enabled: bool) -> Iterator[None]:
+    """Turn the fast CPU convolution on or off for the functions traced inside the block."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    old = _STATE["enabled"]
+    _STATE["enabled"] = enabled
+    try:
+        yield
+    finally:
+        _STATE["enabled"] = old
+
+
+def set_fast_cpu_conv(enabled: bool) -> None:
+    """Turn the fast CPU convolution on or off for functions traced from now on."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    _STATE["enabled"] = enabled
+
+
+# --------------------------------------------------------------------------
+# geometry
+
+def _out_size(n: int, k: int, s: int, lo: int, hi: int) -> int:
+    return (n + lo + hi - k) // s + 1
+
+
+def _native_f(x, w, strides, padding):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
+
+
+def _native_gx(g, w, strides, padding, in_hw):
+    n = g.shape[0]
+    x_aval = jax.ShapeDtypeStruct((n, *in_hw, w.shape[2]), g.dtype)
+    (dx,) = jax.linear_transpose(lambda x: _native_f(x, w, strides, padding), x_aval)(g)
+    return dx
+
+
+def _native_gw(x, g, strides, padding, kernel_hw):
+    w_aval = jax.ShapeDtypeStruct((*kernel_hw, x.shape[3], g.shape[3]), x.dtype)
+    (dw,) = jax.linear_transpose(lambda w: _native_f(x, w, strides, padding), w_aval)(g)
+    return dw
+
+
+def _fast_gw(x, g, strides, padding, kernel_hw):
+    """Weight gradient: per image, window matrix times output gradient, summed in a scan."""
+    kh, kw = kernel_hw
+    sh, sw = strides
+    (pt, pb), (pl, pr) = padding
+    _, _, _, cin = x.shape
+    _, ho, wo, cout = g.shape
+    # channels first so that each window block is one contiguous (C_in, H_out·W_out) slab
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))).transpose(0, 3, 1, 2)
+    h_span, w_span = sh * (ho - 1) + 1, sw * (wo - 1) + 1
+
+    def one_image(acc, xs):
+        xi, gi = xs  # (C_in, Hp, Wp), (H_out, W_out, C_out)
+        cols = jnp.stack([
+            lax.slice(xi, (0, a, b), (cin, a + h_span, b + w_span), (1, sh, sw))
+            for a in range(kh) for b in range(kw)
+        ])  # (kh·kw, C_in, H_out, W_out)
+        return acc + cols.reshape(kh * kw * cin, ho * wo) @ gi.reshape(ho * wo, cout), None
+
+    acc0 = jnp.zeros((kh * kw * cin, cout), jnp.result_type(x.dtype, g.dtype))
+    acc, _ = lax.scan(one_image, acc0, (xp, g))
+    return acc.reshape(kh, kw, cin, cout)
+
+
+def _fast_gx(g, w, strides, padding, in_hw):
+    """Input gradient by col2im: per image ``g·Wᵀ``, then each kernel offset's block added back."""
+    kh, kw, cin, cout = w.shape
+    sh, sw = strides
+    (pt, pb), (pl, pr) = padding
+    h, wd = in_hw
+    _, ho, wo, _ = g.shape
+    hp, wp = h + pt + pb, wd + pl + pr
+    wt = w.reshape(kh * kw * cin, cout).T  # (C_out, kh·kw·C_in)
+
+    def one_image(_, gi):
+        z = (gi.reshape(ho * wo, cout) @ wt).reshape(ho, wo, kh, kw, cin)
+        full = None
+        for a in range(kh):
+            for b in range(kw):
+                # block (a, b) lands on rows a, a+sh, …; interior padding spreads it by the stride
+                part = lax.pad(z[:, :, a, b, :], jnp.zeros((), z.dtype), (
+                    (a, hp - a - (sh * (ho - 1) + 1), sh - 1),
+                    (b, wp - b - (sw * (wo - 1) + 1), sw - 1),
+                    (0, 0, 0)))
+                full = part if full is None else full + part
+        return None, lax.slice(full, (pt, pl, 0), (pt + h, pl + wd, cin))
+
+    _, dx = lax.scan(one_image, None, g)
+    return dx
+
+
+def _use_col2im(w_shape) -> bool:
+    kh, kw, _, cout = w_shape
+    return cout >= COL2IM_MIN_OUT_CHANNELS and kh * kw > 1
+
+
+# --------------------------------------------------------------------------
+# primitives
+
+conv_f_p = jex_core.Primitive("jaxbias_conv")
+conv_gx_p = jex_core.Primitive("jaxbias_conv_input_grad")
+conv_gw_p = jex_core.Primitive("jaxbias_conv_weight_grad")
+
+
+def _f(x, w, *, strides, padding):
+    return conv_f_p.bind(x, w, strides=strides, padding=padding)
+
+
+def _gx(g, w, *, strides, padding, in_hw):
+    return conv_gx_p.bind(g, w, strides=strides, padding=padding, in_hw=in_hw)
+
+
+def _gw(x, g, *, strides, padding, kernel_hw):
+    return conv_gw_p.bind(x, g, strides=strides, padding=padding, kernel_hw=kernel_hw)
+
+
+# abstract evaluation ------------------------------------------------------
+
+def _f_abstract(x, w, *, strides, padding):
+    n, h, wd, _ = x.shape
+    kh, kw, _, cout = w.shape
+    ho = _out_size(h, kh, strides[0], *padding[0])
+    wo = _out_size(wd, kw, strides[1], *padding[1])
+    return jax.core.ShapedArray((n, ho, wo, cout), x.dtype)
+
+
+def _gx_abstract(g, w, *, strides, padding, in_hw):
+    return jax.core.ShapedArray((g.shape[0], *in_hw, w.shape[2]), g.dtype)
+
+
+def _gw_abstract(x, g, *, strides, padding, kernel_hw):
+    return jax.core.ShapedArray((*kernel_hw, x.shape[3], g.shape[3]), x.dtype)
+
+
+conv_f_p.def_abstract_eval(_f_abstract)
+conv_gx_p.def_abstract_eval(_gx_abstract)
+conv_gw_p.def_abstract_eval(_gw_abstract)
+
+
+# implementations / lowering ----------------------------------------------
+
+def _f_impl(x, w, *, strides, padding):
+    return _native_f(x, w, strides, padding)
+
+
+def _gx_impl_cpu(g, w, *, strides, padding, in_hw):
+    if _use_col2im(w.shape):
+        return _fast_gx(g, w, strides, padding, in_hw)
+    return _native_gx(g, w, strides, padding, in_hw)
+
+
+def _gw_impl_cpu(x, g, *, strides, padding, kernel_hw):
+    return _fast_gw(x, g, strides, padding, kernel_hw)
+
+
+def _gx_impl_native(g, w, *, strides, padding, in_hw):
+    return _native_gx(g, w, strides, padding, in_hw)
+
+
+def _gw_impl_native(x, g, *, strides, padding, kernel_hw):
+    return _native_gw(x, g, strides, padding, kernel_hw)
+
+
+for _p, _cpu, _native in (
+    (conv_f_p, _f_impl, _f_impl),
+    (conv_gx_p, _gx_impl_cpu, _gx_impl_native),
+    (conv_gw_p, _gw_impl_cpu, _gw_impl_native),
+):
+    _p.def_impl(partial(dispatch.apply_primitive, _p))
+    mlir.register_lowering(_p, mlir.lower_fun(_native, multiple_results=False))
+    mlir.register_lowering(_p, mlir.lower_fun(_cpu, multiple_results=False), platform="cpu")
+
+
+# differentiation ------------------------------------------------------------
+
+def _zero(t) -> bool:
+    return type(t) is ad.Zero
+
+
+def _sum_terms(terms, aval):
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return ad.Zero(aval)
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
+def _f_jvp(primals, tangents, *, strides, padding):
+    x, w = primals
+    dx, dw = tangents
+    y = _f(x, w, strides=strides, padding=padding)
+    aval = jax.typeof(y).to_tangent_aval()
+    dy = _sum_terms([
+        None if _zero(dx) else _f(dx, w, strides=strides, padding=padding),
+        None if _zero(dw) else _f(x, dw, strides=strides, padding=padding),
+    ], aval)
+    return y, dy
+
+
+def _gx_jvp(primals, tangents, *, strides, padding, in_hw):
+    g, w = primals
+    dg, dw = tangents
+    out = _gx(g, w, strides=strides, padding=padding, in_hw=in_hw)
+    aval = jax.typeof(out).to_tangent_aval()
+    dout = _sum_terms([
+        None if _zero(dg) else _gx(dg, w, strides=strides, padding=padding, in_hw=in_hw),
+        None if _zero(dw) else _gx(g, dw, strides=strides, padding=padding, in_hw=in_hw),
+    ], aval)
+    return out, dout
+
+
+def _gw_jvp(primals, tangents, *, strides, padding, kernel_hw):
+    x, g = primals
+    dx, dg = tangents
+    out = _gw(x, g, strides=strides, padding=padding, kernel_hw=kernel_hw)
+    aval = jax.typeof(out).to_tangent_aval()
+    dout = _sum_terms([
+        None if _zero(dx) else _gw(dx, g, strides=strides, padding=padding, kernel_hw=kernel_hw),
+        None if _zero(dg) else _gw(x, dg, strides=strides, padding=padding, kernel_hw=kernel_hw),
+    ], aval)
+    return out, dout
+
+
+def _instantiate(ct, aval):
+    return jnp.zeros(aval.shape, aval.dtype) if _zero(ct) else ct
+
+
+def _f_transpose(ct, x, w, *, strides, padding):
+    if ad.is_undefined_primal(x) and ad.is_undefined_primal(w):
+        raise ValueError("the convolution is bilinear, not linear, in (x, w) together")
+    if ad.is_undefined_primal(x):
+        if _zero(ct):
+            return ad.Zero(x.aval), None
+        return _gx(ct, w, strides=strides, padding=padding, in_hw=tuple(x.aval.shape[1:3])), None
+    if _zero(ct):
+        return None, ad.Zero(w.aval)
+    return None, _gw(x, ct, strides=strides, padding=padding, kernel_hw=tuple(w.aval.shape[:2]))
+
+
+def _gx_transpose(ct, g, w, *, strides, padding, in_hw):
+    if ad.is_undefined_primal(g) and ad.is_undefined_primal(w):
+        raise ValueError("the input gradient is bilinear, not linear, in (g, w) together")
+    if ad.is_undefined_primal(g):
+        if _zero(ct):
+            return ad.Zero(g.aval), None
+        return _f(ct, w, strides=strides, padding=padding), None
+    if _zero(ct):
+        return None, ad.Zero(w.aval)
+    return None, _gw(ct, g, strides=strides, padding=padding, kernel_hw=tuple(w.aval.shape[:2]))
+
+
+def _gw_transpose(ct, x, g, *, strides, padding, kernel_hw):
+    if ad.is_undefined_primal(x) and ad.is_undefined_primal(g):
+        raise ValueError("the weight gradient is bilinear, not linear, in (x, g) together")
+    if ad.is_undefined_primal(x):
+        if _zero(ct):
+            return ad.Zero(x.aval), None
+        return _gx(g, ct, strides=strides, padding=padding, in_hw=tuple(x.aval.shape[1:3])), None
+    if _zero(ct):
+        return None, ad.Zero(g.aval)
+    return None, _f(x, ct, strides=strides, padding=padding)
+
+
+ad.primitive_jvps[conv_f_p] = _f_jvp
+ad.primitive_jvps[conv_gx_p] = _gx_jvp
+ad.primitive_jvps[conv_gw_p] = _gw_jvp
+ad.primitive_transposes[conv_f_p] = _f_transpose
+ad.primitive_transposes[conv_gx_p] = _gx_transpose
+ad.primitive_transposes[conv_gw_p] = _gw_transpose
+
+
+# batching -------------------------------------------------------------------
+
+def _fold(fn, a, b, a_dim):
+    """Merge a batched activation's vmapped axis into its batch axis."""
+    a = jnp.moveaxis(a, a_dim, 0)
+    k, n = a.shape[:2]
+    out = fn(a.reshape(k * n, *a.shape[2:]), b)
+    return out.reshape(k, n, *out.shape[1:]), 0
+
+
+def _f_batch(args, dims, *, strides, padding):
+    x, w = args
+    dx, dw = dims
+    if dw is None:
+        return _fold(partial(_f, strides=strides, padding=padding), x, w, dx)
+    native = partial(_native_f, strides=strides, padding=padding)
+    return jax.vmap(native, in_axes=(dx, dw))(x, w), 0
+
+
+def _gx_batch(args, dims, *, strides, padding, in_hw):
+    g, w = args
+    dg, dw = dims
+    if dw is None:
+        return _fold(partial(_gx, strides=strides, padding=padding, in_hw=in_hw), g, w, dg)
+    native = partial(_native_gx, strides=strides, padding=padding, in_hw=in_hw)
+    return jax.vmap(native, in_axes=(dg, dw))(g, w), 0
+
+
+def _gw_batch(args, dims, *, strides, padding, kernel_hw):
+    x, g = args
+    dx, dg = dims
+    native = partial(_native_gw, strides=strides, padding=padding, kernel_hw=kernel_hw)
+    return jax.vmap(native, in_axes=(dx, dg))(x, g), 0
+
+
+batching.primitive_batchers[conv_f_p] = _f_batch
+batching.primitive_batchers[conv_gx_p] = _gx_batch
+batching.primitive_batchers[conv_gw_p] = _gw_batch
+
+
+# --------------------------------------------------------------------------
+# public entry point
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return tuple(map(tuple, dimension_numbers)) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    return tuple(dimension_numbers) == _NHWC
+
+
+def _pairs(padding, x_hw, k_hw, strides):
+    if isinstance(padding, str):
+        return tuple(tuple(int(v) for v in p) for p in lax.padtype_to_pads(x_hw, k_hw, strides, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _trivial(v) -> bool:
+    return v is None or all(int(d) == 1 for d in v)
+
+
+def conv_general_dilated(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+) -> Array:
+    """Drop-in for ``lax.conv_general_dilated`` (pass it to ``flax.linen.Conv(conv_general_dilated=…)``).
+
+    Plain 2-D NHWC/HWIO float32 convolutions on the CPU backend go through the
+    primitives above; everything else is passed to ``lax.conv_general_dilated``
+    unchanged.
+    """
+    fast = (
+        fast_cpu_conv_enabled()
+        and lhs.ndim == 4 and rhs.ndim == 4
+        and _is_nhwc(dimension_numbers)
+        and _trivial(lhs_dilation) and _trivial(rhs_dilation)
+        and feature_group_count == 1 and batch_group_count == 1
+        and precision is None and preferred_element_type is None
+        and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+    )
+    if fast:
+        strides = tuple(int(s) for s in window_strides)
+        pads = _pairs(padding, lhs.shape[1:3], rhs.shape[:2], strides)
+        fast = all(lo >= 0 and hi >= 0 for lo, hi in pads)
+    if not fast:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+            precision=precision, preferred_element_type=preferred_element_type)
+    if lhs.shape[3] != rhs.shape[2]:
+        raise ValueError(
+            f"conv: input has {lhs.shape[3]} channels but the kernel expects {rhs.shape[2]} "
+            f"(lhs {lhs.shape}, rhs {rhs.shape})")
+    return _f(lhs, rhs, strides=strides, padding=pads)
+
+
+def conv2d(x: Array, w: Array, strides=(1, 1), padding="SAME") -> Array:
+    """NHWC × HWIO convolution through :func:`conv_general_dilated` (a convenience for tests)."""
+    return conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
+
+
+def Conv(*args, **kwargs):  # noqa: N802 — a drop-in for the class name it wraps
+    """``flax.linen.Conv`` with :func:`conv_general_dilated` as its convolution.
+
+    Parameters, names and shapes are those of ``nn.Conv``, so checkpoints and
+    imported weights are unaffected.
+    """
+    kwargs.setdefault("conv_general_dilated", conv_general_dilated)
+    return nn.Conv(*args, **kwargs)
