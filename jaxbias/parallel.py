@@ -49,6 +49,7 @@ process, the local rows are the whole batch.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -57,6 +58,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxbias.models.conv import use_fast_cpu_conv
 from jaxbias.types import Batch
 
 __all__ = [
@@ -224,8 +226,21 @@ def jit_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
     replicated)``; the state (argument 0) is donated. Feed it the output of
     :func:`replicate` and :func:`shard_batch`: then one compilation serves
     every step.
+
+    On a mesh of several devices the step is traced with
+    :mod:`jaxbias.models.conv`'s CPU path off: its weight gradient scans over
+    the batch one image at a time, and a scan over the sharded batch axis is
+    gathered onto every device, where XLA's own convolution is split along it.
     """
     rep = replicated(mesh)
+    if mesh.size > 1:
+        inner = step
+
+        @functools.wraps(inner)
+        def step(*args, **kwargs):  # noqa: F811 — the traced body, with the CPU path off
+            with use_fast_cpu_conv(False):
+                return inner(*args, **kwargs)
+
     return jax.jit(
         step,
         donate_argnums=0 if donate else (),

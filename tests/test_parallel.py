@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from jaxbias.models.conv import use_fast_cpu_conv
 from jaxbias.types import Batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,6 +97,26 @@ def _worker() -> dict:
     step = parallel.jit_step(make_train_step(method_loss(vanilla, module, vanilla.Hparams()), tx), mesh)
     compiled = step.lower(state, b).compile()
     state_in, batch_in = compiled.input_shardings[0]
+    traced = str(step.trace(state, b).jaxpr)
+    out["mesh_step_traces_xla_conv"] = "jaxbias_conv" not in traced and "conv_general_dilated" in traced
+
+    # the CPU convolution itself stays correct on a sharded batch (plain jit; first and second order)
+    def first(p, xb):
+        return jax.grad(lambda p: jnp.sum(jax.nn.log_softmax(module.apply({"params": p, **ms}, xb, train=False)[0])[:, 0]))(p)
+
+    def second(p, xb):
+        return jax.grad(lambda p: jnp.sum(jax.grad(lambda z: jnp.sum(jnp.tanh(
+            module.apply({"params": p, **ms}, z, train=False)[0])))(xb) ** 2))(p)
+
+    xs = jax.device_put(x[:bs], parallel.batch_sharding(mesh))
+    rels = []
+    with use_fast_cpu_conv(True):
+        for fn in (first, second):
+            traced_fast = "jaxbias_conv" in str(jax.make_jaxpr(fn)(params, x[:bs]))
+            one, eight = jax.jit(fn)(params, x[:bs]), jax.jit(fn)(params, xs)
+            rels += [float(np.max(np.abs(np.asarray(u) - np.asarray(v))) / max(np.max(np.abs(np.asarray(v))), 1e-30))
+                     for u, v in zip(jax.tree.leaves(eight), jax.tree.leaves(one))]
+    out["fast_conv_sharded"] = {"max_rel": max(rels), "traced_fast": traced_fast}
     state_out = compiled.output_shardings[0]
     out["compiled"] = {
         "batch_x_spec_is_P_data": isinstance(batch_in.x, NamedSharding) and batch_in.x.spec == P("data"),
@@ -110,8 +131,12 @@ def _worker() -> dict:
     def run(name, module, method, hp, data, mesh, epochs=3, evaluate=False, **kw):
         tx = make_optimizer(lr=1e-2, weight_decay=1e-4, steps_per_epoch=n // bs, decay_every=2)
         t0 = time.perf_counter()
-        res = fit(module=module, method=method, hp=hp, train=data, epochs=epochs, batch_size=bs, tx=tx, seed=3,
-                  progress=False, mesh=mesh, eval_sets={"train": data} if evaluate else None, **kw)
+        # A mesh of several devices traces XLA's own convolution (parallel.jit_step); the one-device
+        # reference must too: the CPU convolution's rounding differs, and Adam turns rounding on the
+        # conv biases that batch-norm cancels into steps of about the learning rate.
+        with use_fast_cpu_conv(mesh is not None):
+            res = fit(module=module, method=method, hp=hp, train=data, epochs=epochs, batch_size=bs, tx=tx,
+                      seed=3, progress=False, mesh=mesh, eval_sets={"train": data} if evaluate else None, **kw)
         return res, time.perf_counter() - t0
 
     def compare(module, single, sharded):
@@ -332,6 +357,10 @@ def test_compiled_step_shardings(eight):
     c = eight["compiled"]
     assert c["batch_x_spec_is_P_data"] and c["batch_x_devices"] == DEVICES
     assert c["state_in_replicated"] and c["state_out_replicated"]
+    # several devices: XLA's convolution, which the partitioner splits along the batch (jaxbias.models.conv)
+    assert eight["mesh_step_traces_xla_conv"]
+    # ... while the CPU convolution, used directly on a sharded batch, matches one device
+    assert eight["fast_conv_sharded"]["traced_fast"] and eight["fast_conv_sharded"]["max_rel"] < 1e-5
 
 
 @pytest.mark.parametrize("name", ["conv_vanilla", "mlp_vanilla", "conv_rrr"])
@@ -488,8 +517,9 @@ def test_two_processes_match_one_device(tmp_path):
         results.append(json.loads([ln for ln in stdout.splitlines() if ln.startswith(MARK)][-1][len(MARK):]))
 
     module, x, y, tx = _mp_problem()
-    ref = fit(module=module, method=vanilla, hp=vanilla.Hparams(), train=Batch(x, y), epochs=3, batch_size=64,
-              tx=tx, seed=3, progress=False, eval_sets={"train": Batch(x, y)})
+    with use_fast_cpu_conv(False):  # what the 8-device mesh traces (see the worker's run())
+        ref = fit(module=module, method=vanilla, hp=vanilla.Hparams(), train=Batch(x, y), epochs=3, batch_size=64,
+                  tx=tx, seed=3, progress=False, eval_sets={"train": Batch(x, y)})
     assert jax.process_count() == 1  # the reference really is one process
     for i, r in enumerate(results):
         assert r["started"] == [True, True] and r["process_count"] == 2 and r["device_count"] == 8
