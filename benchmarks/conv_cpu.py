@@ -141,7 +141,7 @@ def _layer_fns(n, h, cin, cout, k, s):
             "check": (dx(g, w), dw(g, x)),
         }
     flops = 2.0 * n * y.shape[1] * y.shape[2] * k * k * cin * cout
-    return out, flops, pad, (np.asarray(x), np.asarray(w), np.asarray(g))
+    return out, flops, pad, (np.array(x), np.array(w), np.array(g))
 
 
 def _torch_layer_fns(arrays, k, s):
@@ -168,7 +168,7 @@ def measure_layers(repeats: int, use_torch: bool) -> list[dict[str, Any]]:
         # the two JAX implementations must agree before they are timed
         for a, b in zip(fns["fast"]["check"], fns["native"]["check"]):
             err = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-            if err > 1e-5:
+            if err > 1e-4:  # float32 sums over up to 200k products, in different orders
                 raise RuntimeError(f"{label}: fast and native derivatives differ by {err:.2e}")
         rr = RoundRobin()
         for mode in ("native", "fast"):
@@ -363,7 +363,7 @@ def main(argv=None) -> None:
         (f" PyTorch {__import__('torch').__version__}, torch.set_num_threads({os.cpu_count()})." if use_torch
          else " PyTorch was not importable: JAX only."))
     rows = [{"part": "layer", **r} for r in layer_rows] + [{"part": "step", **r} for r in step_rows]
-    paths = write_results("conv_cpu", args.tag, rows, "\n\n".join(tables), args.out,
+    paths = write_results("conv", args.tag, rows, "\n\n".join(tables), args.out,
                           extra={"settings": vars(args), "torch": use_torch}, notes=notes)
     print("wrote", *paths)
 

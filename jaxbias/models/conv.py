@@ -19,11 +19,14 @@ JVP of an input gradient, as RR-ClArC and Hessian-vector products need) and
 ``vmap`` therefore all stay inside the family, and each member picks its own
 implementation when it is lowered:
 
-- ``F``: XLA's convolution;
-- ``Gw``: per image, the strided windows of the padded input gathered into a
-  ``(kh·kw·C_in) × (H_out·W_out)`` matrix times the output gradient, summed
-  over the batch inside a ``lax.scan`` (memory: one image's windows);
-- ``Gx``: for wide layers, per image, ``g · Wᵀ`` (one matrix product) and the
+- ``F``: XLA's convolution; 7×7 layers with 64 output channels compute two
+  neighbouring output columns as 128 channels (XLA:CPU runs 128-channel
+  outputs about twice as fast);
+- ``Gw``: per image and kernel row, the strided windows of the padded input
+  as a ``(kw·C_in) × (H_out·W_out)`` matrix times the output gradient, summed
+  over the batch inside a ``lax.scan`` (memory: one image's windows); XLA's
+  own below 10×10 output positions;
+- ``Gx``: for 128+ output channels of 5×5+ or strided kernels, per image, ``g · Wᵀ`` (one matrix product) and the
   ``kh·kw`` column blocks added back at their strided offsets ("col2im");
   otherwise XLA's own transpose.
 
@@ -64,6 +67,13 @@ _STATE = {"enabled": os.environ.get("JAXBIAS_FAST_CPU_CONV", "1").strip().lower(
 # Where the col2im input gradient beats XLA's transpose on a 2-core Xeon
 # (benchmarks/conv_cpu.py): wide outputs. Below this XLA's own is kept.
 COL2IM_MIN_OUT_CHANNELS = 128
+COL2IM_MIN_KERNEL_AREA = 25  # ... and 5×5 or larger kernels, or strided ones
+# Below this many output positions per image XLA's own weight gradient is kept.
+GW_MIN_OUTPUT_POSITIONS = 100
+# Forward convolutions with these output widths compute that many output columns as channels
+# (measured gain ≈1.6× for 7×7 kernels with 64 outputs; none for 3×3 or narrower outputs).
+PACK_FACTORS = {64: 2}
+PACK_MIN_KERNEL_WIDTH = 5
 
 
 def fast_cpu_conv_enabled() -> bool:
@@ -116,25 +126,33 @@ def _native_gw(x, g, strides, padding, kernel_hw):
 
 
 def _fast_gw(x, g, strides, padding, kernel_hw):
-    """Weight gradient: per image, window matrix times output gradient, summed in a scan."""
+    """Weight gradient: per image and kernel row, a window matrix times the output gradient.
+
+    Per image (a ``lax.scan`` over the batch, so memory holds one image's
+    windows): the padded image, channels first, is expanded once along the
+    width into ``(kw, C_in, H_p, W_out)``; the rows of kernel row ``a`` are
+    then a slice of it, and ``dW[a] = X_a · G`` is one ``(kw·C_in) × (H_out·W_out)``
+    by ``(H_out·W_out) × C_out`` matrix product.
+    """
     kh, kw = kernel_hw
     sh, sw = strides
     (pt, pb), (pl, pr) = padding
     _, _, _, cin = x.shape
     _, ho, wo, cout = g.shape
-    # channels first so that each window block is one contiguous (C_in, H_out·W_out) slab
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))).transpose(0, 3, 1, 2)
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))).transpose(0, 3, 1, 2)  # (N, C_in, H_p, W_p)
+    hp = xp.shape[2]
     h_span, w_span = sh * (ho - 1) + 1, sw * (wo - 1) + 1
 
     def one_image(acc, xs):
-        xi, gi = xs  # (C_in, Hp, Wp), (H_out, W_out, C_out)
-        cols = jnp.stack([
-            lax.slice(xi, (0, a, b), (cin, a + h_span, b + w_span), (1, sh, sw))
-            for a in range(kh) for b in range(kw)
-        ])  # (kh·kw, C_in, H_out, W_out)
-        return acc + cols.reshape(kh * kw * cin, ho * wo) @ gi.reshape(ho * wo, cout), None
+        xi, gi = xs  # (C_in, H_p, W_p), (H_out, W_out, C_out)
+        wide = jnp.stack([lax.slice(xi, (0, 0, b), (cin, hp, b + w_span), (1, 1, sw))
+                          for b in range(kw)])  # (kw, C_in, H_p, W_out)
+        gm = gi.reshape(ho * wo, cout)
+        rows = [lax.slice(wide, (0, 0, a, 0), (kw, cin, a + h_span, wo), (1, 1, sh, 1)).reshape(kw * cin, ho * wo) @ gm
+                for a in range(kh)]
+        return acc + jnp.stack(rows), None
 
-    acc0 = jnp.zeros((kh * kw * cin, cout), jnp.result_type(x.dtype, g.dtype))
+    acc0 = jnp.zeros((kh, kw * cin, cout), jnp.result_type(x.dtype, g.dtype))
     acc, _ = lax.scan(one_image, acc0, (xp, g))
     return acc.reshape(kh, kw, cin, cout)
 
@@ -166,9 +184,48 @@ def _fast_gx(g, w, strides, padding, in_hw):
     return dx
 
 
-def _use_col2im(w_shape) -> bool:
+def _packed_f(x, w, strides, padding, r):
+    """Forward convolution with ``r`` neighbouring output columns computed as ``r·C_out`` channels.
+
+    XLA:CPU's convolution runs about twice as fast with 128 output channels
+    as with 64 or fewer. Output column ``r·j + d`` is column ``j`` of a
+    convolution with stride ``r`` along the width whose kernel ``W2[:, b, :,
+    d] = W[:, b - d]`` is ``kw + r - 1`` wide: ``(kw + r - 1) / kw`` times the
+    arithmetic at about twice the rate.
+    """
+    kh, kw, cin, cout = w.shape
+    (pt, pb), (pl, pr) = padding
+    n, _, wd, _ = x.shape
+    wo = wd + pl + pr - kw + 1
+    wo_packed = -(-wo // r)
+    extra = wo_packed * r - wo
+    xp = jnp.pad(x, ((0, 0), (0, 0), (pl, pr + extra), (0, 0)))
+    w2 = jnp.zeros((kh, kw + r - 1, cin, r, cout), w.dtype)
+    for d in range(r):
+        w2 = w2.at[:, d:d + kw, :, d, :].set(w)
+    y = lax.conv_general_dilated(xp, w2.reshape(kh, kw + r - 1, cin, r * cout), (strides[0], r),
+                                 ((pt, pb), (0, 0)), dimension_numbers=_NHWC)
+    return y.reshape(n, y.shape[1], wo_packed * r, cout)[:, :, :wo, :]
+
+
+def _pack_factor(w_shape, strides) -> int:
+    _, kw, _, cout = w_shape
+    if strides[1] != 1 or kw < PACK_MIN_KERNEL_WIDTH:
+        return 1
+    return PACK_FACTORS.get(cout, 1)
+
+
+def _use_col2im(w_shape, strides) -> bool:
     kh, kw, _, cout = w_shape
-    return cout >= COL2IM_MIN_OUT_CHANNELS and kh * kw > 1
+    # measured (benchmarks/results/conv_cpu.md): col2im wins for wide outputs of large or strided
+    # kernels; XLA's own is faster for 3×3 stride-1 layers and for 1×1
+    return cout >= COL2IM_MIN_OUT_CHANNELS and kh * kw > 1 and (kh * kw >= COL2IM_MIN_KERNEL_AREA or max(strides) > 1)
+
+
+def _use_window_gw(out_hw) -> bool:
+    # the per-image window matrix needs enough output positions to feed its matrix product;
+    # below ~10×10 (ResNet-18's last stages) XLA's weight gradient is faster
+    return out_hw[0] * out_hw[1] >= GW_MIN_OUTPUT_POSITIONS
 
 
 # --------------------------------------------------------------------------
@@ -220,14 +277,23 @@ def _f_impl(x, w, *, strides, padding):
     return _native_f(x, w, strides, padding)
 
 
+def _f_impl_cpu(x, w, *, strides, padding):
+    r = _pack_factor(w.shape, strides)
+    if r > 1:
+        return _packed_f(x, w, strides, padding, r)
+    return _native_f(x, w, strides, padding)
+
+
 def _gx_impl_cpu(g, w, *, strides, padding, in_hw):
-    if _use_col2im(w.shape):
+    if _use_col2im(w.shape, strides):
         return _fast_gx(g, w, strides, padding, in_hw)
     return _native_gx(g, w, strides, padding, in_hw)
 
 
 def _gw_impl_cpu(x, g, *, strides, padding, kernel_hw):
-    return _fast_gw(x, g, strides, padding, kernel_hw)
+    if _use_window_gw(g.shape[1:3]):
+        return _fast_gw(x, g, strides, padding, kernel_hw)
+    return _native_gw(x, g, strides, padding, kernel_hw)
 
 
 def _gx_impl_native(g, w, *, strides, padding, in_hw):
@@ -239,7 +305,7 @@ def _gw_impl_native(x, g, *, strides, padding, kernel_hw):
 
 
 for _p, _cpu, _native in (
-    (conv_f_p, _f_impl, _f_impl),
+    (conv_f_p, _f_impl_cpu, _f_impl),
     (conv_gx_p, _gx_impl_cpu, _gx_impl_native),
     (conv_gw_p, _gw_impl_cpu, _gw_impl_native),
 ):

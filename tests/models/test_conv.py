@@ -61,9 +61,15 @@ def _penalty(conv):
 CASES = list(itertools.product((1, 3, 5, 7), (1, 2), ("SAME", "VALID")))
 
 
-@pytest.mark.parametrize("k,s,padding", CASES)
-@pytest.mark.parametrize("cout", (6, 128))  # 128 output channels takes the col2im input gradient
-def test_all_orders_match_native(k, s, padding, cout):
+# 6 output channels: XLA's input gradient inside the family; 128: the col2im input gradient
+@pytest.mark.parametrize("k,s,padding,cout", [c + (6,) for c in CASES]
+                         + [c + (128,) for c in CASES if c[2] == "SAME" and c[0] > 1])
+def test_all_orders_match_native(k, s, padding, cout, monkeypatch):
+    # every implementation inside the family is exercised, whatever the size rules would pick
+    monkeypatch.setattr(C, "GW_MIN_OUTPUT_POSITIONS", 0)
+    monkeypatch.setattr(C, "COL2IM_MIN_KERNEL_AREA", 2)
+    monkeypatch.setattr(C, "PACK_FACTORS", {6: 2, 128: 3})  # output columns packed as channels
+    monkeypatch.setattr(C, "PACK_MIN_KERNEL_WIDTH", 1)
     native, fast = _pair(k, s, padding)
     x, w, v = _data(k, 4, cout)
     # forward and first order, in both arguments
