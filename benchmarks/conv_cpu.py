@@ -8,7 +8,8 @@ whenever the framework changes):
    for the layers of the Biased-MNIST network (7×7, batch 256), the demo's
    network, ResNet-18 at 128 px and the region classifier:
    ``native`` = ``lax.conv_general_dilated`` differentiated by JAX;
-   ``fast`` = :mod:`jaxbias.models.conv` (the forward is XLA's in both);
+   ``fast`` = :mod:`jaxbias.models.conv` (its forward is XLA's, except 7×7
+   layers with 64 outputs, which it packs);
    ``torch`` = ``torch.nn.functional.conv2d`` and ``torch.nn.grad.conv2d_input``
    / ``conv2d_weight`` (what autograd calls), NCHW, when PyTorch is installed.
 2. **Training steps**: forward, cross-entropy, backward and Adam, all
@@ -173,8 +174,6 @@ def measure_layers(repeats: int, use_torch: bool) -> list[dict[str, Any]]:
         rr = RoundRobin()
         for mode in ("native", "fast"):
             for op in ("forward", "input_grad", "weight_grad"):
-                if mode == "fast" and op == "forward":
-                    continue  # the forward is XLA's convolution in both
                 rr.add(f"{mode}/{op}", "jax", fns[mode][op])
         if use_torch:
             import torch
@@ -187,8 +186,6 @@ def measure_layers(repeats: int, use_torch: bool) -> list[dict[str, Any]]:
         for name, t in med.items():
             row[f"{name}_s"] = t
             row[f"{name}_gflops"] = flops / t / 1e9
-        row["fast/forward_s"] = row["native/forward_s"]
-        row["fast/forward_gflops"] = row["native/forward_gflops"]
         rows.append(row)
         print("   " + "  ".join(f"{k_}={v:.0f}" for k_, v in row.items() if k_.endswith("gflops")), flush=True)
     return rows
@@ -332,14 +329,14 @@ def main(argv=None) -> None:
 
     tables = []
     if layer_rows:
-        heads = ["layer", "N", "H", "C_in→C_out", "k/s", "GFLOP", "fwd XLA", "dx native", "dx fast",
+        heads = ["layer", "N", "H", "C_in→C_out", "k/s", "GFLOP", "fwd native", "fwd fast", "dx native", "dx fast",
                  "dw native", "dw fast"]
         if use_torch:
             heads += ["fwd torch", "dx torch", "dw torch"]
         body = []
         for r in layer_rows:
             line = [r["layer"], r["batch"], r["size"], f"{r['cin']}→{r['cout']}", f"{r['kernel']}/{r['stride']}",
-                    r["gflop"], r["native/forward_gflops"], r["native/input_grad_gflops"],
+                    r["gflop"], r["native/forward_gflops"], r["fast/forward_gflops"], r["native/input_grad_gflops"],
                     r["fast/input_grad_gflops"], r["native/weight_grad_gflops"], r["fast/weight_grad_gflops"]]
             if use_torch:
                 line += [r["torch/forward_gflops"], r["torch/input_grad_gflops"], r["torch/weight_grad_gflops"]]
