@@ -40,6 +40,16 @@ def _cpu_model() -> str:
     return name or platform.machine()
 
 
+def torch_available() -> bool:
+    """Whether PyTorch and torchvision import (for benchmarks that also time PyTorch)."""
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except Exception:  # an ImportError, or a torchvision build that does not load with this torch
+        return False
+    return True
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on: CPU, accelerator, library versions."""
     devices = jax.devices()

@@ -51,11 +51,13 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _common import md_table, write_results  # noqa: E402
+from _common import md_table, torch_available, write_results  # noqa: E402
 
-from jaxbias import methods, models  # noqa: E402
+from train_step import _compiled_step  # noqa: E402  (the same step as the method-ratio benchmark)
+
+from jaxbias import models  # noqa: E402
 from jaxbias.models import conv as C  # noqa: E402
-from jaxbias.train import create_train_state, make_optimizer, make_train_step, method_loss  # noqa: E402
+from jaxbias.train import make_optimizer  # noqa: E402
 from jaxbias.types import Batch  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -76,15 +78,6 @@ LAYERS = [
     ("resnet18 downsample 1×1/2", 32, 16, 128, 256, 1, 2),
     ("region classifier 3×3", 64, 16, 16, 32, 3, 1),
 ]
-
-
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-    except Exception:  # ImportError, or a torchvision build that does not load with this torch
-        return False
-    return True
 
 
 class RoundRobin:
@@ -196,17 +189,9 @@ def measure_layers(repeats: int, use_torch: bool) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- steps
 
 def _jax_step(module, batch: Batch, method: str, fast: bool):
-    mod = methods.get(method)
-    hp = mod.Hparams(**({"lam": 1.0} if method == "rrr" else {}))
     tx = make_optimizer(lr=1e-3, weight_decay=0.0, steps_per_epoch=100, decay_every=1000)
-    with C.use_fast_cpu_conv(fast):
-        params, model_state = models.init(module, jax.random.key(0), batch.x[:1])
-        mstate = mod.init(models.bind(module, model_state, train=False), params, batch, hp=hp)
-        state = create_train_state(params, model_state, tx, key=jax.random.key(1), method_state=mstate)
-        step = jax.jit(make_train_step(method_loss(mod, module, hp), tx), donate_argnums=0)
-        t0 = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
-        compile_s = time.perf_counter() - t0
+    with C.use_fast_cpu_conv(fast):  # read while the step is traced and compiled
+        compiled, state, compile_s = _compiled_step(method, module, batch, tx)
     mem = compiled.memory_analysis()
     mem_bytes = None if mem is None else int(mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                              + mem.output_size_in_bytes - mem.alias_size_in_bytes)
@@ -319,8 +304,8 @@ def main(argv=None) -> None:
     if jax.default_backend() != "cpu":
         raise SystemExit("this benchmark compares CPU implementations; the fast path is off on "
                          f"{jax.default_backend()}")
-    use_torch = args.torch == "on" or (args.torch == "auto" and _torch_available())
-    if args.torch == "on" and not _torch_available():
+    use_torch = args.torch == "on" or (args.torch == "auto" and torch_available())
+    if args.torch == "on" and not torch_available():
         raise SystemExit("--torch on: PyTorch/torchvision are not importable")
     if use_torch:
         import torch

@@ -54,7 +54,7 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _common import md_table, write_results  # noqa: E402
+from _common import md_table, torch_available, write_results  # noqa: E402
 
 from jaxbias import methods, models  # noqa: E402
 from jaxbias.train import create_train_state, freeze, make_train_step, method_loss  # noqa: E402
@@ -155,15 +155,6 @@ class JaxRunner:
 
 
 # ----------------------------------------------------------------------------- PyTorch
-
-
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-    except Exception:  # an ImportError, or a torchvision build that does not match torch
-        return False
-    return True
 
 
 class TorchRunner:
@@ -367,8 +358,8 @@ def main(argv=None) -> None:
         if m not in METHODS:
             raise SystemExit(f"--methods: unknown method {m!r}; expected some of {METHODS}")
     model_names = [m.strip() for m in args.models.split(",") if m.strip()]
-    use_torch = args.torch == "on" or (args.torch == "auto" and _torch_available())
-    if args.torch == "on" and not _torch_available():
+    use_torch = args.torch == "on" or (args.torch == "auto" and torch_available())
+    if args.torch == "on" and not torch_available():
         raise SystemExit("--torch on: PyTorch and torchvision are not importable")
 
     rows = []

@@ -330,44 +330,15 @@ def _sum_terms(terms, aval):
     return out
 
 
-def _f_jvp(primals, tangents, *, strides, padding):
-    x, w = primals
-    dx, dw = tangents
-    y = _f(x, w, strides=strides, padding=padding)
-    aval = jax.typeof(y).to_tangent_aval()
-    dy = _sum_terms([
-        None if _zero(dx) else _f(dx, w, strides=strides, padding=padding),
-        None if _zero(dw) else _f(x, dw, strides=strides, padding=padding),
-    ], aval)
-    return y, dy
-
-
-def _gx_jvp(primals, tangents, *, strides, padding, in_hw):
-    g, w = primals
-    dg, dw = tangents
-    out = _gx(g, w, strides=strides, padding=padding, in_hw=in_hw)
-    aval = jax.typeof(out).to_tangent_aval()
-    dout = _sum_terms([
-        None if _zero(dg) else _gx(dg, w, strides=strides, padding=padding, in_hw=in_hw),
-        None if _zero(dw) else _gx(g, dw, strides=strides, padding=padding, in_hw=in_hw),
-    ], aval)
-    return out, dout
-
-
-def _gw_jvp(primals, tangents, *, strides, padding, kernel_hw):
-    x, g = primals
-    dx, dg = tangents
-    out = _gw(x, g, strides=strides, padding=padding, kernel_hw=kernel_hw)
-    aval = jax.typeof(out).to_tangent_aval()
-    dout = _sum_terms([
-        None if _zero(dx) else _gw(dx, g, strides=strides, padding=padding, kernel_hw=kernel_hw),
-        None if _zero(dg) else _gw(x, dg, strides=strides, padding=padding, kernel_hw=kernel_hw),
-    ], aval)
-    return out, dout
-
-
-def _instantiate(ct, aval):
-    return jnp.zeros(aval.shape, aval.dtype) if _zero(ct) else ct
+def _bilinear_jvp(prim):
+    """JVP rule of a primitive bilinear in its two operands: ``d B(a, b) = B(da, b) + B(a, db)``."""
+    def rule(primals, tangents, **params):
+        (a, b), (da, db) = primals, tangents
+        out = prim.bind(a, b, **params)
+        terms = [None if _zero(da) else prim.bind(da, b, **params),
+                 None if _zero(db) else prim.bind(a, db, **params)]
+        return out, _sum_terms(terms, jax.typeof(out).to_tangent_aval())
+    return rule
 
 
 def _f_transpose(ct, x, w, *, strides, padding):
@@ -406,9 +377,8 @@ def _gw_transpose(ct, x, g, *, strides, padding, kernel_hw):
     return None, _f(x, ct, strides=strides, padding=padding)
 
 
-ad.primitive_jvps[conv_f_p] = _f_jvp
-ad.primitive_jvps[conv_gx_p] = _gx_jvp
-ad.primitive_jvps[conv_gw_p] = _gw_jvp
+for _p in (conv_f_p, conv_gx_p, conv_gw_p):
+    ad.primitive_jvps[_p] = _bilinear_jvp(_p)
 ad.primitive_transposes[conv_f_p] = _f_transpose
 ad.primitive_transposes[conv_gx_p] = _gx_transpose
 ad.primitive_transposes[conv_gw_p] = _gw_transpose
