@@ -52,7 +52,6 @@ from typing import Iterator, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
@@ -84,10 +83,8 @@ def fast_cpu_conv_enabled() -> bool:
 @contextlib.contextmanager
 def use_fast_cpu_conv(enabled: bool) -> Iterator[None]:
     """Turn the fast CPU convolution on or off for the functions traced inside the block."""
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     old = _STATE["enabled"]
-    _STATE["enabled"] = enabled
+    set_fast_cpu_conv(enabled)
     try:
         yield
     finally:
