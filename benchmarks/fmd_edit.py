@@ -79,6 +79,8 @@ def _edit_rows(name, logits_fn, params, split, train, repeats):
         ("last, exact solve", dict(params="last", solver="exact")),
         ("last2", dict(params="last2", damping=0.1)),
         ("all", dict(params="all", damping=1.0)),
+        ("all, 5 Newton steps", dict(params="all", damping=1.0, steps=5)),
+        ("last, 5 Newton steps", dict(params="last", steps=5)),
         ("training mode, top-100, last", dict(mode="training", params="last", top_k=100)),
     ]
     rows = []

@@ -325,7 +325,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
     hp = fmd.Hparams(mode=args.mode, params=args.params, curvature=args.curvature, solver=args.solver,
                      damping=args.damping, scale=args.scale, max_acc_drop=args.max_acc_drop,
-                     accuracy_on=args.accuracy_on, top_k=args.top_k)
+                     accuracy_on=args.accuracy_on, top_k=args.top_k, steps=args.steps)
     res = unlearn_workdir(args.base, external=args.external, hp=hp, seed=args.seed, baseline=not args.no_baseline)
     params = res.pop("_params")
     if args.out:
@@ -336,7 +336,8 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         rows = summary_rows(res)
         print(markdown_table(rows, list(rows[0])))
         f = res["fmd"]
-        print(f"FMD edit: block {f['block'] or 'all'}, scale {f['scale']:.3g}, {f['seconds']:.3f} s "
+        scales = ", ".join(f"{v:.3g}" for v in f["step_scales"])
+        print(f"FMD edit: block {f['block'] or 'all'}, scale {scales}, {f['seconds']:.3f} s "
               f"({res['pairs']} pairs from {res['external']} external samples)")
         if args.out:
             print(f"wrote {res['files']}")
@@ -488,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", default="cg", choices=["cg", "exact", "lissa"])
     p.add_argument("--damping", type=float, default=1e-2)
     p.add_argument("--scale", type=float, default=None, help="Newton step scale (default: searched on the pairs)")
+    p.add_argument("--steps", type=int, default=1,
+                   help="Newton steps (counterfactual mode): each re-linearised at the edited parameters; the "
+                        "accuracy budget is shared")
     p.add_argument("--max-acc-drop", type=float, default=0.03, help="accuracy loss the scale search accepts")
     p.add_argument("--accuracy-on", default="factual", choices=["factual", "both"],
                    help="the accuracy the search keeps: factual samples, or factual and counterfactual")

@@ -227,6 +227,7 @@ def unlearn_workdir(
         "hparams": dataclasses.asdict(hp),
         "before": before,
         "fmd": {**report(logits_fn, res.params, split), "seconds": res.seconds, "scale": res.scale,
+                "step_scales": [float(v) for v in res.step_scales],
                 "block": None if res.subset is None else list(res.subset),
                 "bias_pairs": [res.bias_before, res.bias_after], "feasible": res.feasible},
     }

@@ -97,6 +97,12 @@ def test_cli_unlearn_mnist(mnist_run, tmp_path, capsys):
     assert main(["unlearn", "--from", str(mnist_run), "--params", "last2", "--no-baseline"]) == 0
     text = capsys.readouterr().out
     assert "| before |" in text and "| fmd |" in text and "fc2" in text
+    # Newton steps: the first is the single-step edit, the later ones only lower B on the pairs
+    assert main(["unlearn", "--from", str(mnist_run), "--params", "last", "--steps", "3", "--no-baseline",
+                 "--json"]) == 0
+    multi = json.loads(capsys.readouterr().out)["fmd"]
+    assert len(multi["step_scales"]) == 3 and multi["step_scales"][0] == pytest.approx(res["fmd"]["scale"])
+    assert multi["bias_pairs"][1] <= b1 + 1e-7
 
 
 def test_cli_unlearn_bad_input(mnist_run, tmp_path, capsys):
@@ -104,6 +110,8 @@ def test_cli_unlearn_bad_input(mnist_run, tmp_path, capsys):
     assert "fc9" in capsys.readouterr().err
     assert main(["unlearn", "--from", str(mnist_run), "--external", "0", "--no-baseline"]) == 2
     assert "external" in capsys.readouterr().err
+    assert main(["unlearn", "--from", str(mnist_run), "--steps", "0", "--no-baseline"]) == 2
+    assert "steps" in capsys.readouterr().err
     assert main(["unlearn", "--from", str(tmp_path), "--no-baseline"]) == 2
     assert "config.json" in capsys.readouterr().err
     # the true Hessian over all layers of a ReLU network away from a minimum is indefinite without damping

@@ -47,6 +47,8 @@ VARIANTS = {
     "FMD all layers": {"params": "all", "damping": 1.0},
     "FMD all layers, balanced accuracy kept": {"params": "all", "damping": 1.0, "accuracy_on": "both"},
     "FMD training data, top-100 (last layer)": {"mode": "training", "params": "last", "top_k": 100},
+    "FMD last layer, 5 Newton steps": {"params": "last", "steps": 5},
+    "FMD all layers, 5 Newton steps": {"params": "all", "damping": 1.0, "steps": 5},
 }
 
 OFFLINE = {

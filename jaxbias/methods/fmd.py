@@ -89,6 +89,15 @@ class Hparams:
         ``"both"`` (factual and counterfactual samples: a bias-balanced view,
         like an unbiased test set).
       top_k: ``"training"`` mode: how many harmful samples are unlearned.
+      steps: Newton steps (``"counterfactual"`` mode). ``1`` is the paper's
+        single step. Each further step re-linearises at the edited
+        parameters: the replacement direction and the curvature are taken
+        again there, solved, and its scale searched on the same grid; a step
+        is kept only when it lowers ``B`` on the pairs while their accuracy
+        stays within ``max_acc_drop`` of the *original* model's, so the
+        accuracy budget is shared by all steps (else the parameters stay and
+        the step's scale is reported as 0). The steps run inside the same
+        compiled program.
     """
 
     mode: str = "counterfactual"
@@ -100,6 +109,7 @@ class Hparams:
     max_acc_drop: float = 0.03
     accuracy_on: str = "factual"
     top_k: int = 100
+    steps: int = 1
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -119,6 +129,11 @@ class Hparams:
             raise ValueError(f"accuracy_on must be 'factual' or 'both'; got {self.accuracy_on!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise ValueError(f"top_k must be a positive int; got {self.top_k!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive int (Newton steps); got {self.steps!r}")
+        if self.steps > 1 and self.mode != "counterfactual":
+            raise ValueError(f'steps={self.steps} needs mode="counterfactual": "training" mode unlearns its '
+                             "top_k samples in one step")
         if not isinstance(self.params, str) or not self.params.strip():
             raise ValueError(f"params must be 'last', 'lastN', 'all' or comma-separated group names; got {self.params!r}")
 
@@ -342,7 +357,8 @@ class EditResult(NamedTuple):
     ``grid``: ``(scales, bias, accuracy)`` of the scale search (empty when the
     scale was given); ``feasible``: whether the searched scale kept the
     accuracy within ``max_acc_drop`` (when no grid point does, the smallest
-    scale is used and a warning is issued).
+    scale is used and a warning is issued); ``step_scales``: the scale of
+    every Newton step (``Hparams.steps``; 0 for a step that was not taken).
     """
 
     params: dict
@@ -356,6 +372,7 @@ class EditResult(NamedTuple):
     removed: np.ndarray | None
     grid: tuple[np.ndarray, np.ndarray, np.ndarray]
     feasible: bool = True
+    step_scales: np.ndarray | None = None
 
 
 def _pair_scores(logits_fn, params, pairs, accuracy_on="factual"):
@@ -436,9 +453,38 @@ def _debias_core(logits_fn, params, pairs, train, train_cf, *, hp, subset):
     ok = (acc >= a0 - hp.max_acc_drop - 1e-6) & jnp.isfinite(bias)
     best = jnp.argmin(jnp.where(ok, bias, jnp.inf))
     scale = scales[best]
-    new = merge(params, jax.tree.map(lambda p, d: p + scale * d, block, step))
-    return {"params": new, "scale": scale, "grid": (scales, bias, acc), "before": (b0, a0),
-            "after": (bias[best], acc[best]), "removed": removed, "diags": diags, "feasible": jnp.any(ok)}
+    moved = jax.tree.map(lambda p, d: p + scale * d, block, step)
+    after = (bias[best], acc[best])
+    step_scales = scale[None]
+    if hp.steps > 1:
+        cx, cy = jnp.concatenate([pairs[0], pairs[1]]), jnp.concatenate([pairs[2], pairs[2]])
+
+        def newton(carry, _):
+            cur, b_cur, a_cur = carry
+            here = merge(params, cur)
+            step, step_flat, d = _flat_solver(logits_fn, here, cx, cy, subset, hp)(
+                _replacement_direction(logits_fn, here, pairs, subset))
+
+            def at_k(s):
+                return _pair_scores(logits_fn, merge(params, jax.tree.map(lambda p, v: p + s * v, cur, step)),
+                                    pairs, hp.accuracy_on)
+
+            bias_k, acc_k = jax.lax.map(at_k, scales)
+            ok_k = (acc_k >= a0 - hp.max_acc_drop - 1e-6) & jnp.isfinite(bias_k) & (bias_k < b_cur)
+            take = jnp.any(ok_k)
+            k = jnp.argmin(jnp.where(ok_k, bias_k, jnp.inf))
+            s_k = jnp.where(take, scales[k], 0.0)
+            nxt = jax.tree.map(lambda p, v: p + s_k * v, cur, step)
+            return (nxt, jnp.where(take, bias_k[k], b_cur), jnp.where(take, acc_k[k], a_cur)), (s_k, d, step_flat)
+
+        (moved, b_end, a_end), (more, d_k, flat_k) = jax.lax.scan(newton, (moved, *after), None,
+                                                                  length=hp.steps - 1)
+        after = (b_end, a_end)
+        step_scales = jnp.concatenate([step_scales, more])
+        diags.append((d_k, flat_k))
+    new = merge(params, moved)
+    return {"params": new, "scale": scale, "grid": (scales, bias, acc), "before": (b0, a0), "after": after,
+            "removed": removed, "diags": diags, "feasible": jnp.any(ok), "step_scales": step_scales}
 
 
 def debias(
@@ -512,7 +558,11 @@ def debias(
     out = jax.block_until_ready(out)
     seconds = time.perf_counter() - t0
     for diag, sol in out["diags"]:
-        check_solution(hp.solver, sol, diag, hp.damping)
+        if jnp.ndim(diag) == 0:
+            check_solution(hp.solver, sol, diag, hp.damping)
+        else:  # the later Newton steps, stacked
+            for d_i, sol_i in zip(diag, sol):
+                check_solution(hp.solver, sol_i, d_i, hp.damping)
     if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(select(out["params"], subset))):
         raise ValueError("the edit produced non-finite parameters; increase damping or give a smaller scale")
     grid = tuple(np.asarray(g) for g in out["grid"]) if hp.scale is None else (np.zeros(0),) * 3
@@ -523,7 +573,8 @@ def debias(
                       f"{hp.max_acc_drop}; used the smallest, {float(out['scale']):.3g} (raise damping or give scale=)",
                       stacklevel=2)
     return EditResult(out["params"], subset, float(out["scale"]), seconds, float(out["before"][0]),
-                      float(out["after"][0]), float(out["before"][1]), float(out["after"][1]), removed, grid, feasible)
+                      float(out["after"][0]), float(out["before"][1]), float(out["after"][1]), removed, grid, feasible,
+                      np.asarray(out["step_scales"]))
 
 
 def edit(logits_fn: LogitsFn, params: dict, pairs: tuple[Array, Array, Array], *, hp: Hparams = Hparams(),

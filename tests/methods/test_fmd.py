@@ -213,6 +213,46 @@ def test_debias_bad_input():
         fmd.debias(net, params, (x, x_cf, y), hp=fmd.Hparams(params="all", curvature="hessian", damping=0.0,
                                                              solver="exact"))
     for bad in (dict(mode="x"), dict(curvature="fisher"), dict(solver="lu"), dict(damping=-1.0), dict(scale=0.0),
-                dict(max_acc_drop=2.0), dict(top_k=0), dict(accuracy_on="all"), dict(params="")):
+                dict(max_acc_drop=2.0), dict(top_k=0), dict(accuracy_on="all"), dict(params=""), dict(steps=0),
+                dict(steps=True), dict(steps=2, mode="training")):
         with pytest.raises(ValueError):
             fmd.Hparams(**bad)
+
+
+def test_debias_newton_steps_follow_the_rule_step_by_step():
+    """``steps=k``: each step re-linearised at the edited parameters, its scale chosen on the grid; checked
+    against a host loop of single-step edits through the public ``unlearn_counterfactual`` (another solver path)."""
+    params, x, x_cf, y = _trained(4)
+    pairs = (x, x_cf, y)
+    hp = fmd.Hparams(params="last", curvature="hessian", solver="exact", damping=0.01, steps=3)
+    res = fmd.debias(net, params, pairs, hp=hp)
+    one = fmd.debias(net, params, pairs, hp=dataclasses.replace(hp, steps=1))
+    assert res.step_scales.shape == (3,) and res.step_scales[0] == one.scale == res.scale
+
+    def scores(p):
+        b = float(fmd.counterfactual_bias(net, p, *pairs))
+        return b, float(np.mean(np.argmax(net(p, x), -1) == y))
+
+    b0, a0 = scores(params)
+    cx, cy = jnp.concatenate([x, x_cf]), jnp.concatenate([y, y])
+    p, b_cur, taken = params, None, []
+    for k in range(3):
+        cands = []
+        for s in fmd.SCALE_GRID:
+            q = fmd.unlearn_counterfactual(net, p, pairs, scale=s, hessian_loss=fmd._ce_loss(net, cx, cy),
+                                           subset=("out",), damping=0.01, method="exact")
+            b, a = scores(q)
+            if a >= a0 - hp.max_acc_drop - 1e-6 and (b_cur is None or b < b_cur - 1e-6):
+                cands.append((b, s, q))
+        if not cands:
+            taken.append(0.0)
+            continue
+        b_cur, s, p = min(cands, key=lambda c: c[0])
+        taken.append(s)
+    np.testing.assert_allclose(res.step_scales, taken, rtol=1e-5)
+    assert any(t > 0 for t in taken[1:])  # the later steps do something on this problem
+    np.testing.assert_allclose(res.params["out"]["w"], p["out"]["w"], rtol=1e-3, atol=1e-5)
+    np.testing.assert_array_equal(res.params["hidden"]["w"], params["hidden"]["w"])
+    b_end, a_end = scores(res.params)
+    assert res.bias_after == pytest.approx(b_end, rel=1e-4) and b_end < one.bias_after
+    assert res.acc_after == pytest.approx(a_end) and a_end >= a0 - hp.max_acc_drop - 1e-6
