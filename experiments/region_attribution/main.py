@@ -92,7 +92,8 @@ def train_target(cfg: dict, sets: dict, variant: dict | None, *, specific: np.nd
     if variant is None:
         method, hp, state, mask = vanilla, vanilla.Hparams(), None, None
     else:
-        hp = targeted_noise.Hparams(q=cfg["q"], sigma=cfg["sigma"], fill=cfg["fill"], **variant)
+        # a variant may override the config's q / sigma / fill (the sigma sweep does)
+        hp = targeted_noise.Hparams(**{"q": cfg["q"], "sigma": cfg["sigma"], "fill": cfg["fill"], **variant})
         method = targeted_noise
         state = targeted_noise.init(hp=hp, general_map=general)
         mask = specific if hp.map == "specific" else None
@@ -191,7 +192,8 @@ def run(cfg: dict, *, out_dir: str, name: str, progress: bool, limit: int | None
         "target and confounder; `acc_t1`/`acc_t0`: per target class (the protocol's men/women); "
         "`gap` = |acc_t1 − acc_t0|; `gap_change`: points against the baseline of the same seed; "
         "`t1_c1` is the group absent from training. Targeted noise: the pixels above the "
-        f"q = {cfg['q']} quantile of the map get N(0, {cfg['sigma']}²) noise or the value {cfg['fill']} (mask), "
+        f"q = {cfg['q']} quantile of the map get N(0, {cfg['sigma']}²) noise (σ as named where a variant sets its "
+        f"own) or the value {cfg['fill']} (mask), "
         f"in every training batch; test images are unmodified. Total {time.perf_counter() - t0:.0f} s.\n\n"
         "## Target classifier\n\n" + markdown_table(rows, ["model", *cols]) +
         "\nDiagnostic: the same models on the test images treated like their training images (the general map's "
