@@ -6,20 +6,22 @@ whenever the framework changes):
 1. **Layers**: forward, input gradient and weight gradient of single
    convolutions, fastest of ≥ 5 round-robin calls, in GFLOP/s (2·N·H_out·W_out·k²·C_in·C_out per operation),
    for the layers of the Biased-MNIST network (7×7, batch 256), the demo's
-   network, ResNet-18 at 128 px and the region classifier:
+   network, ResNet-18 at 128 px, the region classifier and EfficientNet-B0's
+   depthwise layers (GFLOP/s of a depthwise layer count its k²·C products):
    ``native`` = ``lax.conv_general_dilated`` differentiated by JAX;
    ``fast`` = :mod:`jaxbias.models.conv` (its forward is XLA's, except 7×7
-   layers with 64 outputs, which it packs);
+   layers with 64 outputs, which it packs, and depthwise layers, which it
+   computes as shifted slices);
    ``torch`` = ``torch.nn.functional.conv2d`` and ``torch.nn.grad.conv2d_input``
    / ``conv2d_weight`` (what autograd calls), NCHW, when PyTorch is installed.
 2. **Training steps**: forward, cross-entropy, backward and Adam, all
    parameters trained, batch-norm in train mode: the Biased-MNIST network at
    batch 256 (Vanilla and RRR with the l2 input-gradient penalty), the demo's
-   network (4/8/16/32) at batch 64, and ResNet-18 (10 classes) at 128 px,
-   batch 32. JAX steps are jitted with the state donated; ``native`` and
+   network (4/8/16/32) at batch 64, and ResNet-18 and EfficientNet-B0 (10
+   classes) at 128 px, batch 32. JAX steps are jitted with the state donated; ``native`` and
    ``fast`` are the same program traced with the fast convolution off and on.
    PyTorch runs the same network (SimpleConvNet written out here;
-   torchvision's ResNet-18) with ``torch.optim.Adam``. Memory: XLA's buffer
+   torchvision's ResNet-18 and EfficientNet-B0) with ``torch.optim.Adam``. Memory: XLA's buffer
    assignment for the compiled step (temporaries + arguments + outputs).
 
 Targets (issue 8): Biased-MNIST step ≤ 1.2× PyTorch; step memory ≤ 1.5× native.
@@ -62,7 +64,7 @@ from jaxbias.types import Batch  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
-# (label, batch, height=width, C_in, C_out, kernel, stride)
+# (label, batch, height=width, C_in, C_out, kernel, stride[, feature groups])
 LAYERS = [
     ("biased-mnist conv1", 256, 28, 3, 16, 7, 1),
     ("biased-mnist conv2", 256, 28, 16, 32, 7, 1),
@@ -77,6 +79,11 @@ LAYERS = [
     ("resnet18 layer4 3×3", 32, 4, 512, 512, 3, 1),
     ("resnet18 downsample 1×1/2", 32, 16, 128, 256, 1, 2),
     ("region classifier 3×3", 64, 16, 16, 32, 3, 1),
+    # depthwise (groups = channels): EfficientNet-B0 at 128 px, batch 32
+    ("effnet stage1 dw 3×3", 32, 64, 32, 32, 3, 1, 32),
+    ("effnet stage2 dw 3×3/2", 32, 64, 96, 96, 3, 2, 96),
+    ("effnet stage3 dw 5×5/2", 32, 32, 144, 144, 5, 2, 144),
+    ("effnet stage5 dw 5×5", 32, 8, 480, 480, 5, 1, 480),
 ]
 
 
@@ -114,12 +121,13 @@ class RoundRobin:
 
 # ----------------------------------------------------------------------------- layers
 
-def _layer_fns(n, h, cin, cout, k, s):
+def _layer_fns(n, h, cin, cout, k, s, groups=1):
     pad = ((k // 2, k // 2), (k // 2, k // 2))  # torch-style symmetric padding
     key = jax.random.key(0)
     x = jax.random.normal(key, (n, h, h, cin))
-    w = jax.random.normal(jax.random.fold_in(key, 1), (k, k, cin, cout)) / np.sqrt(k * k * cin)
-    conv = lambda x, w: C.conv_general_dilated(x, w, (s, s), pad, dimension_numbers=NHWC)  # noqa: E731
+    w = jax.random.normal(jax.random.fold_in(key, 1), (k, k, cin // groups, cout)) / np.sqrt(k * k * cin // groups)
+    conv = lambda x, w: C.conv_general_dilated(x, w, (s, s), pad, dimension_numbers=NHWC,  # noqa: E731
+                                               feature_group_count=groups)
     y = jax.jit(conv)(x, w)
     g = jax.random.normal(jax.random.fold_in(key, 2), y.shape)
     out = {}
@@ -134,11 +142,11 @@ def _layer_fns(n, h, cin, cout, k, s):
             "weight_grad": lambda f=dw: jax.block_until_ready(f(g, x)),
             "check": (dx(g, w), dw(g, x)),
         }
-    flops = 2.0 * n * y.shape[1] * y.shape[2] * k * k * cin * cout
+    flops = 2.0 * n * y.shape[1] * y.shape[2] * k * k * (cin // groups) * cout
     return out, flops, pad, (np.array(x), np.array(w), np.array(g))
 
 
-def _torch_layer_fns(arrays, k, s):
+def _torch_layer_fns(arrays, k, s, groups=1):
     import torch
     x, w, g = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
     x = x.permute(0, 3, 1, 2).contiguous()
@@ -148,17 +156,18 @@ def _torch_layer_fns(arrays, k, s):
     F = torch.nn.functional
     with torch.no_grad():
         return {
-            "forward": lambda: F.conv2d(x, w, stride=s, padding=p),
-            "input_grad": lambda: torch.nn.grad.conv2d_input(x.shape, w, g, stride=s, padding=p),
-            "weight_grad": lambda: torch.nn.grad.conv2d_weight(x, w.shape, g, stride=s, padding=p),
+            "forward": lambda: F.conv2d(x, w, stride=s, padding=p, groups=groups),
+            "input_grad": lambda: torch.nn.grad.conv2d_input(x.shape, w, g, stride=s, padding=p, groups=groups),
+            "weight_grad": lambda: torch.nn.grad.conv2d_weight(x, w.shape, g, stride=s, padding=p, groups=groups),
         }
 
 
 def measure_layers(repeats: int, use_torch: bool) -> list[dict[str, Any]]:
     rows = []
-    for label, n, h, cin, cout, k, s in LAYERS:
+    for label, n, h, cin, cout, k, s, *grp in LAYERS:
+        groups = grp[0] if grp else 1
         print(f"[conv_cpu] layer {label} ...", flush=True)
-        fns, flops, _, arrays = _layer_fns(n, h, cin, cout, k, s)
+        fns, flops, _, arrays = _layer_fns(n, h, cin, cout, k, s, groups)
         # the two JAX implementations must agree before they are timed
         for a, b in zip(fns["fast"]["check"], fns["native"]["check"]):
             err = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
@@ -170,14 +179,14 @@ def measure_layers(repeats: int, use_torch: bool) -> list[dict[str, Any]]:
                 rr.add(f"{mode}/{op}", "jax", fns[mode][op])
         if use_torch:
             import torch
-            tf = _torch_layer_fns(arrays, k, s)
+            tf = _torch_layer_fns(arrays, k, s, groups)
             for op, fn in tf.items():
                 rr.add(f"torch/{op}", "torch", lambda fn=fn: torch.no_grad()(fn)())
         # single operations of 5–800 ms vary by tens of percent between calls on a shared 2-core
         # machine (thread-pool wake-ups); the fastest of the timed calls is the stable statistic here
         med = rr.run(max(repeats, 5), stat=min)
         row = {"layer": label, "batch": n, "size": h, "cin": cin, "cout": cout, "kernel": k, "stride": s,
-               "gflop": flops / 1e9}
+               "groups": groups, "gflop": flops / 1e9}
         for name, t in med.items():
             row[f"{name}_s"] = t
             row[f"{name}_gflops"] = flops / t / 1e9
@@ -247,6 +256,7 @@ STEPS = [
     ("Biased-MNIST net 16/32/64/128, batch 256", "simple_conv", dict(channels=(16, 32, 64, 128)), 256, 28, "rrr"),
     ("demo net 4/8/16/32, batch 64", "simple_conv", dict(channels=(4, 8, 16, 32)), 64, 28, "vanilla"),
     ("ResNet-18 (10 classes), 128 px, batch 32", "resnet18", dict(num_classes=10), 32, 128, "vanilla"),
+    ("EfficientNet-B0 (10 classes), 128 px, batch 32", "efficientnet_b0", dict(num_classes=10), 32, 128, "vanilla"),
 ]
 
 
@@ -272,7 +282,7 @@ def measure_steps(repeats: int, use_torch: bool) -> list[dict[str, Any]]:
             import torchvision
             torch.manual_seed(0)
             tmodel = (_torch_simple_conv(kwargs["channels"]) if name == "simple_conv"
-                      else torchvision.models.resnet18(weights=None, num_classes=kwargs["num_classes"]))
+                      else getattr(torchvision.models, name)(weights=None, num_classes=kwargs["num_classes"]))
             rr.add("torch", "torch", _torch_step(tmodel, x, y, mask, method))
         med = rr.run(repeats)
         row = {"step": label, "method": method, "batch": bs, "size": size,
@@ -322,7 +332,8 @@ def main(argv=None) -> None:
             heads += ["fwd torch", "dx torch", "dw torch"]
         body = []
         for r in layer_rows:
-            line = [r["layer"], r["batch"], r["size"], f"{r['cin']}→{r['cout']}", f"{r['kernel']}/{r['stride']}",
+            chans = f"{r['cin']}→{r['cout']}" + (" depthwise" if r["groups"] > 1 else "")
+            line = [r["layer"], r["batch"], r["size"], chans, f"{r['kernel']}/{r['stride']}",
                     r["gflop"], r["native/forward_gflops"], r["fast/forward_gflops"], r["native/input_grad_gflops"],
                     r["fast/input_grad_gflops"], r["native/weight_grad_gflops"], r["fast/weight_grad_gflops"]]
             if use_torch:

@@ -114,13 +114,45 @@ def test_third_order_stays_in_the_family():
     assert _rel(jax.jit(lambda: third(fast))(), third(native)) < 1e-4
 
 
-@pytest.mark.parametrize("groups,cin,cout", [(2, 4, 6), (8, 8, 8)])  # grouped and depthwise
-def test_grouped_and_depthwise_take_xla_path_and_match(groups, cin, cout):
+@pytest.mark.parametrize("groups,cin,cout", [(2, 4, 6), (4, 4, 8)])  # grouped; depthwise with multiplier 2
+def test_grouped_convs_take_xla_path_and_match(groups, cin, cout):
     native, fast = _pair(3, 2, "SAME", groups)
     x, w, _ = _data(3, cin, cout, groups)
     jaxpr = str(jax.make_jaxpr(jax.grad(_objective(fast), 1))(x, w))
-    assert "jaxbias_conv" not in jaxpr
+    assert "jaxbias_conv" not in jaxpr and "conv_general_dilated" in jaxpr
     for a, b in zip(jax.grad(_penalty(fast), (0, 1))(w, x), jax.grad(_penalty(native), (0, 1))(w, x)):
+        assert _rel(a, b) < TOL
+
+
+@pytest.mark.parametrize("k,s,padding", [(k, s, "SAME") for k in (1, 3, 5) for s in (1, 2)]
+                         + [(3, 2, "VALID"), (5, 1, "VALID"), (3, 2, ((2, 0), (1, 3)))])
+def test_depthwise_is_shifted_slices_and_matches_native_in_all_orders(k, s, padding):
+    """Depthwise (groups = channels, multiplier 1, as EfficientNet): no convolution op left, same numbers."""
+    native, fast = _pair(k, s, padding, groups=6)
+    x, w, v = _data(k, 6, 6, groups=6, n=4, h=13, w=12)
+    jaxpr = str(jax.make_jaxpr(jax.grad(_penalty(fast), (0, 1)))(w, x))
+    assert ("conv_general_dilated" in jaxpr) != (jax.default_backend() == "cpu")
+    assert _rel(jax.jit(fast)(x, w), native(x, w)) < TOL
+    for a, b in zip(jax.jit(jax.grad(_objective(fast), (0, 1)))(x, w), jax.grad(_objective(native), (0, 1))(x, w)):
+        assert _rel(a, b) < TOL
+    for a, b in zip(jax.jit(jax.grad(_penalty(fast), (0, 1)))(w, x), jax.grad(_penalty(native), (0, 1))(w, x)):
+        assert _rel(a, b) < TOL
+    hvp = lambda conv: jax.jvp(jax.grad(lambda w: _objective(conv)(x, w)), (w,), (v,))[1]  # noqa: E731
+    assert _rel(jax.jit(lambda: hvp(fast))(), hvp(native)) < TOL
+    # a vmapped kernel (sweep members) broadcasts, and matches XLA's vmapped (grouped) convolution
+    ws = jnp.stack([w, -0.5 * w, 2 * w])
+    got = jax.jit(jax.vmap(jax.grad(_objective(fast), (0, 1)), (None, 0)))(x, ws)
+    ref = jax.vmap(jax.grad(_objective(native), (0, 1)), (None, 0))(x, ws)
+    for a, b in zip(got, ref):
+        assert _rel(a, b) < TOL
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_depthwise_7x7_first_order(s):
+    native, fast = _pair(7, s, "SAME", groups=5)
+    x, w, _ = _data(7, 5, 5, groups=5, n=2, h=12, w=11)
+    assert _rel(jax.jit(fast)(x, w), native(x, w)) < TOL
+    for a, b in zip(jax.jit(jax.grad(_objective(fast), (0, 1)))(x, w), jax.grad(_objective(native), (0, 1))(x, w)):
         assert _rel(a, b) < TOL
 
 
@@ -149,8 +181,11 @@ def test_float64_and_dilated_convs_fall_back():
     assert "jaxbias_conv" not in str(jax.make_jaxpr(dil)(x32, w32))
 
 
+@pytest.mark.parametrize("member_map", [True, False])
 @pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (1, 2)])
-def test_vmap_over_activations_and_over_weights(k, s):
+def test_vmap_over_activations_and_over_weights(k, s, member_map, monkeypatch):
+    # a vmapped kernel runs member after member (lax.map of the fast primitives) or as XLA's vmapped op
+    monkeypatch.setattr(C, "MEMBER_MAP_MIN_BATCH", 1 if member_map else 10**9)
     native, fast = _pair(k, s, "SAME")
     x, w, _ = _data(k, 3, 128)
     xs, ws = jnp.stack([x, 2 * x, -x]), jnp.stack([w, 0.5 * w, -w])
@@ -165,6 +200,10 @@ def test_vmap_over_activations_and_over_weights(k, s):
     assert _rel(jax.jit(lambda: per(fast))(), per(native)) < TOL
     pen = lambda conv: jax.vmap(jax.grad(_penalty(conv)), (0, None))(ws, x)
     assert _rel(jax.jit(lambda: pen(fast))(), pen(native)) < TOL
+    # which path ran: members mapped with the fast primitives inside, or XLA's (grouped) convolution
+    jaxpr = str(jax.make_jaxpr(jax.vmap(g_fast, in_axes=(None, 0)))(x, ws))
+    assert ("scan" in jaxpr and "jaxbias_conv" in jaxpr) == member_map
+    assert ("conv_general_dilated" in jaxpr) != member_map
 
 
 def test_eager_call_matches():
