@@ -260,6 +260,44 @@ def _dw_gw(x, g, strides, padding, kernel_hw):
     return acc.reshape(kh, kw, 1, c)
 
 
+def _flipped_gx(g, w, strides, padding, in_hw):
+    """Input gradient as a forward convolution of the stride-spread ``g`` with the flipped, transposed kernel.
+
+    Numerically what XLA runs for its own transpose at the top level of a program, but with the kernel
+    physically in HWIO order: inside a loop body (``lax.map`` over sweep members, ``lax.scan``) XLA:CPU
+    runs the transpose that JAX's rule emits (swapped kernel dimensions) 2–6× slower, this one not.
+    """
+    kh, kw = w.shape[:2]
+    (pt, pb), (pl, pr) = padding
+    ho, wo = g.shape[1:3]
+    extra_h = in_hw[0] + pt + pb - (strides[0] * (ho - 1) + kh)  # padded rows no window reaches
+    extra_w = in_hw[1] + pl + pr - (strides[1] * (wo - 1) + kw)
+    pads = ((kh - 1 - pt, kh - 1 - pb + extra_h), (kw - 1 - pl, kw - 1 - pr + extra_w))
+    if min(min(p) for p in pads) < 0:  # padding wider than the kernel: XLA's own
+        return _native_gx(g, w, strides, padding, in_hw)
+    wf = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    return lax.conv_general_dilated(g, wf, (1, 1), pads, lhs_dilation=strides, dimension_numbers=_NHWC)
+
+
+def _batch_window_gw(x, g, strides, padding, kernel_hw):
+    """Weight gradient for small outputs: per kernel offset, the strided window of the whole batch times ``g``.
+
+    ``dW[a, b] = X_abᵀ · G`` with ``X_ab`` the ``(N·H_out·W_out) × C_in`` window and ``G`` the
+    ``(N·H_out·W_out) × C_out`` output gradient: ``kh·kw`` matrix products, used below
+    ``GW_MIN_OUTPUT_POSITIONS`` output positions where the windows are small. As fast as XLA's own at
+    the top level; inside a loop body XLA:CPU runs its own weight gradient 17–230× slower.
+    """
+    kh, kw = kernel_hw
+    sh, sw = strides
+    n, _, _, cin = x.shape
+    _, ho, wo, cout = g.shape
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    gm = g.reshape(n * ho * wo, cout)
+    taps = [lax.slice(xp, (0, a, b, 0), (n, a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, cin), (1, sh, sw, 1))
+            .reshape(n * ho * wo, cin).T @ gm for a in range(kh) for b in range(kw)]
+    return jnp.stack(taps).reshape(kh, kw, cin, cout)
+
+
 def _packed_f(x, w, strides, padding, r):
     """Forward convolution with ``r`` neighbouring output columns computed as ``r·C_out`` channels.
 
@@ -367,7 +405,7 @@ def _gx_impl_cpu(g, w, *, strides, padding, in_hw, groups):
         return _dw_gx(g, w, strides, padding, in_hw)
     if _use_col2im(w.shape, strides):
         return _fast_gx(g, w, strides, padding, in_hw)
-    return _native_gx(g, w, strides, padding, in_hw)
+    return _flipped_gx(g, w, strides, padding, in_hw)
 
 
 def _gw_impl_cpu(x, g, *, strides, padding, kernel_hw, groups):
@@ -375,7 +413,7 @@ def _gw_impl_cpu(x, g, *, strides, padding, kernel_hw, groups):
         return _dw_gw(x, g, strides, padding, kernel_hw)
     if _use_window_gw(g.shape[1:3]):
         return _fast_gw(x, g, strides, padding, kernel_hw)
-    return _native_gw(x, g, strides, padding, kernel_hw)
+    return _batch_window_gw(x, g, strides, padding, kernel_hw)
 
 
 def _gx_impl_native(g, w, *, strides, padding, in_hw, groups):

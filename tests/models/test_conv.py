@@ -94,6 +94,22 @@ def test_all_orders_match_native(k, s, padding, cout, monkeypatch):
     assert _rel(jax.jit(lambda: jvp_gx(fast))(), jvp_gx(native)) < TOL
 
 
+@pytest.mark.parametrize("k,s,padding", [(1, 2, "SAME"), (3, 1, "SAME"), (3, 2, "VALID"), (5, 2, ((3, 0), (1, 2))),
+                                       (1, 1, ((1, 0), (0, 2)))])  # the last: padding wider than the kernel
+def test_small_output_weight_gradient_and_flipped_input_gradient(k, s, padding, monkeypatch):
+    """The whole-batch window weight gradient (small outputs) and the flipped-kernel input gradient."""
+    monkeypatch.setattr(C, "GW_MIN_OUTPUT_POSITIONS", 10**9)
+    monkeypatch.setattr(C, "COL2IM_MIN_OUT_CHANNELS", 10**9)
+    native, fast = _pair(k, s, padding)
+    x, w, v = _data(k, 4, 6)
+    jaxpr = str(jax.make_jaxpr(jax.grad(_penalty(fast), (0, 1)))(w, x))
+    assert "jaxbias_conv_weight_grad" in jaxpr and "jaxbias_conv_input_grad" in jaxpr
+    for a, b in zip(jax.jit(jax.grad(_penalty(fast), (0, 1)))(w, x), jax.grad(_penalty(native), (0, 1))(w, x)):
+        assert _rel(a, b) < TOL
+    hvp = lambda conv: jax.jvp(jax.grad(lambda w: _objective(conv)(x, w)), (w,), (v,))[1]  # noqa: E731
+    assert _rel(jax.jit(lambda: hvp(fast))(), hvp(native)) < TOL
+
+
 def test_explicit_asymmetric_padding_and_odd_sizes():
     pad = ((2, 1), (0, 3))
     native, fast = _pair(3, 2, pad)
