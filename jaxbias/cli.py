@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainable", default=None, help="with --from: train only these parameter groups, comma-separated")
     p.add_argument("--no-vmap", action="store_true",
                    help="members take turns on one compiled single-model step instead of one vmapped step (results "
-                   "equal `train`'s exactly; faster for conv nets on CPU, where vmapped convolutions are slow)")
+                   "equal `train`'s exactly, at about the vmapped step's speed on CPU)")
     p.add_argument("--workdir", default=None, help="folder for checkpoints, metrics.jsonl (a row per member and "
                    "epoch), results.json")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")

@@ -17,15 +17,16 @@ learning rate lives in the optimiser state through
 :func:`optax.inject_hyperparams`, so it is per member and checkpointed.
 
 Numerics: under ``vmap`` XLA batches the kernels (a ``(K, B, ·)`` matmul, a
-grouped convolution), which may sum floats in another order than ``fit``'s
+grouped convolution on other backends), which may sum floats in another order than ``fit``'s
 single-model program; Adam magnifies such ulp-level differences wherever a
 gradient is itself rounding noise (a convolution bias followed by batch-norm
 has an exactly zero true gradient), so vmapped members match ``fit`` to
 ~1e-6 on dense nets and only statistically on conv nets with batch-norm.
 ``vectorize=False`` runs the members in turns on one compiled single-model
 step instead (hyperparameters as arguments): still one compilation, and
-bit-for-bit ``fit``'s numbers. On XLA:CPU it is also the faster choice for
-conv nets, whose grouped convolutions run slowly (``benchmarks/sweep.py``).
+bit-for-bit ``fit``'s numbers. On XLA:CPU both run conv nets at the speed
+of sequential runs: the bundled models' convolutions map over the members
+instead of becoming XLA's slow grouped convolution (``benchmarks/sweep.py``).
 
 Method ``Hparams`` validate with ``float(...)`` in ``__post_init__``, which a
 tracer cannot pass. Every member's values are therefore validated up front
@@ -473,8 +474,7 @@ def fit_sweep(
     pure rounding noise (e.g. a convolution bias followed by batch-norm).
     ``vectorize=False`` lets the members take turns on one compiled
     single-model step (hyperparameters as arguments): still one compilation,
-    results equal to ``fit``'s, and faster than vmap for convolutional nets
-    on XLA:CPU, which runs the grouped convolutions of a vmapped conv slowly.
+    results equal to ``fit``'s, at about vmap's speed on XLA:CPU.
 
     Args:
       module, method, train, epochs, batch_size, eval_sets, eval_every,
