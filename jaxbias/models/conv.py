@@ -193,22 +193,29 @@ def _fast_gx(g, w, strides, padding, in_hw):
 
 # depthwise (groups = channels, one filter per channel) -----------------------
 
+def _window(xp, a, b, strides, out_hw):
+    """The strided window of kernel offset ``(a, b)``: ``xp[:, a::s_h, b::s_w, :]`` cut to the output's size."""
+    n, _, _, c = xp.shape
+    (sh, sw), (ho, wo) = strides, out_hw
+    return lax.slice(xp, (0, a, b, 0), (n, a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+
+
+
 def _dw_f(x, w, strides, padding):
     """Depthwise forward as ``kh·kw`` shifted, strided slices times the per-channel weights.
 
     ``y[n, i, j, c] = Σ_{a,b} x_pad[n, i·s + a, j·s + b, c] · w[a, b, 0, c]``: element-wise products
     that XLA fuses into one loop, instead of XLA:CPU's grouped convolution.
     """
-    n, h, wd, c = x.shape
+    _, h, wd, _ = x.shape
     kh, kw = w.shape[:2]
-    sh, sw = strides
-    ho, wo = _out_size(h, kh, sh, *padding[0]), _out_size(wd, kw, sw, *padding[1])
+    out_hw = (_out_size(h, kh, strides[0], *padding[0]), _out_size(wd, kw, strides[1], *padding[1]))
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     out = None
     for a in range(kh):
         for b in range(kw):
-            win = lax.slice(xp, (0, a, b, 0), (n, a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-            out = win * w[a, b, 0] if out is None else out + win * w[a, b, 0]
+            term = _window(xp, a, b, strides, out_hw) * w[a, b, 0]
+            out = term if out is None else out + term
     return out
 
 
@@ -219,7 +226,7 @@ def _dw_gx(g, w, strides, padding, in_hw):
     is ``g`` with ``s - 1`` zeros between its rows/columns and ``kh - 1`` / ``kw - 1`` around: one array
     of about the input's size, then the same fused shifted products as the forward.
     """
-    n, ho, wo, c = g.shape
+    _, ho, wo, _ = g.shape
     kh, kw = w.shape[:2]
     sh, sw = strides
     (pt, pb), (pl, pr) = padding
@@ -230,10 +237,9 @@ def _dw_gx(g, w, strides, padding, in_hw):
                  ((0, 0, 0), (kh - 1, kh - 1 + extra_h, sh - 1), (kw - 1, kw - 1 + extra_w, sw - 1), (0, 0, 0)))
     out = None
     for a in range(kh):
-        for b in range(kw):
-            r0, c0 = kh - 1 - a + pt, kw - 1 - b + pl
-            win = lax.slice(gs, (0, r0, c0, 0), (n, r0 + h, c0 + wd, c))
-            out = win * w[a, b, 0] if out is None else out + win * w[a, b, 0]
+        for b in range(kw):  # stride 1 over the spread gradient, from offset (kh-1-a+p_t, kw-1-b+p_l)
+            term = _window(gs, kh - 1 - a + pt, kw - 1 - b + pl, (1, 1), (h, wd)) * w[a, b, 0]
+            out = term if out is None else out + term
     return out
 
 
@@ -246,13 +252,11 @@ def _dw_gw(x, g, strides, padding, kernel_hw):
     _, _, _, c = x.shape
     _, ho, wo, _ = g.shape
     kh, kw = kernel_hw
-    sh, sw = strides
 
     def one_image(acc, xs):
         xi, gi = xs
-        xi = jnp.pad(xi, (padding[0], padding[1], (0, 0)))
-        taps = [jnp.sum(lax.slice(xi, (a, b, 0), (a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, c), (sh, sw, 1))
-                        * gi, axis=(0, 1))
+        xi = jnp.pad(xi[None], ((0, 0), padding[0], padding[1], (0, 0)))
+        taps = [jnp.sum(_window(xi, a, b, strides, (ho, wo))[0] * gi, axis=(0, 1))
                 for a in range(kh) for b in range(kw)]
         return acc + jnp.stack(taps), None
 
@@ -288,13 +292,12 @@ def _batch_window_gw(x, g, strides, padding, kernel_hw):
     the top level; inside a loop body XLA:CPU runs its own weight gradient 17–230× slower.
     """
     kh, kw = kernel_hw
-    sh, sw = strides
     n, _, _, cin = x.shape
     _, ho, wo, cout = g.shape
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     gm = g.reshape(n * ho * wo, cout)
-    taps = [lax.slice(xp, (0, a, b, 0), (n, a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, cin), (1, sh, sw, 1))
-            .reshape(n * ho * wo, cin).T @ gm for a in range(kh) for b in range(kw)]
+    taps = [_window(xp, a, b, strides, (ho, wo)).reshape(n * ho * wo, cin).T @ gm
+            for a in range(kh) for b in range(kw)]
     return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
