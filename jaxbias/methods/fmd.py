@@ -444,35 +444,34 @@ def _debias_core(logits_fn, params, pairs, train, train_cf, *, hp, subset):
     diags.append((d1, step_flat))
     scales = jnp.asarray(_scales(hp, n_train))
 
-    def at(scale):
-        moved = merge(params, jax.tree.map(lambda p, d: p + scale * d, block, step))
-        return _pair_scores(logits_fn, moved, pairs, hp.accuracy_on)
-
     b0, a0 = _pair_scores(logits_fn, params, pairs, hp.accuracy_on)
-    bias, acc = jax.lax.map(at, scales)
-    ok = (acc >= a0 - hp.max_acc_drop - 1e-6) & jnp.isfinite(bias)
-    best = jnp.argmin(jnp.where(ok, bias, jnp.inf))
+
+    def search(cur, step, b_cur=None):
+        """``B`` and accuracy of ``cur + s·step`` over the grid; the best scale within the accuracy budget."""
+        def at(s):
+            return _pair_scores(logits_fn, merge(params, jax.tree.map(lambda p, d: p + s * d, cur, step)),
+                                pairs, hp.accuracy_on)
+
+        bias, acc = jax.lax.map(at, scales)
+        ok = (acc >= a0 - hp.max_acc_drop - 1e-6) & jnp.isfinite(bias)
+        if b_cur is not None:  # later Newton steps: only an improvement is taken
+            ok = ok & (bias < b_cur)
+        return bias, acc, ok, jnp.argmin(jnp.where(ok, bias, jnp.inf))
+
+    bias, acc, ok, best = search(block, step)
     scale = scales[best]
     moved = jax.tree.map(lambda p, d: p + scale * d, block, step)
     after = (bias[best], acc[best])
     step_scales = scale[None]
-    if hp.steps > 1:
-        cx, cy = jnp.concatenate([pairs[0], pairs[1]]), jnp.concatenate([pairs[2], pairs[2]])
+    if hp.steps > 1:  # counterfactual mode (Hparams checks): cx, cy are the pairs' curvature data
 
         def newton(carry, _):
             cur, b_cur, a_cur = carry
             here = merge(params, cur)
             step, step_flat, d = _flat_solver(logits_fn, here, cx, cy, subset, hp)(
                 _replacement_direction(logits_fn, here, pairs, subset))
-
-            def at_k(s):
-                return _pair_scores(logits_fn, merge(params, jax.tree.map(lambda p, v: p + s * v, cur, step)),
-                                    pairs, hp.accuracy_on)
-
-            bias_k, acc_k = jax.lax.map(at_k, scales)
-            ok_k = (acc_k >= a0 - hp.max_acc_drop - 1e-6) & jnp.isfinite(bias_k) & (bias_k < b_cur)
+            bias_k, acc_k, ok_k, k = search(cur, step, b_cur)
             take = jnp.any(ok_k)
-            k = jnp.argmin(jnp.where(ok_k, bias_k, jnp.inf))
             s_k = jnp.where(take, scales[k], 0.0)
             nxt = jax.tree.map(lambda p, v: p + s_k * v, cur, step)
             return (nxt, jnp.where(take, bias_k[k], b_cur), jnp.where(take, acc_k[k], a_cur)), (s_k, d, step_flat)
