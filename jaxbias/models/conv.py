@@ -611,34 +611,27 @@ def conv_general_dilated(
 ) -> Array:
     """Drop-in for ``lax.conv_general_dilated`` (pass it to ``flax.linen.Conv(conv_general_dilated=…)``).
 
-    Plain 2-D NHWC/HWIO float32 convolutions on the CPU backend go through the
-    primitives above; everything else is passed to ``lax.conv_general_dilated``
-    unchanged.
+    Plain and depthwise 2-D NHWC/HWIO float32 convolutions on the CPU backend
+    go through the primitives above; everything else is passed to
+    ``lax.conv_general_dilated`` unchanged.
     """
-    fast = (
+    ours = (
         fast_cpu_conv_enabled()
         and lhs.ndim == 4 and rhs.ndim == 4
         and _is_nhwc(dimension_numbers)
         and _trivial(lhs_dilation) and _trivial(rhs_dilation)
-        and feature_group_count == 1 and batch_group_count == 1
-        and precision is None and preferred_element_type is None
-        and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-    )
-    depthwise = (
-        fast_cpu_conv_enabled()
-        and lhs.ndim == 4 and rhs.ndim == 4
-        and _is_nhwc(dimension_numbers)
-        and _trivial(lhs_dilation) and _trivial(rhs_dilation)
-        and feature_group_count == lhs.shape[3] > 1 and rhs.shape[2] == 1 and rhs.shape[3] == lhs.shape[3]
         and batch_group_count == 1
         and precision is None and preferred_element_type is None
         and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
     )
-    if fast or depthwise:
+    if ours:
         strides = tuple(int(s) for s in window_strides)
         pads = _pairs(padding, lhs.shape[1:3], rhs.shape[:2], strides)
-        ok = all(lo >= 0 and hi >= 0 for lo, hi in pads)
-        fast, depthwise = fast and ok, depthwise and ok
+        ours = all(lo >= 0 and hi >= 0 for lo, hi in pads)
+    fast = ours and feature_group_count == 1
+    # depthwise: one filter per channel (multiplier 1); other grouped convolutions stay XLA's
+    depthwise = (ours and feature_group_count == lhs.shape[3] > 1 and rhs.shape[2] == 1
+                 and rhs.shape[3] == lhs.shape[3])
     if depthwise:
         return _f(lhs, rhs, strides=strides, padding=pads, groups=lhs.shape[3])
     if not fast:
