@@ -53,6 +53,7 @@ def _worker() -> dict:
 
     import jax
     import jax.numpy as jnp
+    import optax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from jaxbias import models, parallel
@@ -127,9 +128,47 @@ def _worker() -> dict:
                                     for s in jax.tree.leaves(state_out)),
     }
 
-    # -- fit on 1 device vs 8 devices
-    def run(name, module, method, hp, data, mesh, epochs=3, evaluate=False, **kw):
-        tx = make_optimizer(lr=1e-2, weight_decay=1e-4, steps_per_epoch=n // bs, decay_every=2)
+    # -- the first step on 1 device vs 8 devices: loss and gradients, with nothing yet amplified
+    def first_step(module, method, hp, data, mesh):
+        params, ms = models.init(module, jax.random.key(3), x[:1])
+        tx = make_optimizer(lr=1e-2, weight_decay=1e-4)
+        state = create_train_state(params, ms, tx, key=jax.random.key(4), method_state=method.State())
+        loss_fn = method_loss(method, module, hp)
+
+        def step(state, batch):  # the train step's differentiation, returning what it differentiates
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, state.model_state, state.method_state, batch, jax.random.key(5))
+            return state, {"loss": loss, "grads": grads}
+
+        batch = Batch(*(None if a is None else a[:bs] for a in data))
+        with use_fast_cpu_conv(False):  # what a mesh of several devices traces (parallel.jit_step)
+            if mesh is None:
+                return jax.jit(step)(state, batch)[1]
+            return parallel.jit_step(step, mesh, donate=False)(parallel.replicate(state, mesh),
+                                                               parallel.shard_batch(batch, mesh))[1]
+
+    def compare_first_step(module, method, hp, data):
+        one, eight = first_step(module, method, hp, data, None), first_step(module, method, hp, data, mesh)
+        flat1 = jax.tree_util.tree_leaves_with_path(one["grads"])
+        scale = max(float(np.max(np.abs(np.asarray(g)))) for _, g in flat1)
+        return {
+            "loss_rel": abs(float(one["loss"]) - float(eight["loss"])) / abs(float(one["loss"])),
+            # per leaf: max |Δg| relative to the leaf's own largest entry, and to the largest gradient entry of all
+            "grad_rel_leaf": {jax.tree_util.keystr(k): float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                              / max(float(np.max(np.abs(np.asarray(a)))), 1e-30)
+                              for (k, a), b in zip(flat1, jax.tree.leaves(eight["grads"]))},
+            "grad_rel_global": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                   for (_, a), b in zip(flat1, jax.tree.leaves(eight["grads"]))) / scale,
+        }
+
+    # -- fit on 1 device vs 8 devices. Plain SGD: its update is linear in the gradient, so the float32
+    # rounding by which the two summation orders differ stays at rounding size over the run. Adam's g/√v is
+    # not: on a coordinate whose gradient is ~0 it turns that rounding into steps of about the learning rate,
+    # and by how much depends on the processor's kernels (make_optimizer's Adam is checked in first_step and,
+    # sharded against sharded, in the resume check below).
+    def run(name, module, method, hp, data, mesh, epochs=3, evaluate=False, adam=False, **kw):
+        tx = (make_optimizer(lr=1e-2, weight_decay=1e-4, steps_per_epoch=n // bs, decay_every=2) if adam
+              else optax.sgd(0.05))
         t0 = time.perf_counter()
         # A mesh of several devices traces XLA's own convolution (parallel.jit_step); the one-device
         # reference must too: the CPU convolution's rounding differs, and Adam turns rounding on the
@@ -186,12 +225,9 @@ def _worker() -> dict:
         probe = _probe_method(method)
         evaluate = name == "conv_vanilla"  # evaluation of a replicated state, once (each costs a compilation)
         single, t1 = run(name, module, method, hp, data, None, evaluate=evaluate)
-        # the sharded vanilla conv run also checkpoints: the uninterrupted reference of the resume check
-        kw = {"workdir": os.path.join(tmp_root, "full")} if name == "conv_vanilla" else {}
-        sharded, t8 = run(name, module, probe, hp, data, mesh, evaluate=evaluate, **kw)
-        if name == "conv_vanilla":
-            full = sharded
+        sharded, t8 = run(name, module, probe, hp, data, mesh, evaluate=evaluate)
         runs[name] = compare(module, single, sharded)
+        runs[name]["first_step"] = compare_first_step(module, method, hp, data)
         runs[name]["traces"] = len(probe.traces)
         runs[name]["inner_shardings"] = [
             {"spec_is_P_data": isinstance(s, NamedSharding) and s.spec == P("data"),
@@ -201,10 +237,13 @@ def _worker() -> dict:
         timings[name] = {"single_s": t1, "sharded_s": t8}
     out["runs"], out["timings"] = runs, timings
 
-    # -- resume from a checkpoint with a mesh: killed after epoch 2, resumed to 3 == uninterrupted 3 epochs
+    # -- resume from a checkpoint with a mesh (Adam: its moments are restored too): killed after epoch 2,
+    # resumed to 3 == uninterrupted 3 epochs, all on the same 8 devices (same summation order: bit-identical)
     t0 = time.perf_counter()
-    run("part", conv, vanilla, vanilla.Hparams(), Batch(x, y), mesh, epochs=2, workdir=os.path.join(tmp_root, "part"))
-    resumed, _ = run("part", conv, vanilla, vanilla.Hparams(), Batch(x, y), mesh, epochs=3,
+    full, _ = run("full", conv, vanilla, vanilla.Hparams(), Batch(x, y), mesh, epochs=3, adam=True)
+    run("part", conv, vanilla, vanilla.Hparams(), Batch(x, y), mesh, epochs=2, adam=True,
+        workdir=os.path.join(tmp_root, "part"))
+    resumed, _ = run("part", conv, vanilla, vanilla.Hparams(), Batch(x, y), mesh, epochs=3, adam=True,
                      workdir=os.path.join(tmp_root, "part"), resume=True)
     with open(os.path.join(tmp_root, "part", "metrics.jsonl")) as f:
         epochs_logged = [json.loads(line)["epoch"] for line in f]
@@ -218,7 +257,6 @@ def _worker() -> dict:
         "state_replicated_on_8": all(
             a.sharding.is_fully_replicated and len(a.sharding.device_set) == DEVICES
             for a in jax.tree.leaves(resumed.state)),
-        "matches_single_device": runs["conv_vanilla"]["loss_curve_1"],
     }
     timings["resume_s"] = time.perf_counter() - t0
     shutil.rmtree(tmp_root, ignore_errors=True)
@@ -302,13 +340,16 @@ def _process_worker(process_id: int, num_processes: int, port: int, workdir: str
 
 
 def _mp_problem():
+    import optax
+
     from jaxbias import models
-    from jaxbias.train import make_optimizer
 
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(256, 12, 12, 3)).astype(np.float32)
     y = (x[..., 0].mean(axis=(1, 2)) > np.median(x[..., 0].mean(axis=(1, 2)))).astype(np.int32)
-    tx = make_optimizer(lr=1e-2, weight_decay=1e-4, steps_per_epoch=4, decay_every=2)
+    # SGD with momentum: a state to restore on resume, and updates linear in the gradients, so that the
+    # reference on one device differs by rounding only (see RTOL)
+    tx = optax.sgd(0.05, momentum=0.9)
     return models.create("mlp", hidden=(32, 32), num_classes=2), x, y, tx
 
 
@@ -363,26 +404,58 @@ def test_compiled_step_shardings(eight):
     assert eight["fast_conv_sharded"]["traced_fast"] and eight["fast_conv_sharded"]["max_rel"] < 1e-5
 
 
+# Tolerances. The 8-device step sums each gradient as 8 partial sums of 8 samples and an all-reduce, the
+# 1-device step as one sum of 64: the same float32 arithmetic in another order, so the results differ by
+# rounding, a few ulps (float32 eps 1.2e-7) times the cancellation in the sum; measured on an Intel Xeon and
+# an AMD EPYC: ≤ 2.5e-7 in the losses and ≤ 6e-7 in any gradient leaf relative to its largest entry.
+# RTOL = 1e-5 leaves ~20-40x room for other kernels. Over the 3-epoch runs the difference stays at that size
+# because the runs use plain SGD (an update linear in the gradient); the exception is named below.
+RTOL = 1e-5
+
+
+def _gauge(name: str, keys) -> set:
+    """Biases of the convolutions followed by batch-norm: their gradient is exactly 0 in exact arithmetic.
+
+    In float32 it is rounding noise of either summation order, so only its size relative to the other
+    gradients (the global scale) is comparable, not its value.
+    """
+    return {k for k in keys if name.startswith("conv") and k.startswith("['conv") and k.endswith("['bias']")}
+
+
+@pytest.mark.parametrize("name", ["conv_vanilla", "mlp_vanilla", "conv_rrr"])
+def test_first_step_on_eight_devices_matches_one_device(eight, name):
+    """Loss and gradients of one step (RRR: the double backward through batch-norm) agree to rounding."""
+    f = eight["runs"][name]["first_step"]
+    assert f["loss_rel"] < RTOL
+    assert f["grad_rel_global"] < RTOL
+    gauge = _gauge(name, f["grad_rel_leaf"])
+    assert (name.startswith("conv")) == bool(gauge)
+    compared = {k: v for k, v in f["grad_rel_leaf"].items() if k not in gauge}
+    assert len(compared) >= 4
+    # per leaf, relative to the leaf's own largest entry: 10x RTOL for sums with more cancellation
+    assert max(compared.values()) < 10 * RTOL, compared
+
+
 @pytest.mark.parametrize("name", ["conv_vanilla", "mlp_vanilla", "conv_rrr"])
 def test_eight_devices_match_one_device(eight, name):
+    """3 epochs of ``fit`` with a mesh of 8 devices and without one: the same run, leaf by leaf.
+
+    With Adam (make_optimizer) this comparison would be unsound: g/√v turns the rounding noise on the gauge
+    biases into steps of about the learning rate, and those feed back into the loss at a size that depends on
+    the processor (1.5e-4 relative on an AMD EPYC, < 1e-5 on an Intel Xeon). The gradients Adam is fed are
+    compared in the first-step test above; Adam on a mesh runs 8 devices against 8 devices (bit-identical)
+    in the resume test.
+    """
     r = eight["runs"][name]
     assert r["epochs"] == 3 and r["step"] == 3 * (256 // 64)
     # the run actually trained: a test of equality between two frozen runs could not fail
     assert r["params_moved"] > 1e-3
     assert r["loss_curve_1"][-1] < r["loss_curve_1"][0]
-    assert r["max_rel_loss_diff"] < 1e-5, (r["loss_curve_1"], r["loss_curve_8"])
-    # Parameters agree leaf by leaf, except the biases of convolutions followed by batch-norm: their
-    # gradient is exactly 0 in exact arithmetic, and Adam (g/√v) turns the rounding noise of either run
-    # into steps of size ~lr, so those two runs' biases are unrelated noise bounded by lr·steps. The
-    # running means absorb those biases. Everything the network computes in train mode is blind to them.
-    gauge = {k for k in r["param_diffs"] if k.startswith("['conv") and k.endswith("['bias']")}
-    gauge |= {k for k in r["model_state_diffs"] if k.endswith("['mean']")}
-    assert (name.startswith("conv")) == bool(gauge)
-    compared = {k: v for k, v in {**r["param_diffs"], **r["model_state_diffs"]}.items() if k not in gauge}
-    assert len(compared) >= 4
-    assert max(compared.values()) < 1e-5 * max(1.0, r["max_param_scale"]), compared
-    assert all(r["param_diffs"][k] <= 1e-2 * r["step"] for k in gauge if k in r["param_diffs"])
-    assert r["train_logits_diff"] < 1e-4
+    assert r["max_rel_loss_diff"] < RTOL, (r["loss_curve_1"], r["loss_curve_8"])
+    diffs = {**r["param_diffs"], **r["model_state_diffs"]}
+    assert len(diffs) >= 4 and (name.startswith("conv")) == bool(r["model_state_diffs"])
+    assert max(diffs.values()) < RTOL * max(1.0, r["max_param_scale"]), diffs
+    assert r["train_logits_diff"] < 10 * RTOL
     if name == "conv_vanilla":  # evaluation with the replicated state gives the same accuracy
         assert r["eval_acc_8"] is not None
         assert r["eval_acc_1"] == pytest.approx(r["eval_acc_8"], abs=1 / 256 + 1e-9)
@@ -399,9 +472,10 @@ def test_resume_from_checkpoint_with_mesh(eight):
     r = eight["resume"]
     assert r["resumed_from"] == 2
     assert r["epochs_logged"] == [1, 2, 3]
-    assert r["max_param_diff"] < 1e-6
-    np.testing.assert_allclose(r["loss_resumed"], r["loss_full"], rtol=1e-6)
-    np.testing.assert_allclose(r["loss_full"], r["matches_single_device"], rtol=1e-5)
+    assert r["loss_full"][-1] < r["loss_full"][0]
+    # same devices, same order of every sum, Adam's moments restored: nothing may differ
+    assert r["max_param_diff"] == 0.0
+    assert r["loss_resumed"] == r["loss_full"]
     assert r["state_replicated_on_8"]
 
 
@@ -525,10 +599,11 @@ def test_two_processes_match_one_device(tmp_path):
         assert r["started"] == [True, True] and r["process_count"] == 2 and r["device_count"] == 8
         assert r["rows"] == list(range(32 * i, 32 * (i + 1)))  # each process feeds its own half of the batch
         assert r["resumed_from"] == 2
-        np.testing.assert_allclose(r["loss"], [h["loss"] for h in ref.history], rtol=1e-5)
+        np.testing.assert_allclose(r["loss"], [h["loss"] for h in ref.history], rtol=RTOL)
+        assert r["loss"][-1] < r["loss"][0]
         assert r["accuracy"] == ref.history[-1]["eval"]["train"]["accuracy"]
         for a, b in zip(r["params"], jax.tree.leaves(ref.state.params)):
-            np.testing.assert_allclose(a, np.asarray(b).ravel()[:16], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a, np.asarray(b).ravel()[:16], rtol=0, atol=RTOL)
 
 
 if __name__ == "__main__":
