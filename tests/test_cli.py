@@ -23,6 +23,7 @@ def test_bad_arguments_are_rejected(capsys, tmp_path):
     assert cli.main(["evaluate", "--workdir", str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.usefixtures("fewer_digits")
 def test_train_evaluate_resume_roundtrip(capsys, tmp_path):
     wd = str(tmp_path / "run")
     common = ["train", "--rho", "0.99", "--method", "vanilla", "--channels", "2,2,2,2", "--batch-size", "500",
@@ -44,8 +45,9 @@ def test_train_evaluate_resume_roundtrip(capsys, tmp_path):
         assert ev["eval"][split]["accuracy"] == pytest.approx(second["eval"][split]["accuracy"])
 
 
+@pytest.mark.usefixtures("fewer_digits")
 def test_demo_one_epoch_writes_table_chart_and_json(tmp_path, capsys):
-    """`jaxbias demo` end to end on the offline data (1 epoch per model, to stay fast)."""
+    """`jaxbias demo` end to end on (a fifth of) the offline data, 1 epoch per model to stay fast."""
     import json
 
     from jaxbias.cli import main
@@ -65,7 +67,7 @@ def test_demo_one_epoch_writes_table_chart_and_json(tmp_path, capsys):
         for split in ("biased", "unbiased"):
             acc = run["eval"][split]["accuracy"]
             assert 0.0 <= acc <= 1.0
-        assert run["eval"]["unbiased"]["count"] == 1000  # the 1,000 offline test digits
+        assert run["eval"]["unbiased"]["count"] == 200  # the offline test digits of fewer_digits
         # unbiased test (ρ = 0.1): the conflicting accuracy covers the 90% off-colour digits
         assert 0.0 <= run["eval"]["unbiased"]["conflicting"] <= 1.0
     assert printed["rho"] == 0.99 and printed["epochs"] == 1

@@ -64,6 +64,7 @@ def test_artifact_report_against_numpy(small):
     assert rep["tcav_sens"] == pytest.approx(np.mean(np.abs(s)), rel=1e-5)
 
 
+@pytest.mark.usefixtures("fewer_digits")
 def test_cli_train_then_correct(tmp_path, capsys):
     from jaxbias.cli import main
 

@@ -1,6 +1,8 @@
 """The EnD Biased-MNIST experiment script runs end to end on a tiny budget."""
 import json
 
+import pytest
+
 
 def test_configs_follow_the_paper_protocol(load_experiment):
     mod = load_experiment("end_biased_mnist")
@@ -13,6 +15,7 @@ def test_configs_follow_the_paper_protocol(load_experiment):
     assert set(mod.CONFIGS["offline"]["methods"]) == {"vanilla", "end"}
 
 
+@pytest.mark.usefixtures("fewer_digits")
 def test_offline_mode_writes_its_table(tmp_path, load_experiment):
     mod = load_experiment("end_biased_mnist")
     argv = ["--config", "offline", "--out", str(tmp_path), "--seeds", "1", "--epochs", "1",

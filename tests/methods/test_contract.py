@@ -66,7 +66,7 @@ def test_method_contract(name, setup):
     jf(params, jax.random.key(2))
     assert len(traces) == 1, "a new key must not trigger a recompilation"
 
-    grads = jax.grad(lambda p: f(p, key)[0])(params)
+    grads = jax.jit(jax.grad(lambda p: f(p, key)[0]))(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 

@@ -62,8 +62,18 @@ CASES = list(itertools.product((1, 3, 5, 7), (1, 2), ("SAME", "VALID")))
 
 
 # 6 output channels: XLA's input gradient inside the family; 128: the col2im input gradient
-@pytest.mark.parametrize("k,s,padding,cout", [c + (6,) for c in CASES]
-                         + [c + (128,) for c in CASES if c[2] == "SAME" and c[0] > 1])
+def _all_orders_cases():
+    """Every case of 6 and (col2im) 128 output channels; 7×7 and 5×5 at 128 channels run with -m slow.
+
+    The default suite keeps every code path (kernel 1/3/5, both strides and paddings, col2im, packing):
+    7×7 differs from 5×5 only in size, at ~4 s of compilation a case.
+    """
+    cases = [c + (6,) for c in CASES] + [c + (128,) for c in CASES if c[2] == "SAME" and c[0] > 1]
+    return [pytest.param(*c, marks=pytest.mark.slow) if c[0] == 7 or (c[0] == 5 and c[3] == 128) else c
+            for c in cases]
+
+
+@pytest.mark.parametrize("k,s,padding,cout", _all_orders_cases())
 def test_all_orders_match_native(k, s, padding, cout, monkeypatch):
     # every implementation inside the family is exercised, whatever the size rules would pick
     monkeypatch.setattr(C, "GW_MIN_OUTPUT_POSITIONS", 0)
@@ -238,7 +248,8 @@ def test_channel_mismatch_is_a_clear_error():
 
 @pytest.mark.parametrize("name,kwargs,shape", [
     ("simple_conv", dict(channels=(4, 8, 8, 16)), (2, 28, 28, 3)),
-    ("resnet18", dict(num_classes=5), (2, 32, 32, 3)),
+    # ~35 s of compilation (both paths, first and second order through every ResNet-18 layer): slow
+    pytest.param("resnet18", dict(num_classes=5), (2, 32, 32, 3), marks=pytest.mark.slow),
 ])
 def test_models_train_step_gradients_match_native(name, kwargs, shape):
     """A bundled model's loss gradient and an RRR-style second-order gradient, fast path vs XLA."""

@@ -45,7 +45,8 @@ def test_perturb_is_additive_and_its_gradient_is_the_latent_gradient():
         params, state = models.init(m, jax.random.key(0), x)
         params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
         state = jax.tree.map(lambda a: a.astype(jnp.float64), state)
-        model = models.bind(m, state, train=False)
+        bound = models.bind(m, state, train=False)
+        model = jax.jit(lambda params, x, perturb=None: bound(params, x, perturb=perturb))  # one program, not op by op
         base = model(params, x)
         d = jax.random.normal(jax.random.key(2), base.acts["block3"].shape, dtype=jnp.float64)
 
