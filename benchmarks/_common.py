@@ -19,6 +19,9 @@ from typing import Any, Callable, Sequence
 
 import jax
 
+#: UCI Adult beside the project (``../shared/data/adult.data``), used when present.
+ADULT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "adult.data"
+
 
 def _version(dist: str) -> str | None:
     try:

@@ -40,7 +40,7 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _common import md_table, time_fn, write_results  # noqa: E402
+from _common import ADULT, md_table, time_fn, write_results  # noqa: E402
 
 from jaxbias import models, unlearn  # noqa: E402
 from jaxbias.influence import merge, select  # noqa: E402
@@ -48,8 +48,6 @@ from jaxbias.methods import fmd, vanilla  # noqa: E402
 from jaxbias.recipes import load_dataset  # noqa: E402
 from jaxbias.train import fit, make_optimizer  # noqa: E402
 from jaxbias.types import Batch  # noqa: E402
-
-ADULT = HERE.parent.parent / "shared" / "data" / "adult.data"
 
 
 def _train(module, data, train, *, epochs, batch_size):

@@ -104,6 +104,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="activation of the last conv block (default tanh, as in EnD's released network: "
                    "with ReLU the pooled features are non-negative and EnD cannot decorrelate them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--feed", default="auto", choices=["auto", "device", "host"],
+                   help="how batches reach the step: device = the training set on the device, each epoch one "
+                   "compiled scan; host = gathered and sent per step; auto (default) = device when the data fit")
 
 
 def _method_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,6 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         log=log,
         devices=args.devices,
+        feed=args.feed,
     )
     _print_eval(results, args.json)
     return 0
@@ -225,6 +229,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         data_path=args.data_path, protected=args.protected, init_from=args.base,
         trainable=tuple(args.trainable.split(",")) if args.trainable else None, workdir=args.workdir,
         resume=args.resume, progress=not args.no_progress, vectorize=not args.no_vmap, log=log,
+        devices=args.devices, data_devices=args.data_devices, feed=args.feed,
     )
     if args.json:
         print(json.dumps({k: v for k, v in results.items() if k != "result"}, indent=2))
@@ -448,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-vmap", action="store_true",
                    help="members take turns on one compiled single-model step instead of one vmapped step (results "
                    "equal `train`'s exactly, at about the vmapped step's speed on CPU)")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="split the members over the first N devices (the member count must divide by N / "
+                   "--data-devices; default: one device)")
+    p.add_argument("--data-devices", type=int, default=1, metavar="M",
+                   help="with --devices: also split each member's batch over M devices")
     p.add_argument("--workdir", default=None, help="folder for checkpoints, metrics.jsonl (a row per member and "
                    "epoch), results.json")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")

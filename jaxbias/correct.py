@@ -1,218 +1,22 @@
 """Correct a trained model with a ClArC-family method or RRR, and measure the artifact's grip.
 
 :func:`correct` fine-tunes (or, for P-ClArC, only edits) the newest checkpoint
-of a ``jaxbias train`` run on the artifact dataset; :func:`artifact_report`
-measures what the RR-ClArC paper reports in its controlled setting: clean and
-artifact-test accuracy, accuracy of the chosen (corrected) class(es) against
-the other classes, TCAV / TCAV_sens of the artifact CAV, and R_bias, the
-share of LRP relevance on the artifact (:func:`lrp_r_bias`).
+of a ``jaxbias train`` run on the artifact dataset and reports
+:func:`jaxbias.evaluation.artifact_report` and R_bias
+(:func:`jaxbias.evaluation.lrp_r_bias`) before and after. The measurements
+live in :mod:`jaxbias.evaluation` and are re-exported here.
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxbias import metrics
 from jaxbias import models as models_lib
-from jaxbias.types import Batch, BoundModel, Params
+from jaxbias.evaluation import artifact_report, latent_gradient, latent_sensitivity, lrp_r_bias, tcav_test
 
-Array = jax.Array
-
-
-def _check_layer_target(model, params, x, layer, target):
-    shapes = jax.eval_shape(lambda p: model(p, x), params)
-    if layer not in shapes.acts:
-        raise ValueError(f"layer={layer!r} is not an activation of the model; available: {sorted(shapes.acts)}")
-    k = shapes.logits.shape[-1]
-    if not 0 <= int(target) < k:
-        raise ValueError(f"target must be a class in [0, {k - 1}]; got {target}")
-    return shapes.acts[layer].shape
-
-
-def latent_gradient(model: BoundModel, params: Params, x: Array, *, layer: str, target: int) -> Array:
-    """``∇_a f_c(a(x))`` at ``layer`` for every sample (and position): the layer's shape.
-
-    One backward pass; the gradient is taken with respect to an added zero
-    array at ``layer`` (the model's ``perturb`` hook), so corrected models
-    (P-ClArC) are differentiated through their correction. ``model`` should run
-    in evaluation mode so that samples do not interact.
-    """
-    shape = _check_layer_target(model, params, x, layer, target)
-
-    def f(p):
-        return jnp.sum(model(params, x, perturb={layer: p}).logits[:, target])
-
-    return jax.grad(f)(jnp.zeros(shape, jnp.float32))
-
-
-def latent_sensitivity(
-    model: BoundModel, params: Params, x: Array, cav: Array, *, layer: str, target: int
-) -> Array:
-    """Per-position latent sensitivity ``s(x) = ∇_a f_c(a(x)) · h`` (SPEC §2).
-
-    Returns ``(B, H, W)`` for a conv layer (the gradient at every position
-    dotted with ``h``) or ``(B,)`` for a ``(B, C)`` layer; see :func:`latent_gradient`.
-
-    Example:
-      >>> s = latent_sensitivity(model, params, x_artifact, state.cav, layer="block4", target=0)
-      >>> metrics.tcav(s), metrics.tcav_sens(s)
-    """
-    g = latent_gradient(model, params, x, layer=layer, target=target)
-    if jnp.shape(cav) != (g.shape[-1],):
-        raise ValueError(f"cav has shape {jnp.shape(cav)}, expected ({g.shape[-1]},) for layer {layer!r}")
-    return g @ jnp.asarray(cav, jnp.float32)
-
-
-def tcav_test(
-    model: BoundModel,
-    params: Params,
-    x: Array,
-    acts: Array,
-    concept: Array,
-    *,
-    layer: str,
-    target: int,
-    n_random: int = 100,
-    key: Array | int = 0,
-    method: str = "signal",
-    pool: str = "max",
-) -> dict[str, Any]:
-    """TCAV of the concept CAV and its t-test against CAVs of random splits (SPEC §2).
-
-    The concept CAV is fitted on ``acts`` (``(N, C)`` or ``(N, H, W, C)``) with
-    labels ``concept``; ``n_random`` more CAVs are fitted on random permutations
-    of the same labels (same class sizes) — all ``n_random + 1`` in one vmapped
-    call. One latent gradient of the target logit on ``x`` serves every CAV
-    (``s = ∇_a f_c · H^T``). The test is :func:`jaxbias.metrics.tcav_significance`
-    with the single concept score against the random ones.
-
-    Returns:
-      ``{"tcav", "tcav_sens", "random_tcav" (list), "p_value", "t", ...}``.
-    """
-    from jaxbias.concepts import fit_cavs
-
-    if n_random < 2:
-        raise ValueError(f"n_random must be ≥ 2 for a t-test; got {n_random}")
-    concept = jnp.asarray(concept)
-    keys = jax.random.split(jax.random.key(key) if isinstance(key, int) else key, n_random)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, concept))(keys)
-    labels = jnp.concatenate([concept[None], perms], axis=0)
-    cavs = fit_cavs(jnp.asarray(acts), labels, method=method, pool=pool)  # (1 + n_random, C)
-    g = latent_gradient(model, params, x, layer=layer, target=target)
-    s = g.reshape(-1, g.shape[-1]) @ cavs.T  # (B·H·W, 1 + n_random)
-    scores = np.asarray(jnp.mean(s > 0, axis=0), np.float64)
-    out = metrics.tcav_significance(scores[0], scores[1:])
-    return {"tcav": float(scores[0]), "tcav_sens": float(jnp.mean(jnp.abs(s[:, 0]))),
-            "random_tcav": scores[1:].tolist(), **out}
-
-
-def _per_class(pred: np.ndarray, y: np.ndarray, classes: Sequence[int]) -> dict[str, float]:
-    return {str(c): float(np.mean(pred[y == c] == c)) for c in classes if np.any(y == c)}
-
-
-def artifact_report(
-    model: BoundModel,
-    params: Params,
-    evals: Mapping[str, Batch],
-    *,
-    cav: Array,
-    layer: str,
-    target_class: int,
-    chosen: Sequence[int] | None = None,
-    batch_size: int = 250,
-) -> dict[str, Any]:
-    """Accuracy views and TCAV scores of a model on the clean and artifact test sets.
-
-    Args:
-      model: evaluation-mode bound model (a corrected one for P-ClArC).
-      evals: ``{"clean": Batch, "artifact": Batch}`` (artifact in every image).
-      cav: the artifact CAV ``h`` of ``layer`` (use the same one for every model
-        compared, e.g. the uncorrected model's).
-      target_class: the class whose training images carried the artifact; TCAV
-        uses its logit.
-      chosen: the corrected classes for the chosen/other split (default
-        ``(target_class,)``).
-
-    Returns:
-      ``clean``/``artifact`` accuracy, per-class accuracies, ``chosen_*`` and
-      ``other_*`` accuracies on both sets, ``tcav`` and ``tcav_sens`` over the
-      artifact test images (per position), and ``artifact_flip_to_target``:
-      the fraction of non-target artifact images predicted as the target class.
-    """
-    chosen = (target_class,) if chosen is None else tuple(chosen)
-    predict = jax.jit(lambda p, x: model(p, x).logits)
-    sens = jax.jit(lambda p, x: latent_sensitivity(model, p, x, cav, layer=layer, target=target_class))
-    out: dict[str, Any] = {}
-    s_all = []
-    for name in ("clean", "artifact"):
-        data = evals[name]
-        x, y = np.asarray(data.x), np.asarray(data.y)
-        preds = []
-        for i in range(0, x.shape[0], batch_size):
-            xb = jnp.asarray(x[i : i + batch_size])
-            preds.append(np.asarray(predict(params, xb)).argmax(-1))
-            if name == "artifact":
-                s_all.append(np.asarray(sens(params, xb)))
-        pred = np.concatenate(preds)
-        classes = sorted(set(y.tolist()))
-        out[name] = float(np.mean(pred == y))
-        out[f"{name}_per_class"] = _per_class(pred, y, classes)
-        is_chosen = np.isin(y, chosen)
-        out[f"chosen_{name}"] = float(np.mean(pred[is_chosen] == y[is_chosen])) if is_chosen.any() else None
-        out[f"other_{name}"] = float(np.mean(pred[~is_chosen] == y[~is_chosen])) if (~is_chosen).any() else None
-        if name == "artifact":
-            off = y != target_class
-            out["artifact_flip_to_target"] = float(np.mean(pred[off] == target_class))
-    s = np.concatenate(s_all)
-    out["tcav"] = metrics.tcav(s)
-    out["tcav_sens"] = metrics.tcav_sens(s)
-    return out
-
-
-def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_class: int | None = None,
-               postprocess: bool = True, batch_size: int = 250) -> dict[str, float]:
-    """R_bias of LRP maps (EpsilonPlusFlat, SPEC §7) on images that carry the artifact (``batch.mask``).
-
-    Returns ``r_bias``: relevance of each sample's true class, mean over all
-    samples; with ``target_class`` (the class the artifact was inserted into)
-    also ``r_bias_chosen`` (its own images) and ``r_bias_pull`` (the
-    ``target_class`` logit explained on the other classes' images: how much of
-    the artifact class's evidence there sits on the artifact). ``postprocess``
-    applies the paper's mask post-processing (threshold 0.1·max, Gaussian
-    blur σ = 2 px, threshold 0.3·max; :func:`jaxbias.metrics.postprocess_mask`),
-    which widens the mask by the blur of relevance that the flat first-layer
-    rule causes.
-    """
-    from jaxbias.explain import make_lrp, to_graph
-
-    if batch.mask is None:
-        raise ValueError("batch.mask must mark the artifact pixels")
-    fn = make_lrp(to_graph(module, dict(variables)))
-    x, y = np.asarray(batch.x), np.asarray(batch.y)
-    mask = np.asarray(batch.mask)
-    if postprocess:
-        mask = metrics.postprocess_mask(mask.astype(np.float64))
-
-    def mean_r_bias(sel, target):
-        xs, ms = x[sel], mask[sel]
-        vals = [metrics.r_bias(np.asarray(fn(jnp.asarray(xs[i:i + batch_size]), jnp.asarray(target[i:i + batch_size]))),
-                               ms[i:i + batch_size])
-                for i in range(0, xs.shape[0], batch_size)]
-        return float(np.concatenate(vals).mean())
-
-    every = np.ones(y.shape[0], bool)
-    out = {"r_bias": mean_r_bias(every, y)}
-    if target_class is not None:
-        own = y == target_class
-        if own.any():
-            out["r_bias_chosen"] = mean_r_bias(own, y[own])
-        if (~own).any():
-            out["r_bias_pull"] = mean_r_bias(~own, np.full(int((~own).sum()), target_class))
-    return out
+__all__ = ["correct", "artifact_report", "latent_gradient", "latent_sensitivity", "lrp_r_bias", "tcav_test"]
 
 
 def correct(

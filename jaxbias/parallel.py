@@ -319,3 +319,149 @@ def initialize_distributed(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
     return True
+
+
+# --------------------------------------------------------------------------- #
+# layouts: where the engine puts the state, the data and each batch
+# --------------------------------------------------------------------------- #
+
+#: Mesh axis that sweep members are split over.
+MEMBERS = "members"
+
+
+def make_sweep_mesh(num_devices: int | None = None, *, data: int = 1) -> Mesh:
+    """A ``(members, data)`` mesh over the first ``num_devices`` devices (``None``: all of every process).
+
+    Sweep members are split over ``members`` (``num_devices / data`` groups);
+    with ``data > 1`` each member's batch is also split over ``data`` devices
+    of its group.
+
+    Example:
+      >>> mesh = make_sweep_mesh(8)           # 8 member groups of one device
+      >>> mesh = make_sweep_mesh(8, data=2)   # 4 member groups, each batch over 2 devices
+    """
+    flat = make_mesh(num_devices)
+    d = flat.devices.size
+    if isinstance(data, (bool, np.bool_)) or not isinstance(data, (int, np.integer)) or data < 1 or d % data:
+        raise ValueError(f"data must be a positive int dividing the {d} devices; got {data!r}")
+    return jax.make_mesh((d // data, int(data)), (MEMBERS, "data"), axis_types=(AxisType.Auto,) * 2,
+                         devices=list(flat.devices.flat))
+
+
+class Layout:
+    """How the engine places a run on devices: the state, the whole data set, each batch, the step's arguments.
+
+    ``Layout()`` is one device (JAX's default placement). :meth:`data_parallel`:
+    the state replicated, a ``(B, …)`` batch split over every device.
+    :meth:`members`: ``K`` stacked states split over the ``members`` axis, a
+    ``(K, B, …)`` batch split over ``members`` (and ``B`` over ``data``).
+    The whole data set (device-resident feed) is replicated in both.
+    """
+
+    def __init__(self, mesh: Mesh | None = None, *, member_axis: str | None = None,
+                 batch_axes: Sequence[str] = ()):
+        self.mesh = mesh
+        self.member_axis = member_axis
+        self.batch_axes = tuple(batch_axes)
+        b = self.batch_axes[0] if len(self.batch_axes) == 1 else (self.batch_axes or None)
+        lead = P(member_axis) if member_axis else P()
+        self._specs = {"state": lead, "args": lead, "data": P(),
+                       "batch": P(member_axis, b) if member_axis else P(b)}
+
+    @classmethod
+    def data_parallel(cls, mesh: Mesh) -> "Layout":
+        return cls(mesh, batch_axes=mesh.axis_names)
+
+    @classmethod
+    def members(cls, mesh: Mesh) -> "Layout":
+        if MEMBERS not in mesh.axis_names:
+            raise ValueError(f"a sweep mesh needs a {MEMBERS!r} axis (make_sweep_mesh); got axes {mesh.axis_names}")
+        return cls(mesh, member_axis=MEMBERS, batch_axes=[a for a in mesh.axis_names if a != MEMBERS])
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the run lives on a mesh."""
+        return self.mesh is not None
+
+    def sharding(self, what: str) -> NamedSharding | None:
+        """The ``NamedSharding`` of ``"state"``, ``"batch"``, ``"args"`` or ``"data"`` (``None`` on one device)."""
+        return None if self.mesh is None else NamedSharding(self.mesh, self._specs[what])
+
+    def check(self, *, batch_size: int, members: int | None = None) -> None:
+        """Raise ``ValueError`` unless the batch rows (and the members) split evenly over their mesh axes."""
+        if self.mesh is None:
+            return
+        for name, size, axes in (("batch_size", batch_size, self.batch_axes),
+                                 ("members", members, (self.member_axis,) if self.member_axis else ())):
+            d = int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
+            if size is not None and size % d:
+                raise ValueError(f"{name}={size} does not divide evenly over the {d} devices of mesh axes "
+                                 f"{list(axes)}: every device gets the same share, so use a multiple of {d}")
+
+    def put(self, tree: Any, what: str) -> Any:
+        """Host or device arrays as global arrays with ``what``'s sharding (every process passes the same values)."""
+        sharding = self.sharding(what)
+        if sharding is None:
+            return jax.tree.map(jax.numpy.asarray, tree)
+        if jax.process_count() == 1:
+            return jax.device_put(tree, sharding)
+
+        def one(a):
+            a = np.asarray(a)
+            return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+        return jax.tree.map(one, tree)
+
+    def gather(self, arrays: Batch, idx: np.ndarray) -> Batch:
+        """The batch ``arrays[idx]`` gathered on the host and placed with the batch sharding.
+
+        Only this process's shards are gathered (``idx`` may be ``(B,)`` or ``(K, B)``).
+        """
+        sharding = self.sharding("batch")
+        if sharding is None:
+            return Batch(*(None if a is None else jax.numpy.asarray(a[idx]) for a in arrays))
+        if jax.process_count() == 1:
+            return Batch(*(None if a is None else jax.device_put(a[idx], sharding) for a in arrays))
+        k = idx.ndim
+
+        def one(a):
+            shape = idx.shape + a.shape[1:]
+            return jax.make_array_from_callback(shape, sharding, lambda index: a[idx[index[:k]]][
+                (slice(None),) * k + tuple(index[k:])])
+
+        return Batch(*(None if a is None else one(a) for a in arrays))
+
+    def constrain(self, tree: Any, what: str) -> Any:
+        """Inside a jitted function: ask for ``what``'s sharding (a no-op on one device)."""
+        sharding = self.sharding(what)
+        return tree if sharding is None else jax.lax.with_sharding_constraint(tree, sharding)
+
+    def jit(self, fn: Callable, *, donate_argnums: Any = 0) -> Callable:
+        """``jax.jit(fn)``, traced with :mod:`jaxbias.models.conv`'s CPU path off on a mesh of several devices.
+
+        That path's weight gradient scans over the batch one image at a time;
+        a scan over a sharded batch axis would be gathered onto every device.
+        """
+        if self.mesh is not None and self.mesh.size > 1:
+            inner = fn
+
+            @functools.wraps(inner)
+            def fn(*args, **kwargs):  # noqa: F811 — the traced body, with the CPU path off
+                with use_fast_cpu_conv(False):
+                    return inner(*args, **kwargs)
+
+        return jax.jit(fn, donate_argnums=donate_argnums)
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of every array of ``tree``, gathered from all processes when an array spans several."""
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            if a.is_fully_replicated:
+                return np.asarray(a.addressable_data(0))
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree.map(one, tree)

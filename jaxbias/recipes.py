@@ -164,6 +164,7 @@ def train_model(
     data_path: str | None = None,
     protected: str = "sex",
     devices: int | None = None,
+    feed: str = "auto",
 ) -> dict[str, Any]:
     """Train one model on a dataset with a method and evaluate it.
 
@@ -186,7 +187,8 @@ def train_model(
 
     ``devices``: data parallelism over the first ``devices`` devices
     (:func:`jaxbias.parallel.make_mesh`; ``batch_size`` must divide by it);
-    ``None`` trains on the default device alone.
+    ``None`` trains on the default device alone. ``feed``: how batches reach
+    the step (:mod:`jaxbias.engine`; ``"auto"``, ``"device"``, ``"host"``).
     """
     mesh = None
     if devices is not None:
@@ -284,6 +286,7 @@ def train_model(
         init_params=init_params,
         train_mode=trainable is None,
         mesh=mesh,
+        feed=feed,
     )
     seconds = time.perf_counter() - t0
     final = result.history[-1]["eval"] if result.history and "eval" in result.history[-1] else None
@@ -440,7 +443,7 @@ def _artifact_report_of(run: Mapping[str, Any], data) -> dict[str, Any]:
     model: the base model for a corrected run (``init_from``), the model itself
     otherwise — the same direction :func:`jaxbias.correct.correct` reports on.
     """
-    from jaxbias.correct import artifact_report
+    from jaxbias.evaluation import artifact_report
 
     config = run["config"]
     ref = restore_workdir(config["init_from"]) if config.get("init_from") else run
@@ -535,6 +538,9 @@ def sweep_model(
     vectorize: bool = True,
     data=None,
     log=None,
+    devices: int | None = None,
+    data_devices: int = 1,
+    feed: str = "auto",
 ) -> dict[str, Any]:
     """:func:`train_model` for several members at once (:func:`jaxbias.sweep.fit_sweep`).
 
@@ -549,8 +555,18 @@ def sweep_model(
     ``settings``, ``final`` training metrics of the last epoch, ``eval`` and
     ``history``), ``seconds``, ``resumed_from`` and ``traces`` (compilations
     of the step).
+
+    ``devices``: split the members over the first ``devices`` devices
+    (:func:`jaxbias.parallel.make_sweep_mesh`), each member's batch over
+    ``data_devices`` of them; ``feed`` as for :func:`train_model`.
     """
     from jaxbias.sweep import fit_sweep
+
+    mesh = None
+    if devices is not None:
+        from jaxbias import parallel
+
+        mesh = parallel.make_sweep_mesh(devices, data=data_devices)  # before loading data: fails fast
 
     if trainable is not None and init_from is None:
         raise ValueError("trainable= freezes layers of a trained model: pass init_from=<workdir> too")
@@ -607,7 +623,7 @@ def sweep_model(
         lr=lr, weight_decay=weight_decay, decay_every=decay_every, trainable=trainable, seed=seed,
         method_state=method_state, eval_sets=evals, eval_every=eval_every, workdir=workdir, resume=resume,
         progress=progress, config={"dataset": dataset, "model": model_cfg}, log=log, init_params=init_params,
-        train_mode=trainable is None, vectorize=vectorize,
+        train_mode=trainable is None, vectorize=vectorize, mesh=mesh, feed=feed,
     )
     seconds = time.perf_counter() - t0
     rows = []

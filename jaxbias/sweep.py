@@ -48,11 +48,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import json
 import math
 import numbers
 import os
-import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Mapping, Sequence
@@ -63,19 +61,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxbias import engine
 from jaxbias import models as models_lib
-from jaxbias.data.iterators import batch_indices
+from jaxbias.data.iterators import num_batches
+from jaxbias.parallel import Layout, to_host
 from jaxbias.train import (
     TrainState,
-    _check_train_arrays,
-    _hp_dict,
-    _progress,
-    _read_history,
-    _write_history,
     adam_with_decay,
     create_train_state,
     evaluate,
     freeze,
+    hp_dict,
     make_optimizer,
     make_predict,
     make_train_step,
@@ -459,6 +455,8 @@ def fit_sweep(
     init_params: tuple[Params, ModelState] | None = None,
     train_mode: bool = True,
     vectorize: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    feed: str = "auto",
 ) -> SweepResult:
     """Train ``len(members)`` models in one compiled step; member ``k`` reproduces a :func:`~jaxbias.train.fit` run.
 
@@ -498,6 +496,11 @@ def fit_sweep(
         must be the same as those that wrote it.
       log: called after each epoch with the ``K`` member records.
       vectorize: vmap the members (default) or let them take turns.
+      mesh: a :func:`jaxbias.parallel.make_sweep_mesh`: the stacked members
+        are split over its ``members`` axis (their count must divide by it),
+        each member's batch over its ``data`` axis; with several processes
+        the members of all hosts form one sweep. Needs ``vectorize=True``.
+      feed: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`jaxbias.engine`).
 
     Returns:
       :class:`SweepResult`.
@@ -515,16 +518,21 @@ def fit_sweep(
         raise ValueError(f"eval_every must be ≥ 1, got {eval_every}")
     if method_state is not None and method_states is not None:
         raise ValueError("pass method_state (shared by all members) or method_states (one per member), not both")
+    if mesh is not None and not vectorize:
+        raise ValueError("a sweep on a mesh splits the stacked members over devices: it needs vectorize=True")
     if hp is None:
         hp = method.Hparams()
-    n = _check_train_arrays(train)
+    n = engine.check_train(train)
     if drop_last and n < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} samples) with drop_last")
+    engine.choose_feed(feed, train)
     plan = _plan(method, hp, members, lr=lr, seed=seed)
     k_members = len(plan.settings)
+    layout = Layout() if mesh is None else Layout.members(mesh)
+    layout.check(batch_size=batch_size, members=k_members)
     if method_states is not None and (isinstance(method_states, (str, bytes)) or len(method_states) != k_members):
         raise ValueError(f"method_states has {len(method_states)} entries but there are {k_members} members")
-    steps_per_epoch = len(batch_indices(n, batch_size, key=jax.random.key(0), drop_last=drop_last))
+    steps_per_epoch = num_batches(n, batch_size, drop_last)
     if optimizer is None:
         optimizer = schedule_optimizer(weight_decay=weight_decay, steps_per_epoch=steps_per_epoch,
                                        decay_every=decay_every, decay_factor=decay_factor, decoupled=decoupled)
@@ -569,126 +577,64 @@ def fit_sweep(
     _check_sweepable(method, module, plan, unstack(state, 0), _gather(train_np, np.arange(batch_size) % n),
                      train_mode)
 
-    ckpt = None
-    start_epoch, resumed_from = 0, None
-    history: list[list[dict[str, Any]]] = [[] for _ in range(k_members)]
-    metrics_path = None
-    meta = {"method": method.__name__.rsplit(".", 1)[-1], "hparams": _json_safe(_hp_dict(hp)),
-            "members": plan.settings, "batch_size": batch_size, **dict(config or {})}
-    if workdir is not None:
-        from jaxbias.checkpoint import Checkpointer
-
-        os.makedirs(workdir, exist_ok=True)
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-        metrics_path = os.path.join(workdir, "metrics.jsonl")
-        latest = ckpt.latest_epoch()
-        if latest is not None and not resume:
-            ckpt.close()
-            raise FileExistsError(
-                f"workdir {workdir} already holds checkpoints (epoch {latest}); pass resume=True "
-                "(--resume) to continue or choose an empty workdir"
-            )
-        if latest is not None:
-            saved = ckpt.read_meta(latest).get("members")
-            if saved is not None and saved != _json_safe(plan.settings):
-                ckpt.close()
-                raise ValueError(
-                    f"members differ from those of the sweep in workdir {workdir} ({saved}); resume with the same "
-                    "members or choose an empty workdir"
-                )
-            state, _ = ckpt.restore(state)
-            start_epoch = resumed_from = latest
-            rows = _read_history(metrics_path, upto=latest)
-            _write_history(metrics_path, rows)  # drop rows of an epoch that was cut off
-            for r in rows:
-                if 0 <= r.get("member", -1) < k_members:
-                    history[r["member"]].append(r)
-        elif os.path.exists(metrics_path):
-            os.remove(metrics_path)
-
     traces = [0]
     step_impl = (make_sweep_step if vectorize else make_member_step)(method, module, hp, tx, train_mode=train_mode)
 
-    def counted(states, values, batch):
+    def counted(states, batch, values):
         traces[0] += 1  # runs only while tracing: a second trace would mean a recompilation
         return step_impl(states, values, batch)
 
-    step_fn = jax.jit(counted, donate_argnums=0)
     values = {f: jnp.asarray(v) for f, v in plan.values.items()}
-    member_values = [{f: v[i] for f, v in values.items()} for i in range(k_members)]
-    train_dev = Batch(*(None if a is None else jnp.asarray(a) for a in train_np))
-    take = jax.jit(lambda data, idx: jax.tree.map(lambda a: a[idx], data))
+    data_keys = [keys[s["seed"]][1] for s in plan.settings]
+    if vectorize:
+        lanes = [engine.Lane(state, values, jax.random.wrap_key_data(jnp.stack([jax.random.key_data(k)
+                                                                                   for k in data_keys])))]
+        pack, unpack = (lambda states: states[0]), (lambda st: [st])
+    else:  # one lane per member, each donated to its own step
+        lanes = [engine.Lane(unstack(state, i), {f: v[i] for f, v in values.items()}, data_keys[i])
+                 for i in range(k_members)]
+        pack, unpack = stack, (lambda st: [unstack(st, i) for i in range(k_members)])
     predict = make_predict(module) if eval_sets else None
-    # vectorize=False keeps one state per member (each donated to its own step)
-    state = state if vectorize else [unstack(state, i) for i in range(k_members)]
-    step_losses: list[jax.Array] = []  # per step: (K,) losses
 
-    def stacked_state():
-        return state if vectorize else stack(state)
-
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        orders = {}
-        for sd, (_, data_key, _) in keys.items():
-            orders[sd] = batch_indices(n, batch_size, key=jax.random.fold_in(data_key, epoch), drop_last=drop_last)
-        per_member = [orders[s["seed"]] for s in plan.settings]
-        n_steps = len(per_member[0])
-        bar = _progress(n_steps, f"epoch {epoch + 1}/{epochs} ({k_members} members)", progress)
-        sums: dict[str, Any] = {}  # vectorize: metric -> (K,) sums; else metric -> K scalar sums
-        for t in range(n_steps):
-            if vectorize:
-                idx = jnp.asarray(np.stack([order[t] for order in per_member]))  # (K, B)
-                state, m = step_fn(state, values, take(train_dev, idx))
-                step_losses.append(m["loss"])
-                sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}
-            else:
-                row = []
-                for i in range(k_members):
-                    state[i], m_i = step_fn(state[i], member_values[i], take(train_dev, jnp.asarray(per_member[i][t])))
-                    row.append(m_i["loss"])
-                    for k, v in m_i.items():
-                        acc = sums.setdefault(k, [0.0] * k_members)
-                        acc[i] = acc[i] + v
-                step_losses.append(jnp.stack(row))
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        seconds = time.perf_counter() - t0
+    def records(epoch, sums, steps, lanes_now, seconds):
         do_eval = bool(eval_sets) and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
-        sums_host = {k: np.asarray(v) if vectorize else [np.asarray(x) for x in v] for k, v in sums.items()}
-        steps_now = np.asarray(state.step) if vectorize else [int(st.step) for st in state]
-        records = []
+        if vectorize:
+            per_member = [{k: v[i] for k, v in sums[0].items()} for i in range(k_members)]
+            st = lanes_now[0].state
+            steps_now = to_host(st.step)
+            evals_of = (lambda i: unstack(to_host((st.params, st.model_state)), i)) if do_eval else None
+        else:
+            per_member = sums
+            steps_now = [to_host(ln.state.step) for ln in lanes_now]
+            evals_of = (lambda i: (lanes_now[i].state.params, lanes_now[i].state.model_state)) if do_eval else None
+        out = []
         for i in range(k_members):
             rec: dict[str, Any] = {"epoch": epoch + 1, "member": i, "settings": plan.settings[i],
                                    "step": int(steps_now[i])}
-            rec.update({k: float(v[i]) / n_steps for k, v in sums_host.items()})
+            rec.update({k: float(v) / steps for k, v in per_member[i].items()})
             rec["seconds"] = seconds
             if do_eval:
-                params_i, model_state_i = unstack((state.params, state.model_state), i) if vectorize else (
-                    state[i].params, state[i].model_state)
-                rec["eval"] = evaluate(predict, params_i, model_state_i, eval_sets)
-            rec = _clean(rec)
-            history[i].append(rec)
-            records.append(rec)
-        if metrics_path is not None:
-            with open(metrics_path, "a") as f:
-                for rec in records:
-                    f.write(json.dumps(rec) + "\n")
-        if ckpt is not None:
-            ckpt.save(epoch + 1, stacked_state(), {"epoch": epoch + 1, **meta})
-        if log is not None:
-            log(records)
-    if ckpt is not None:
-        ckpt.close()
-    losses = np.asarray(jnp.stack(step_losses, axis=1)) if step_losses else np.zeros((k_members, 0), np.float32)
-    return SweepResult(state=stacked_state(), members=plan.settings, hparams=plan.hparams, history=history,
-                       losses=losses, resumed_from=resumed_from, traces=traces[0])
+                rec["eval"] = evaluate(predict, *evals_of(i), eval_sets)
+            out.append(_clean(rec))
+        return out
+
+    meta = {"method": method.__name__.rsplit(".", 1)[-1], "hparams": hp_dict(hp),
+            "members": plan.settings, "batch_size": batch_size, **dict(config or {})}
+    res = engine.run_epochs(
+        step=counted, lanes=lanes, train=train, epochs=epochs, batch_size=batch_size, drop_last=drop_last, feed=feed,
+        layout=layout, records=records, pack=pack, unpack=unpack, workdir=workdir, resume=resume, meta=meta,
+        must_match={"members": plan.settings}, progress=progress, desc=f" ({k_members} members)", log=log,
+    )
+    history: list[list[dict[str, Any]]] = [[] for _ in range(k_members)]
+    for r in res.rows:
+        if 0 <= r.get("member", -1) < k_members:
+            history[r["member"]].append(r)
+    final = pack([ln.state for ln in res.lanes])
+    losses = (np.concatenate([to_host(ls) for ls in res.losses], axis=0).T if res.losses
+              else np.zeros((k_members, 0), np.float32))
+    return SweepResult(state=final, members=plan.settings, hparams=plan.hparams, history=history,
+                       losses=losses, resumed_from=res.resumed_from, traces=traces[0])
 
 
 def _gather(train: Batch, idx: np.ndarray) -> Batch:
     return Batch(*(None if a is None else jnp.asarray(a[idx]) for a in train))
-
-
-def _json_safe(d: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=str))

@@ -8,9 +8,7 @@ The step knows nothing about any method: it differentiates a
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import asdict, dataclass, is_dataclass
 from types import ModuleType
 from typing import Any, Callable, Mapping, Sequence
@@ -22,7 +20,8 @@ import numpy as np
 import optax
 
 from jaxbias import models as models_lib
-from jaxbias.data.iterators import batch_indices
+from jaxbias import engine
+from jaxbias.parallel import Layout, to_host
 from jaxbias.types import Aux, Batch, ModelState, Params
 
 LossFn = Callable[[Params, ModelState, Any, Batch, jax.Array], tuple[jax.Array, Aux]]
@@ -202,16 +201,9 @@ def evaluate(
     return report
 
 
-def _hp_dict(hp: Any) -> dict[str, Any]:
+def hp_dict(hp: Any) -> dict[str, Any]:
+    """A method's ``Hparams`` as a plain dict (``{}`` for ``None``)."""
     return asdict(hp) if is_dataclass(hp) else dict(hp or {})
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 @dataclass
@@ -219,19 +211,6 @@ class FitResult:
     state: TrainState
     history: list[dict[str, Any]]
     resumed_from: int | None
-
-
-def _check_train_arrays(train: Batch) -> int:
-    n = train.x.shape[0]
-    for name in ("y", "bias", "mask"):
-        a = getattr(train, name)
-        if a is not None and a.shape[0] != n:
-            raise ValueError(f"train.{name} has {a.shape[0]} rows, expected {n} (same as train.x)")
-    return n
-
-
-def _take(train: Batch, idx: np.ndarray) -> Batch:
-    return Batch(*(None if a is None else jnp.asarray(a[idx]) for a in train))
 
 
 def fit(
@@ -256,6 +235,7 @@ def fit(
     init_params: tuple[Params, ModelState] | None = None,
     train_mode: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    feed: str = "auto",
 ) -> FitResult:
     """Train ``module`` with ``method`` for ``epochs`` epochs.
 
@@ -268,28 +248,32 @@ def fit(
     runs the model in evaluation mode while training (frozen batch-norm
     statistics; pair it with :func:`freeze` to train only some layers).
 
+    ``feed``: how batches reach the step (:mod:`jaxbias.engine`): ``"device"``
+    keeps the training set on the device and runs each epoch as one compiled
+    scan, ``"host"`` gathers and sends every batch, ``"auto"`` picks
+    ``"device"`` when the data fit. Both give the same numbers.
+
     ``mesh`` (:func:`jaxbias.parallel.make_mesh`): data parallelism. The state
     is replicated on the mesh, every batch of ``batch_size`` rows is split over
     its devices (``batch_size`` must divide by the device count; checked before
-    anything is compiled) and the step is jitted once with in/out shardings.
-    The numbers match the single-device run up to summation order. With
-    several processes ``batch_size`` is global and each process feeds its own
-    rows (see :mod:`jaxbias.parallel`).
+    anything is compiled). The numbers match the single-device run up to
+    summation order. With several processes ``batch_size`` is global and each
+    process places only its own rows (see :mod:`jaxbias.parallel`).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be ≥ 0, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    n = _check_train_arrays(train)
+    n = engine.check_train(train)
     if drop_last and n < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} samples) with drop_last")
-    if mesh is not None:
+    engine.choose_feed(feed, train)  # a bad name fails before anything is built
+    layout = Layout() if mesh is None else Layout.data_parallel(mesh)
+    layout.check(batch_size=batch_size)
+    if mesh is not None and not drop_last and n % batch_size:
         from jaxbias import parallel
 
-        parallel.check_batch_size(batch_size, mesh)
-        if not drop_last and n % batch_size:
-            parallel.check_batch_size(n % batch_size, mesh, name=f"the last batch of an epoch (drop_last=False, n={n})")
-        rows = parallel.process_rows(mesh, batch_size)
+        parallel.check_batch_size(n % batch_size, mesh, name=f"the last batch of an epoch (drop_last=False, n={n})")
     init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
     if init_params is None:
         params, model_state = models_lib.init(module, init_key, jnp.asarray(train.x[:1]))
@@ -301,98 +285,25 @@ def fit(
     else:  # a copy: the jitted step donates the state, which must not delete the caller's CAV etc.
         method_state = jax.tree.map(jnp.array, method_state)
     state = create_train_state(params, model_state, tx, key=step_key, method_state=method_state)
-    if mesh is not None:
-        state = parallel.replicate(state, mesh)  # a checkpoint restores into this layout
-
-    ckpt = None
-    start_epoch, resumed_from, history = 0, None, []
-    metrics_path = None
-    if workdir is not None:
-        from jaxbias.checkpoint import Checkpointer
-
-        os.makedirs(workdir, exist_ok=True)
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-        metrics_path = os.path.join(workdir, "metrics.jsonl")
-        latest = ckpt.latest_epoch()
-        if latest is not None and not resume:
-            raise FileExistsError(
-                f"workdir {workdir} already holds checkpoints (epoch {latest}); pass resume=True "
-                "(--resume) to continue or choose an empty workdir"
-            )
-        if latest is not None:
-            state, _ = ckpt.restore(state)
-            if mesh is not None:
-                state = parallel.replicate(state, mesh)
-            start_epoch = resumed_from = latest
-            history = _read_history(metrics_path, upto=latest)
-            if jax.process_index() == 0:  # one writer when several processes share the workdir
-                _write_history(metrics_path, history)  # drop lines of an epoch that was cut off
-        elif os.path.exists(metrics_path) and jax.process_index() == 0:
-            os.remove(metrics_path)
-
-    step = make_train_step(method_loss(method, module, hp, train=train_mode), tx)
-    if mesh is None:
-        step_fn = jax.jit(step, donate_argnums=0)
-    else:
-        step_fn = parallel.jit_step(step, mesh)
+    train_step = make_train_step(method_loss(method, module, hp, train=train_mode), tx)
     predict = make_predict(module)
-    steps_per_epoch = len(batch_indices(n, batch_size, key=data_key, drop_last=drop_last))
-    hp_record = {"method": method.__name__.rsplit(".", 1)[-1], "hparams": _hp_dict(hp), **dict(config or {})}
 
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        idx_list = batch_indices(n, batch_size, key=jax.random.fold_in(data_key, epoch), drop_last=drop_last)
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", progress)
-        sums: dict[str, jax.Array] = {}
-        for i, idx in enumerate(idx_list):
-            if mesh is None:
-                batch = _take(train, idx)
-            else:  # this process's rows of the global batch, gathered on the host and sent straight to their devices
-                mine = idx[rows if len(idx) == batch_size else parallel.process_rows(mesh, len(idx))]
-                batch = parallel.shard_batch(Batch(*(None if a is None else np.asarray(a[mine]) for a in train)), mesh)
-            state, m = step_fn(state, batch)
-            sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}
-            if bar is not None:
-                if i % 5 == 4:
-                    bar.set_postfix(loss=f"{float(m['loss']):.4f}")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": int(state.step)}
-        record.update({k: float(v) / len(idx_list) for k, v in sums.items()})
-        if not all(np.isfinite(v) for k, v in record.items() if isinstance(v, float)):
+    def records(epoch, sums, steps, lanes, seconds):
+        st = lanes[0].state
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": int(to_host(st.step))}
+        record.update({k: float(v) / steps for k, v in sums[0].items()})
+        if not all(np.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite training metrics at epoch {epoch + 1}: {record}")
-        record["seconds"] = time.perf_counter() - t0
+        record["seconds"] = seconds
         if eval_sets and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-            record["eval"] = evaluate(predict, state.params, state.model_state, eval_sets)
-        history.append(record)
-        if metrics_path is not None and jax.process_index() == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if ckpt is not None:
-            ckpt.save(epoch + 1, state, {"epoch": epoch + 1, **hp_record})
-        if log is not None:
-            log(record)
-    if ckpt is not None:
-        ckpt.close()
-    return FitResult(state=state, history=history, resumed_from=resumed_from)
+            record["eval"] = evaluate(predict, st.params, st.model_state, eval_sets)
+        return [record]
 
-
-def _read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
-    if path is None or not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r.get("epoch", 0) <= upto]
-
-
-def _write_history(path: str | None, rows: list[dict[str, Any]]) -> None:
-    if path is None:
-        return
-    # write-then-rename: another process of a multi-process run may be reading the file right now
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-
+    out = engine.run_epochs(
+        step=lambda st, batch, _: train_step(st, batch), lanes=[engine.Lane(state, (), data_key)], train=train,
+        epochs=epochs, batch_size=batch_size, drop_last=drop_last, feed=feed, layout=layout, records=records,
+        workdir=workdir, resume=resume, progress=progress,
+        meta={"method": method.__name__.rsplit(".", 1)[-1], "hparams": hp_dict(hp), **dict(config or {})},
+        log=None if log is None else (lambda rows: log(rows[0])),
+    )
+    return FitResult(state=out.lanes[0].state, history=out.rows, resumed_from=out.resumed_from)

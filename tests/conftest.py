@@ -32,6 +32,7 @@ LONGEST_FIRST = (
     "tests/models/test_conv.py",
     "tests/test_parallel.py",
     "tests/test_sweep.py",
+    "tests/test_engine.py",
     "tests/concepts/test_cav.py",
     "tests/methods/test_fmd.py",
     "tests/methods/test_end.py",

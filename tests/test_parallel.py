@@ -258,6 +258,42 @@ def _worker() -> dict:
             for a in jax.tree.leaves(resumed.state)),
     }
     timings["resume_s"] = time.perf_counter() - t0
+
+    # -- a sweep of 16 members on a mesh: members split over 8 devices, and 4 member groups × 2-way batch split
+    t0 = time.perf_counter()
+    out["sweep"] = {}
+    ref = _mesh_sweep(None)
+    for label, sweep_mesh in (("members8", parallel.make_sweep_mesh(8)), ("members4_data2",
+                                                                        parallel.make_sweep_mesh(8, data=2))):
+        res = _mesh_sweep(sweep_mesh)
+        leaves = jax.tree.leaves(res.state.params)
+        out["sweep"][label] = {
+            "max_rel_loss": float(np.max(np.abs(res.losses - ref.losses) / np.abs(ref.losses))),
+            "max_param_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(c))))
+                                  for a, c in zip(leaves, jax.tree.leaves(ref.state.params))),
+            "specs_are_members": all(a.sharding.spec == P("members") for a in leaves),
+            "devices": len({d for a in leaves for d in a.sharding.device_set}),
+            "member_shards": sorted({int(sh.data.shape[0]) for sh in leaves[0].addressable_shards}),
+            "traces": res.traces,
+            "acc_ref": [h[-1]["eval"]["train"]["accuracy"] for h in ref.history],
+            "acc": [h[-1]["eval"]["train"]["accuracy"] for h in res.history],
+        }
+    full = _mesh_sweep(parallel.make_sweep_mesh(8), epochs=3)
+    wd = os.path.join(tmp_root, "sweep")
+    _mesh_sweep(parallel.make_sweep_mesh(8), epochs=2, workdir=wd)
+    resumed = _mesh_sweep(parallel.make_sweep_mesh(8), epochs=3, workdir=wd, resume=True)
+    out["sweep"]["resume"] = {
+        "resumed_from": resumed.resumed_from,
+        "max_param_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(c))))
+                              for a, c in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state))),
+        "losses_equal": bool(np.array_equal(full.losses[:, -4:], resumed.losses)),
+    }
+    try:
+        _mesh_sweep(parallel.make_sweep_mesh(8), members=12)
+        out["sweep"]["indivisible"] = None
+    except ValueError as e:
+        out["sweep"]["indivisible"] = str(e)
+    timings["sweep_s"] = time.perf_counter() - t0
     shutil.rmtree(tmp_root, ignore_errors=True)
 
     # -- bad input
@@ -298,6 +334,13 @@ def _worker() -> dict:
         res = json.loads(buf.getvalue()) if rc == 0 else {}
         with contextlib.redirect_stderr(err):
             rc_bad = cli.main(common + ["--batch-size", "500", "--devices", "8", "--workdir", os.path.join(tmp, "bad")])
+        buf2 = io.StringIO()
+        with contextlib.redirect_stdout(buf2):
+            rc_sweep = cli.main(["sweep", "--model", "mlp", "--hidden", "16", "--epochs", "1", "--no-progress",
+                                 "--json", "--batch-size", "256", "--seeds", "0,1,2,3,4,5,6,7", "--devices", "8"])
+        sweep_res = json.loads(buf2.getvalue()) if rc_sweep == 0 else {}
+        out["cli_sweep"] = {"rc": rc_sweep, "seeds": [m["settings"]["seed"] for m in sweep_res.get("members", [])],
+                            "accs": [m["eval"]["unbiased"]["accuracy"] for m in sweep_res.get("members", [])]}
         out["cli"] = {"rc": rc, "epochs": len(res.get("history", [])), "eval_sets": sorted(res.get("eval", {})),
                       "rc_bad": rc_bad, "err_bad": err.getvalue(),
                       "bad_workdir_created": os.path.exists(os.path.join(tmp, "bad"))}
@@ -326,7 +369,12 @@ def _process_worker(process_id: int, num_processes: int, port: int, workdir: str
                   seed=3, progress=False, mesh=mesh, workdir=workdir, eval_sets={"train": Batch(x, y)})
     fit(epochs=2, **common)
     res = fit(epochs=3, resume=True, **common)
+    sweep = _mesh_sweep(parallel.make_sweep_mesh())  # 16 members over the 8 devices of both processes
     return {
+        "sweep_losses": sweep.losses.tolist(),
+        "sweep_acc": [h[-1]["eval"]["train"]["accuracy"] for h in sweep.history],
+        "sweep_local_members": sorted({int(sh.data.shape[0]) for sh in jax.tree.leaves(sweep.state.params)[0]
+                                       .addressable_shards}),
         "started": started,
         "process_count": jax.process_count(),
         "device_count": jax.device_count(),
@@ -336,6 +384,26 @@ def _process_worker(process_id: int, num_processes: int, port: int, workdir: str
         "accuracy": res.history[-1]["eval"]["train"]["accuracy"],
         "params": [np.asarray(a).ravel()[:16].tolist() for a in jax.tree.leaves(res.state.params)],
     }
+
+
+def _mesh_sweep(mesh, *, epochs=2, members=16, **kw):
+    """16 RRR members (4 penalty weights × 4 seeds) of a small MLP, SGD (see RTOL), on ``mesh`` or one device."""
+    import optax
+
+    from jaxbias import models
+    from jaxbias.methods import rrr
+    from jaxbias.sweep import fit_sweep, grid
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 10)).astype(np.float32)
+    y = (x[:, 0] - x[:, 1] > 0).astype(np.int32)
+    mask = np.zeros((256, 10), bool)
+    mask[:, 1] = True
+    seeds = list(range(members // 4))
+    return fit_sweep(module=models.create("mlp", hidden=(16,), num_classes=2), method=rrr, hp=rrr.Hparams(),
+                     members=grid(lam=[0.0, 0.1, 0.3, 1.0], seed=seeds), train=Batch(x, y, None, mask),
+                     epochs=epochs, batch_size=64, optimizer=lambda lr: optax.sgd(lr), lr=0.05, progress=False,
+                     eval_sets={"train": Batch(x, y)}, mesh=mesh, **kw)
 
 
 def _mp_problem():
@@ -478,6 +546,25 @@ def test_resume_from_checkpoint_with_mesh(eight):
     assert r["state_replicated_on_8"]
 
 
+@pytest.mark.parametrize("label", ["members8", "members4_data2"])
+def test_sweep_of_16_members_on_8_devices_matches_one_device(eight, label):
+    r = eight["sweep"][label]
+    # every leaf split along the members axis over all 8 devices: 2 members per device, or 4 per group of 2
+    assert r["specs_are_members"] and r["devices"] == DEVICES
+    assert r["member_shards"] == ([2] if label == "members8" else [4])
+    assert r["traces"] == 1
+    # sweep.py: members match unsharded runs up to float reduction order (SGD keeps it at rounding size)
+    assert r["max_rel_loss"] < RTOL and r["max_param_diff"] < RTOL
+    assert r["acc"] == r["acc_ref"] and len(r["acc"]) == 16
+    assert len(set(r["acc"])) > 1  # the members really differ
+
+
+def test_sweep_on_a_mesh_resumes_bit_identically_and_checks_member_count(eight):
+    r = eight["sweep"]["resume"]
+    assert r["resumed_from"] == 2 and r["max_param_diff"] == 0.0 and r["losses_equal"]
+    assert "members=12 does not divide evenly over the 8 devices" in eight["sweep"]["indivisible"]
+
+
 def test_bad_input_is_rejected_before_training(eight):
     e = eight["errors"]
     assert e["fit_indivisible"] and "batch_size=60" in e["fit_indivisible"] and "8 devices" in e["fit_indivisible"]
@@ -498,6 +585,14 @@ def test_cli_train_devices(eight):
 
 
 # --------------------------------------------------------------------------- in-process (1 device)
+
+
+def test_cli_sweep_devices(eight):
+    # the numbers of members split over devices are checked against one device above (_mesh_sweep); here the
+    # command line reaches that path: 8 seeds, 8 different models
+    r = eight["cli_sweep"]
+    assert r["rc"] == 0 and r["seeds"] == list(range(8))
+    assert len(set(r["accs"])) > 1
 
 
 def test_initialize_distributed_single_process_is_noop(monkeypatch):
@@ -562,7 +657,8 @@ def test_make_mesh_checks_device_count():
 
 @pytest.mark.slow
 def test_two_processes_match_one_device(tmp_path):
-    """2 processes × 4 CPU devices (jax.distributed over localhost, gloo): same run as one device, resumable."""
+    """2 processes × 4 CPU devices (jax.distributed over localhost, gloo): same run as one device, resumable;
+    a 16-member sweep split over all 8 devices of both processes equals the one-device sweep."""
     import socket
 
     import jax
@@ -594,6 +690,7 @@ def test_two_processes_match_one_device(tmp_path):
         ref = fit(module=module, method=vanilla, hp=vanilla.Hparams(), train=Batch(x, y), epochs=3, batch_size=64,
                   tx=tx, seed=3, progress=False, eval_sets={"train": Batch(x, y)})
     assert jax.process_count() == 1  # the reference really is one process
+    sweep_ref = _mesh_sweep(None)
     for i, r in enumerate(results):
         assert r["started"] == [True, True] and r["process_count"] == 2 and r["device_count"] == 8
         assert r["rows"] == list(range(32 * i, 32 * (i + 1)))  # each process feeds its own half of the batch
@@ -603,6 +700,10 @@ def test_two_processes_match_one_device(tmp_path):
         assert r["accuracy"] == ref.history[-1]["eval"]["train"]["accuracy"]
         for a, b in zip(r["params"], jax.tree.leaves(ref.state.params)):
             np.testing.assert_allclose(a, np.asarray(b).ravel()[:16], rtol=0, atol=RTOL)
+        # the sweep: 16 members split over both processes' devices, 2 per device, as the one-device sweep
+        assert r["sweep_local_members"] == [2]
+        np.testing.assert_allclose(r["sweep_losses"], sweep_ref.losses, rtol=RTOL)
+        assert r["sweep_acc"] == [h[-1]["eval"]["train"]["accuracy"] for h in sweep_ref.history]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numbers
 from typing import Any, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -47,6 +48,46 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     return -(-n // batch_size)
 
 
+def _numpy_argsort(b) -> np.ndarray:
+    # the stable order of 32-bit keys is the plain order of key·2³² + index (all distinct), which NumPy's
+    # vectorised uint64 sort finds fastest
+    b = np.asarray(b)
+    packed = (b.astype(np.uint64) << np.uint64(32)) | np.arange(b.shape[-1], dtype=np.uint64)
+    return (np.sort(packed, axis=-1) & np.uint64(0xFFFFFFFF)).astype(np.int32)
+
+
+def _cpu_argsort(b: jax.Array) -> jax.Array:
+    return jax.pure_callback(_numpy_argsort, jax.ShapeDtypeStruct(b.shape, jnp.int32), b, vmap_method="broadcast_all")
+
+
+def _xla_argsort(b: jax.Array) -> jax.Array:
+    return jnp.argsort(b, stable=True).astype(jnp.int32)
+
+
+def _stable_argsort(bits: jax.Array) -> jax.Array:
+    """``argsort(bits, stable)`` along the last axis; on a CPU by NumPy, ~40× faster than XLA:CPU's sort."""
+    return jax.lax.platform_dependent(bits, cpu=_cpu_argsort, default=_xla_argsort)
+
+
+def permutation(key: jax.Array, n: int) -> jax.Array:
+    """``jax.random.permutation(key, n)``, the same integers, with a faster sort on a CPU.
+
+    JAX shuffles by ``⌈3·ln n / ln(2³²−1)⌉`` rounds of a stable sort by fresh
+    32-bit random keys; a stable sort by given keys is one permutation whoever
+    computes it, so only the sort is replaced (XLA:CPU takes ~20 ms for
+    ``n = 26,000``, a fifth of an Adult epoch's arithmetic).
+    """
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+    x = jnp.arange(n, dtype=jnp.int32)
+    for _ in range(rounds):
+        key, sub = jax.random.split(key)
+        x = x[_stable_argsort(jax.random.bits(sub, (n,), jnp.uint32))]
+    return x
+
+
+_permutation = jax.jit(permutation, static_argnums=1)  # eagerly, every call would trace anew
+
+
 def batch_indices(n: int, batch_size: int, *, key: jax.Array, drop_last: bool = False) -> list[np.ndarray]:
     """One epoch of shuffled minibatch indices.
 
@@ -66,7 +107,7 @@ def batch_indices(n: int, batch_size: int, *, key: jax.Array, drop_last: bool = 
     """
     nb = num_batches(n, batch_size, drop_last)
     key = _check_key(key)
-    perm = np.asarray(jax.random.permutation(key, n), dtype=np.int32)
+    perm = np.asarray(_permutation(key, n), dtype=np.int32)
     return [perm[i * batch_size : min(n, (i + 1) * batch_size)] for i in range(nb)]
 
 

@@ -1,0 +1,417 @@
+"""The one epoch loop of :func:`jaxbias.train.fit` and :func:`jaxbias.sweep.fit_sweep`, and its feeds.
+
+A run is one or more *lanes*. A lane is a training state (one model, or ``K``
+members stacked along a leading axis), the extra arguments of its step (a
+sweep's hyperparameter values) and its data key(s). Each epoch, every lane
+draws its batches as :func:`jaxbias.data.iterators.batch_indices` does::
+
+    perm = permutation(fold_in(data_key, epoch), n)          # one per member
+    batch t = perm[t·B : (t+1)·B]     t = 0 … S-1,   S = ⌊n / B⌋   (+ a short last batch without drop_last)
+
+and runs ``step(state, batch, args) -> (state, metrics)`` on them. How the
+batches reach the step is the *feed*:
+
+- ``"host"``: every batch is gathered from host memory (``a[idx]``), sent to
+  the device(s) and the step is called from Python, one call per step (any
+  size of in-memory data).
+- ``"device"``: the training arrays are put on the device(s) once; each
+  epoch's permutation is drawn there and the epoch (or a chunk of it, for the
+  progress bar) runs as ONE compiled ``lax.scan`` of steps, the metrics summed
+  on the device: no gather on the host, no transfer and no sync per step.
+- ``"auto"`` (default): ``"device"`` when the training arrays take at most
+  :data:`DEVICE_FEED_FRACTION` of a device's memory (2 GiB where JAX reports
+  no limit, e.g. on a CPU), else ``"host"``.
+
+Both feeds run the same step on the same batches in the same order and sum the
+metrics in the same order, so they give the same numbers (measured equal to
+the bit on XLA:CPU for the bundled networks; ``tests/test_engine.py``); the
+checkpoints have the same layout and a run may resume with another feed. A
+:class:`jaxbias.parallel.Layout` says where everything lives: one device,
+data parallelism (state replicated, batch split), or sweep members split over
+a mesh axis.
+
+The loop also owns the run's files when given a ``workdir``: a checkpoint
+after every epoch (:class:`jaxbias.checkpoint.Checkpointer`, the state as
+packed by the caller), ``metrics.jsonl`` (one JSON row per record) and resume:
+the newest checkpoint is restored, rows of later epochs are dropped and the
+run replays exactly what the uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbias.data.iterators import num_batches, permutation
+from jaxbias.parallel import Layout, to_host
+from jaxbias.types import Batch
+
+__all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "choose_feed", "check_train", "epoch_order", "run_epochs",
+           "read_history", "write_history", "progress_bar"]
+
+FEEDS = ("auto", "host", "device")
+#: Share of one device's memory the training arrays may take for ``feed="auto"`` to keep them there.
+DEVICE_FEED_FRACTION = 0.25
+_CPU_DEVICE_FEED_BYTES = 2 << 30
+#: Most progress-bar updates per epoch with the device feed (each one a sync, so few).
+BAR_CHUNKS = 10
+
+
+@dataclass
+class Lane:
+    """One state the loop trains: a model, or ``K`` members stacked (``data_key`` then has shape ``(K,)``)."""
+
+    state: Any
+    args: Any
+    data_key: jax.Array
+
+
+def check_train(train: Batch) -> int:
+    """Rows of the training set; raises ``ValueError`` when its fields disagree."""
+    if train.x is None or train.y is None:
+        raise ValueError("train.x and train.y must be arrays")
+    n = int(np.shape(train.x)[0])
+    for name in ("y", "bias", "mask"):
+        a = getattr(train, name)
+        if a is not None and np.shape(a)[0] != n:
+            raise ValueError(f"train.{name} has {np.shape(a)[0]} rows, expected {n} (same as train.x)")
+    return n
+
+
+def _nbytes(train: Batch) -> int:
+    return sum(int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize for a in train if a is not None)
+
+
+def choose_feed(feed: str, train: Batch) -> str:
+    """``"host"`` or ``"device"``: ``feed`` itself, or for ``"auto"`` whether the training arrays fit (module docstring)."""
+    if feed not in FEEDS:
+        raise ValueError(f"feed must be one of {FEEDS}; got {feed!r}")
+    if feed != "auto":
+        return feed
+    stats = jax.local_devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    budget = DEVICE_FEED_FRACTION * limit if limit else _CPU_DEVICE_FEED_BYTES
+    return "device" if _nbytes(train) <= budget else "host"
+
+
+def epoch_order(data_key: jax.Array, epoch: Any, *, n: int, batch_size: int, drop_last: bool):
+    """One epoch's batches: ``(full, last)``, ``full`` of shape ``(S, B)`` (``(S, K, B)`` for ``K`` keys).
+
+    ``last`` is the short final batch (``(r,)`` or ``(K, r)``) without
+    ``drop_last`` when ``B`` does not divide ``n``, else ``None``. Traceable
+    (``epoch`` may be an array); equal to :func:`~jaxbias.data.iterators.batch_indices`.
+    """
+    s = n // batch_size
+
+    def one(key):
+        return permutation(jax.random.fold_in(key, epoch), n)
+
+    perm = one(data_key) if data_key.ndim == 0 else jax.vmap(one)(data_key)
+    full = perm[..., : s * batch_size].reshape(*perm.shape[:-1], s, batch_size)
+    if perm.ndim == 2:
+        full = jnp.swapaxes(full, 0, 1)
+    last = perm[..., s * batch_size:] if (not drop_last and n % batch_size) else None
+    return full, last
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar on stderr, or ``None``."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl`` up to epoch ``upto``."""
+    if path is None or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r.get("epoch", 0) <= upto]
+
+
+def write_history(path: str | None, rows: list[dict[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` by ``rows`` atomically (another process may be reading it)."""
+    if path is None:
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- #
+# feeds
+# --------------------------------------------------------------------------- #
+
+
+class _HostFeed:
+    """Gather on the host, place, call the jitted step once per step."""
+
+    def __init__(self, step, train: Batch, layout: Layout, *, n: int, batch_size: int, drop_last: bool):
+        self.train = Batch(*(None if a is None else np.asarray(a) for a in train))
+        self.layout, self.n, self.batch_size, self.drop_last = layout, n, batch_size, drop_last
+        self.step = layout.jit(lambda st, b, args: _placed_step(step, layout, st, b, args))
+        self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
+
+    def run(self, lane: Lane, epoch: jax.Array, bar):
+        full, last = self.order(lane.data_key, epoch)
+        rows = list(to_host(full)) + ([to_host(last)] if last is not None else [])
+        state, sums, losses = lane.state, {}, []
+        for t, idx in enumerate(rows):
+            state, m = self.step(state, self.layout.gather(self.train, idx), lane.args)
+            sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}
+            losses.append(m["loss"])
+            if bar is not None:
+                if t % 5 == 4:
+                    bar.set_postfix(loss=_short(m["loss"]))
+                bar.update(1)
+        return state, sums, jnp.stack(losses), len(rows)
+
+
+class _DeviceFeed:
+    """The data on the device once; each epoch (or chunk) one compiled ``lax.scan`` of steps."""
+
+    def __init__(self, step, train: Batch, layout: Layout, *, n: int, batch_size: int, drop_last: bool):
+        self.layout, self.n, self.batch_size, self.drop_last = layout, n, batch_size, drop_last
+        self.data = layout.put(Batch(*(None if a is None else np.asarray(a) for a in train)), "data")
+        self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
+        # chunk offsets on the device once: an epoch then sends nothing from the host
+        s = n // batch_size
+        self.starts = {size: layout.put([np.int32(i) for i in range(0, s, size)], "data")
+                       for size in {max(s, 1), _bar_chunk(s)}}
+
+        def take(data, idx):
+            return layout.constrain(Batch(*(None if a is None else a[idx] for a in data)), "batch")
+
+        def chunk(state, sums, data, order, start, args, *, length):
+            def body(st, idx):
+                st, m = _placed_step(step, layout, st, take(data, idx), args)
+                return st, m
+
+            state, ms = jax.lax.scan(body, state, jax.lax.dynamic_slice_in_dim(order, start, length))
+            return state, _running_sum(sums, ms), ms["loss"]
+
+        self._chunk = {}
+        self._make_chunk = lambda length: layout.jit(
+            lambda st, sums, data, order, start, args: chunk(st, sums, data, order, start, args, length=length),
+            donate_argnums=(0, 1))
+        self.last = layout.jit(lambda st, sums, data, idx, args: _last_step(step, layout, take, st, sums, data, idx,
+                                                                            args), donate_argnums=(0, 1))
+
+    def chunk_fn(self, length: int):
+        if length not in self._chunk:
+            self._chunk[length] = self._make_chunk(length)
+        return self._chunk[length]
+
+    def run(self, lane: Lane, epoch: jax.Array, bar):
+        full, last = self.order(lane.data_key, epoch)
+        if self.layout.sharded:
+            full, last = self.layout.put((full, last), "data")
+        s = int(full.shape[0])
+        size = max(s, 1) if bar is None else _bar_chunk(s)
+        state, sums, losses = lane.state, None, []
+        for start, start_dev in zip(range(0, s, size), self.starts[size]):
+            length = min(size, s - start)
+            state, sums, ls = self.chunk_fn(length)(state, sums, self.data, full, start_dev, lane.args)
+            losses.append(ls)
+            if bar is not None:
+                bar.set_postfix(loss=_short(ls[-1]))
+                bar.update(length)
+        if last is not None:
+            state, sums, l_last = self.last(state, sums, self.data, last, lane.args)
+            losses.append(l_last[None])
+            if bar is not None:
+                bar.update(1)
+        return state, sums, jnp.concatenate(losses), s + (last is not None)
+
+
+def _bar_chunk(s: int) -> int:
+    """Steps per chunk with a progress bar: the smallest divisor of ``s`` giving at most :data:`BAR_CHUNKS` chunks.
+
+    A divisor, so that every chunk has one length and the epoch program is
+    compiled once (a prime ``s`` runs as one chunk: the bar moves per epoch).
+    """
+    lo = max(1, -(-s // BAR_CHUNKS))
+    return next((d for d in range(lo, s + 1) if s % d == 0), max(s, 1))
+
+
+def _order_fn(*, n: int, batch_size: int, drop_last: bool):
+    """Jitted :func:`epoch_order` on raw key data (placed like the data: every process holds it)."""
+    return jax.jit(lambda key_data, epoch: epoch_order(jax.random.wrap_key_data(key_data), epoch, n=n,
+                                                       batch_size=batch_size, drop_last=drop_last))
+
+
+def _placed_step(step, layout: Layout, state, batch, args):
+    state, m = step(state, batch, args)
+    return layout.constrain(state, "state"), m
+
+
+def _last_step(step, layout, take, state, sums, data, idx, args):
+    state, m = _placed_step(step, layout, state, take(data, idx), args)
+    return state, _running_sum(sums, jax.tree.map(lambda v: v[None], m)), m["loss"]
+
+
+def _running_sum(sums, ms):
+    """``sums + ms[0] + ms[1] + …`` in that order (the host feed's order, so both feeds sum to the same bits)."""
+    if sums is None:
+        sums, ms = jax.tree.map(lambda v: v[0], ms), jax.tree.map(lambda v: v[1:], ms)
+    return jax.lax.scan(lambda acc, m: (jax.tree.map(jnp.add, acc, m), None), sums, ms)[0]
+
+
+def _short(loss) -> str:
+    v = np.asarray(to_host(loss), np.float64)
+    return f"{float(v.mean()):.4f}" if v.size else "–"
+
+
+# --------------------------------------------------------------------------- #
+# the loop
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class LoopResult:
+    """What :func:`run_epochs` returns: the final lanes, every record (resumed ones first), losses per step."""
+
+    lanes: list[Lane]
+    rows: list[dict[str, Any]]
+    losses: list[jax.Array]
+    resumed_from: int | None
+
+
+def run_epochs(
+    *,
+    step: Callable[[Any, Batch, Any], tuple[Any, dict[str, jax.Array]]],
+    lanes: Sequence[Lane],
+    train: Batch,
+    epochs: int,
+    batch_size: int,
+    drop_last: bool = True,
+    feed: str = "auto",
+    layout: Layout | None = None,
+    records: Callable[[int, list[dict[str, np.ndarray]], int, list[Lane], float], list[dict[str, Any]]],
+    pack: Callable[[list[Any]], Any] = lambda states: states[0],
+    unpack: Callable[[Any], list[Any]] = lambda state: [state],
+    workdir: str | os.PathLike | None = None,
+    resume: bool = False,
+    meta: Mapping[str, Any] | None = None,
+    must_match: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    desc: str = "",
+    log: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> LoopResult:
+    """Train every lane for ``epochs`` epochs with ``step``, fed by ``feed``; checkpoints and resume in ``workdir``.
+
+    Args:
+      step: pure ``step(state, batch, args) -> (state, metrics)``; jitted here,
+        the state donated. Metrics are scalars (``(K,)`` for stacked members)
+        and include ``"loss"``.
+      lanes: the states to train (see :class:`Lane`); their states are placed
+        with ``layout``'s state sharding.
+      train: the training arrays (host or device).
+      records: ``records(epoch, sums, steps, lanes, seconds)`` builds the
+        epoch's JSON rows from each lane's metric sums (NumPy) and the number
+        of steps (evaluation goes here); the rows are appended to
+        ``metrics.jsonl`` and passed to ``log``.
+      pack / unpack: the checkpointed pytree from the lanes' states and back
+        (default: the one lane's state).
+      meta: the JSON record saved with every checkpoint (plus ``epoch``).
+      must_match: entries of ``meta`` a resumed run must have saved identically.
+
+    Returns:
+      :class:`LoopResult`.
+
+    Raises:
+      FileExistsError: ``workdir`` holds checkpoints and ``resume`` is false.
+      ValueError: a bad ``feed``, or ``must_match`` differs from the saved run.
+    """
+    layout = layout or Layout()
+    n = check_train(train)
+    num_batches(n, batch_size, drop_last)  # validates
+    kind = choose_feed(feed, train)
+    # the data keys (raw) and the epoch numbers go to the device now: an epoch then sends nothing. Each
+    # process draws the orders on its first device (a host callback sorts on a CPU, which must not run
+    # inside a program of several devices that wait for each other), and the device feed copies them out.
+    lanes = [Lane(layout.put(ln.state, "state"), layout.put(ln.args, "args"),
+                  jnp.asarray(jax.random.key_data(ln.data_key))) for ln in lanes]
+    ckpt, metrics_path, start, resumed_from, rows = None, None, 0, None, []
+    writer = jax.process_index() == 0  # one writer when several processes share the workdir
+    if workdir is not None:
+        from jaxbias.checkpoint import Checkpointer
+
+        os.makedirs(workdir, exist_ok=True)
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        try:
+            latest = ckpt.latest_epoch()
+            if latest is not None and not resume:
+                raise FileExistsError(
+                    f"workdir {workdir} already holds checkpoints (epoch {latest}); pass resume=True "
+                    "(--resume) to continue or choose an empty workdir"
+                )
+            if latest is not None:
+                saved = ckpt.read_meta(latest)
+                for k, v in (must_match or {}).items():
+                    if k in saved and saved[k] != _json_safe(v):
+                        raise ValueError(f"{k} differ from those of the run in workdir {workdir} ({saved[k]}); "
+                                         "resume with the same settings or choose an empty workdir")
+                restored, _ = ckpt.restore(pack([ln.state for ln in lanes]))
+                lanes = [Lane(layout.put(s, "state"), ln.args, ln.data_key)
+                         for s, ln in zip(unpack(restored), lanes)]
+                start = resumed_from = latest
+                rows = read_history(metrics_path, upto=latest)
+                if writer:
+                    write_history(metrics_path, rows)  # drop rows of an epoch that was cut off
+            elif os.path.exists(metrics_path) and writer:
+                os.remove(metrics_path)
+        except BaseException:
+            ckpt.close()
+            raise
+
+    feeder = (_DeviceFeed if kind == "device" else _HostFeed)(step, train, layout, n=n, batch_size=batch_size,
+                                                              drop_last=drop_last)
+    steps_per_epoch = num_batches(n, batch_size, drop_last)
+    epoch_ids = [jnp.asarray(e, jnp.int32) for e in range(start, epochs)]
+    losses: list[jax.Array] = []
+    try:
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            bar = progress_bar(steps_per_epoch * len(lanes), f"epoch {epoch + 1}/{epochs}{desc}", progress)
+            sums, epoch_losses = [], []
+            for i, lane in enumerate(lanes):
+                state, s, ls, steps = feeder.run(lane, epoch_ids[epoch - start], bar)
+                lanes[i] = Lane(state, lane.args, lane.data_key)
+                sums.append(s)
+                epoch_losses.append(ls)
+            if bar is not None:
+                bar.close()
+            sums_host = [to_host(s) for s in sums]  # the epoch's one sync
+            losses.append(epoch_losses[0] if len(lanes) == 1 else jnp.stack(epoch_losses, axis=-1))
+            new = records(epoch, sums_host, steps, lanes, time.perf_counter() - t0)
+            rows.extend(new)
+            if metrics_path is not None and writer:
+                with open(metrics_path, "a") as f:
+                    for r in new:
+                        f.write(json.dumps(r) + "\n")
+            if ckpt is not None:
+                ckpt.save(epoch + 1, pack([ln.state for ln in lanes]), {"epoch": epoch + 1, **_json_safe(meta or {})})
+            if log is not None:
+                log(new)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    return LoopResult(lanes=lanes, rows=rows, losses=losses, resumed_from=resumed_from)
+
+
+def _json_safe(d: Any) -> Any:
+    return json.loads(json.dumps(d, default=str))
+

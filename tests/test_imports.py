@@ -1,0 +1,104 @@
+"""No import cycle anywhere in jaxbias/, counting imports inside functions too."""
+from __future__ import annotations
+
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _modules(root: str) -> dict[str, str]:
+    out = {}
+    for d, _, files in os.walk(os.path.join(root, "jaxbias")):
+        for f in files:
+            if f.endswith(".py"):
+                name = os.path.relpath(os.path.join(d, f), root)[:-3].replace(os.sep, ".")
+                out[name.removesuffix(".__init__")] = os.path.join(d, f)
+    return out
+
+
+def import_graph(root: str) -> dict[str, set[str]]:
+    """Module -> the jaxbias modules it imports anywhere in its body (``from a import b``: ``a.b`` if a module)."""
+    mods = _modules(root)
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for mod, path in mods.items():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps |= {resolve(a.name) for a in node.names if a.name.split(".")[0] == "jaxbias"}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolved against this module's package
+                    pkg = mod if path.endswith("__init__.py") else mod.rpartition(".")[0]
+                    for _ in range(node.level - 1):
+                        pkg = pkg.rpartition(".")[0]
+                    base = f"{pkg}.{base}".rstrip(".")
+                if base.split(".")[0] != "jaxbias":
+                    continue
+                for a in node.names:
+                    full = f"{base}.{a.name}"
+                    deps.add(full if full in mods else resolve(base))
+        deps.discard(None)
+        deps.discard(mod)
+        graph[mod] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_in_the_package():
+    graph = import_graph(ROOT)
+    assert len(graph) > 40 and "jaxbias.engine" in graph["jaxbias.train"]
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_function_level_cycle(tmp_path):
+    pkg = tmp_path / "jaxbias"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("import numpy\nfrom jaxbias import b\n")
+    (pkg / "b.py").write_text("def f():\n    from jaxbias.sub.c import g\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "c.py").write_text("def g():\n    from ..a import x\n")
+    (pkg / "d.py").write_text("from jaxbias.a import y\n")
+    graph = import_graph(str(tmp_path))
+    assert graph["jaxbias.b"] == {"jaxbias.sub.c"} and graph["jaxbias.sub.c"] == {"jaxbias.a"}
+    assert cycles(graph) == [["jaxbias.a", "jaxbias.b", "jaxbias.sub.c"]]
+
