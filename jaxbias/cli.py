@@ -414,7 +414,10 @@ def _quantile(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jaxbias import __version__
+
     parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).")
+    parser.add_argument("--version", action="version", version=f"jaxbias {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="offline: Vanilla vs EnD on Biased MNIST, table + bar chart")

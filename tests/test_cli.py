@@ -6,11 +6,26 @@ from jaxbias import cli
 
 
 def test_help_of_every_command(capsys):
-    for cmd in ("demo", "train", "evaluate"):
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    commands = sorted(sub.choices)
+    assert {"demo", "train", "sweep", "correct", "unlearn", "evaluate", "attribute"} <= set(commands)
+    for cmd in commands:
         with pytest.raises(SystemExit) as e:
             cli.main([cmd, "--help"])
         assert e.value.code == 0
-        assert "usage: jaxbias " + cmd in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert out.startswith("usage: jaxbias " + cmd), cmd
+        if cmd in ("train", "sweep"):  # the engine's flags reach both
+            assert "--feed" in out and "--devices" in out
+
+
+def test_version(capsys):
+    from jaxbias import __version__
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"jaxbias {__version__}"
 
 
 def test_bad_arguments_are_rejected(capsys, tmp_path):
