@@ -38,6 +38,7 @@ run replays exactly what the uninterrupted run would have done.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -159,7 +160,7 @@ class _HostFeed:
 
     def __init__(self, step, train: Batch, layout: Layout, *, n: int, batch_size: int, drop_last: bool):
         self.train = Batch(*(None if a is None else np.asarray(a) for a in train))
-        self.layout, self.n, self.batch_size, self.drop_last = layout, n, batch_size, drop_last
+        self.layout = layout
         self.step = layout.jit(lambda st, b, args: _placed_step(step, layout, st, b, args))
         self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
 
@@ -182,8 +183,8 @@ class _DeviceFeed:
     """The data on the device once; each epoch (or chunk) one compiled ``lax.scan`` of steps."""
 
     def __init__(self, step, train: Batch, layout: Layout, *, n: int, batch_size: int, drop_last: bool):
-        self.layout, self.n, self.batch_size, self.drop_last = layout, n, batch_size, drop_last
-        self.data = layout.put(Batch(*(None if a is None else np.asarray(a) for a in train)), "data")
+        self.layout = layout
+        self.data = layout.put(train, "data")  # host or device arrays, sent (or kept) once
         self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
         # chunk offsets on the device once: an epoch then sends nothing from the host
         s = n // batch_size
@@ -193,25 +194,21 @@ class _DeviceFeed:
         def take(data, idx):
             return layout.constrain(Batch(*(None if a is None else a[idx] for a in data)), "batch")
 
-        def chunk(state, sums, data, order, start, args, *, length):
+        def chunk(state, data, order, start, args, *, length):
             def body(st, idx):
-                st, m = _placed_step(step, layout, st, take(data, idx), args)
-                return st, m
+                return _placed_step(step, layout, st, take(data, idx), args)
 
-            state, ms = jax.lax.scan(body, state, jax.lax.dynamic_slice_in_dim(order, start, length))
-            return state, _running_sum(sums, ms), ms["loss"]
+            return jax.lax.scan(body, state, jax.lax.dynamic_slice_in_dim(order, start, length))
 
-        self._chunk = {}
-        self._make_chunk = lambda length: layout.jit(
-            lambda st, sums, data, order, start, args: chunk(st, sums, data, order, start, args, length=length),
-            donate_argnums=(0, 1))
-        self.last = layout.jit(lambda st, sums, data, idx, args: _last_step(step, layout, take, st, sums, data, idx,
-                                                                            args), donate_argnums=(0, 1))
+        def last(state, data, idx, args):
+            state, m = _placed_step(step, layout, state, take(data, idx), args)
+            return state, jax.tree.map(lambda v: v[None], m)
 
-    def chunk_fn(self, length: int):
-        if length not in self._chunk:
-            self._chunk[length] = self._make_chunk(length)
-        return self._chunk[length]
+        # one program per chunk length: the whole epoch without a bar, _bar_chunk(s) steps with one
+        self._chunk = {size: layout.jit(functools.partial(chunk, length=size)) for size in self.starts}
+        self.last = layout.jit(last)
+        # the sums in a program of their own: the step's program then has one signature, first chunk or not
+        self.add = jax.jit(_running_sum, donate_argnums=0)
 
     def run(self, lane: Lane, epoch: jax.Array, bar):
         full, last = self.order(lane.data_key, epoch)
@@ -220,16 +217,17 @@ class _DeviceFeed:
         s = int(full.shape[0])
         size = max(s, 1) if bar is None else _bar_chunk(s)
         state, sums, losses = lane.state, None, []
-        for start, start_dev in zip(range(0, s, size), self.starts[size]):
-            length = min(size, s - start)
-            state, sums, ls = self.chunk_fn(length)(state, sums, self.data, full, start_dev, lane.args)
-            losses.append(ls)
+        for start in self.starts[size]:  # size divides s: every chunk has the same length
+            state, ms = self._chunk[size](state, self.data, full, start, lane.args)
+            sums = self.add(sums, ms)
+            losses.append(ms["loss"])
             if bar is not None:
-                bar.set_postfix(loss=_short(ls[-1]))
-                bar.update(length)
+                bar.set_postfix(loss=_short(ms["loss"][-1]))
+                bar.update(size)
         if last is not None:
-            state, sums, l_last = self.last(state, sums, self.data, last, lane.args)
-            losses.append(l_last[None])
+            state, ms = self.last(state, self.data, last, lane.args)
+            sums = self.add(sums, ms)
+            losses.append(ms["loss"])
             if bar is not None:
                 bar.update(1)
         return state, sums, jnp.concatenate(losses), s + (last is not None)
@@ -254,11 +252,6 @@ def _order_fn(*, n: int, batch_size: int, drop_last: bool):
 def _placed_step(step, layout: Layout, state, batch, args):
     state, m = step(state, batch, args)
     return layout.constrain(state, "state"), m
-
-
-def _last_step(step, layout, take, state, sums, data, idx, args):
-    state, m = _placed_step(step, layout, state, take(data, idx), args)
-    return state, _running_sum(sums, jax.tree.map(lambda v: v[None], m)), m["loss"]
 
 
 def _running_sum(sums, ms):

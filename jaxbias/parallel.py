@@ -211,12 +211,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
     With several processes every process must pass the same values.
     """
-    sharding = replicated(mesh)
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(
-        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a), np.shape(a)), tree
-    )
+    return Layout(mesh).put(tree, "data")
 
 
 def jit_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
@@ -233,20 +228,25 @@ def jit_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
     gathered onto every device, where XLA's own convolution is split along it.
     """
     rep = replicated(mesh)
-    if mesh.size > 1:
-        inner = step
-
-        @functools.wraps(inner)
-        def step(*args, **kwargs):  # noqa: F811 — the traced body, with the CPU path off
-            with use_fast_cpu_conv(False):
-                return inner(*args, **kwargs)
-
     return jax.jit(
-        step,
+        _xla_conv_on_mesh(step, mesh),
         donate_argnums=0 if donate else (),
         in_shardings=(rep, batch_sharding(mesh)),
         out_shardings=(rep, rep),
     )
+
+
+def _xla_conv_on_mesh(fn: Callable, mesh: Mesh | None) -> Callable:
+    """``fn`` traced with :mod:`jaxbias.models.conv`'s CPU path off when ``mesh`` has several devices."""
+    if mesh is None or mesh.size == 1:
+        return fn
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with use_fast_cpu_conv(False):
+            return fn(*args, **kwargs)
+
+    return traced
 
 
 def _env_int(name: str) -> int | None:
@@ -387,11 +387,11 @@ class Layout:
         """The ``NamedSharding`` of ``"state"``, ``"batch"``, ``"args"`` or ``"data"`` (``None`` on one device)."""
         return None if self.mesh is None else NamedSharding(self.mesh, self._specs[what])
 
-    def check(self, *, batch_size: int, members: int | None = None) -> None:
+    def check(self, *, batch_size: int, members: int | None = None, name: str = "batch_size") -> None:
         """Raise ``ValueError`` unless the batch rows (and the members) split evenly over their mesh axes."""
         if self.mesh is None:
             return
-        for name, size, axes in (("batch_size", batch_size, self.batch_axes),
+        for name, size, axes in ((name, batch_size, self.batch_axes),
                                  ("members", members, (self.member_axis,) if self.member_axis else ())):
             d = int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
             if size is not None and size % d:
@@ -442,15 +442,7 @@ class Layout:
         That path's weight gradient scans over the batch one image at a time;
         a scan over a sharded batch axis would be gathered onto every device.
         """
-        if self.mesh is not None and self.mesh.size > 1:
-            inner = fn
-
-            @functools.wraps(inner)
-            def fn(*args, **kwargs):  # noqa: F811 — the traced body, with the CPU path off
-                with use_fast_cpu_conv(False):
-                    return inner(*args, **kwargs)
-
-        return jax.jit(fn, donate_argnums=donate_argnums)
+        return jax.jit(_xla_conv_on_mesh(fn, self.mesh), donate_argnums=donate_argnums)
 
 
 def to_host(tree: Any) -> Any:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import math
 import numbers
@@ -602,11 +603,13 @@ def fit_sweep(
             per_member = [{k: v[i] for k, v in sums[0].items()} for i in range(k_members)]
             st = lanes_now[0].state
             steps_now = to_host(st.step)
-            evals_of = (lambda i: unstack(to_host((st.params, st.model_state)), i)) if do_eval else None
+            if do_eval:  # every member's variables to the host once, then one member at a time
+                variables = to_host((st.params, st.model_state))
+                evals_of = functools.partial(unstack, variables)
         else:
             per_member = sums
             steps_now = [to_host(ln.state.step) for ln in lanes_now]
-            evals_of = (lambda i: (lanes_now[i].state.params, lanes_now[i].state.model_state)) if do_eval else None
+            evals_of = lambda i: (lanes_now[i].state.params, lanes_now[i].state.model_state)  # noqa: E731
         out = []
         for i in range(k_members):
             rec: dict[str, Any] = {"epoch": epoch + 1, "member": i, "settings": plan.settings[i],

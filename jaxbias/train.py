@@ -270,10 +270,8 @@ def fit(
     engine.choose_feed(feed, train)  # a bad name fails before anything is built
     layout = Layout() if mesh is None else Layout.data_parallel(mesh)
     layout.check(batch_size=batch_size)
-    if mesh is not None and not drop_last and n % batch_size:
-        from jaxbias import parallel
-
-        parallel.check_batch_size(n % batch_size, mesh, name=f"the last batch of an epoch (drop_last=False, n={n})")
+    if not drop_last and n % batch_size:
+        layout.check(batch_size=n % batch_size, name=f"the last batch of an epoch (drop_last=False, n={n})")
     init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
     if init_params is None:
         params, model_state = models_lib.init(module, init_key, jnp.asarray(train.x[:1]))
