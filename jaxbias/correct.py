@@ -13,7 +13,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxbias import models as models_lib
 from jaxbias.evaluation import artifact_report, latent_gradient, latent_sensitivity, lrp_r_bias, tcav_test
 
 __all__ = ["correct", "artifact_report", "latent_gradient", "latent_sensitivity", "lrp_r_bias", "tcav_test"]
@@ -21,7 +20,7 @@ __all__ = ["correct", "artifact_report", "latent_gradient", "latent_sensitivity"
 
 def correct(
     *,
-    base: str,
+    base: Any,
     method: str,
     hparams: Mapping[str, Any] | None = None,
     epochs: int = 3,
@@ -53,57 +52,49 @@ def correct(
       ``{"config", "report", "base_report", "seconds", "seconds_per_epoch", "history"}``.
     """
     from jaxbias import methods as methods_lib
-    from jaxbias.recipes import (dataset_sets, fit_method_state, load_run_dataset, make_hparams, restore_workdir,
-                                 train_model)
+    from jaxbias import runs
+    from jaxbias.runs import datasets as datasets_lib
+    from jaxbias.runs.measure import reference_cav
 
-    base_run = restore_workdir(base)
-    bcfg = base_run["config"]
-    if bcfg.get("dataset") != "artifact_mnist":
-        raise ValueError(f"correct needs a base run on the artifact dataset; {base!r} was trained on {bcfg.get('dataset')!r}")
-    if data is None:
-        data, _, _ = load_run_dataset(bcfg)
-    train, evals = dataset_sets(data)
-    module = base_run["module"]
-    bstate = base_run["state"]
-    eval_model = models_lib.bind(module, bstate.model_state, train=False)
+    base_run = base if isinstance(base, runs.Run) else runs.restore(base)  # restored once, then passed on
+    bcfg = base_run.config
+    if bcfg.dataset != "artifact_mnist":
+        raise ValueError(f"correct needs a base run on the artifact dataset; {base!r} was trained on {bcfg.dataset!r}")
+    dataset = datasets_lib.load(bcfg) if data is None else datasets_lib.view("artifact_mnist", data)
+    evals = dataset.evals
+    module = base_run.module
+    bstate = base_run.state
 
     # one reference CAV on the uncorrected model, shared by every report
-    rrc = methods_lib.get("rrclarc")
-    ref_hp = rrc.Hparams(layer=cav_layer, cav=cav_method)
-    ref_state = fit_method_state(rrc, ref_hp, module, (bstate.params, bstate.model_state), data, train)
-    report_kw = dict(cav=ref_state.cav, layer=cav_layer, target_class=data.target_class, chosen=chosen)
-    base_report = artifact_report(eval_model, bstate.params, evals, **report_kw)
+    cav = reference_cav(base_run, dataset, layer=cav_layer, cav=cav_method)
+    report_kw = dict(cav=cav, layer=cav_layer, target_class=dataset.target_class, chosen=chosen)
+    base_report = artifact_report(base_run.inference_model(), bstate.params, evals, **report_kw)
     base_report.update(lrp_r_bias(module, {"params": bstate.params, **bstate.model_state}, evals["artifact"],
-                                  target_class=data.target_class))
+                                  target_class=dataset.target_class))
 
     t0 = time.perf_counter()
-    res = train_model(
-        dataset="artifact_mnist", artifact=bcfg["artifact"], artifact_class=bcfg["artifact_class"], p=bcfg["p"],
-        method=method, hparams=hparams, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        decay_every=None, seed=seed, data_seed=bcfg["data_seed"], source=bcfg["source"], data_dir=bcfg["data_dir"],
-        workdir=workdir, resume=resume, progress=progress, eval_every=max(epochs, 1), data=data, log=log,
-        init_from=base, trainable=trainable,
-    )
+    config = bcfg.replace(method=method, hparams=dict(hparams or {}), epochs=epochs, batch_size=batch_size, lr=lr,
+                          weight_decay=weight_decay, decay_every=None, seed=seed, data_seed=bcfg.resolved_data_seed,
+                          eval_every=max(epochs, 1), init_from=base_run,
+                          trainable=None if trainable is None else tuple(trainable), devices=None, members=None)
+    run = runs.train(config, data=dataset, workdir=workdir, resume=resume, progress=progress, log=log)
     seconds = time.perf_counter() - t0
-    state = res["state"]
-    mod = methods_lib.get(method)
-    hp = make_hparams(method, hparams)
-    model = models_lib.bind(module, state.model_state, train=False)
-    if hasattr(mod, "corrected"):
-        model = mod.corrected(model, state.method_state, hp)
-    report = artifact_report(model, state.params, evals, **report_kw)
-    if hasattr(mod, "corrected"):  # an edited forward pass (P-ClArC's projection) has no layer graph for LRP
+    state = run.state
+    report = artifact_report(run.inference_model(), state.params, evals, **report_kw)
+    if methods_lib.kind(method).corrects_inference:  # an edited forward pass (P-ClArC's projection): no LRP graph
         report.update({"r_bias": None, "r_bias_chosen": None, "r_bias_pull": None})
     else:
         report.update(lrp_r_bias(module, {"params": state.params, **state.model_state}, evals["artifact"],
-                                 target_class=data.target_class))
-    epoch_secs = [h["seconds"] for h in res["history"]]
+                                 target_class=dataset.target_class))
+    epoch_secs = [h["seconds"] for h in run.history]
     return {
-        "config": {**res["config"], "base": base, "chosen": list(chosen) if chosen else [data.target_class]},
+        "config": {**run.record, "base": base_run.workdir,
+                   "chosen": list(chosen) if chosen else [dataset.target_class]},
         "report": report,
         "base_report": base_report,
         "seconds": seconds,
         "seconds_per_epoch": float(np.median(epoch_secs)) if epoch_secs else 0.0,
-        "history": res["history"],
+        "history": run.history,
         "state": state,
+        "run": run,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -46,7 +47,8 @@ def run_demo(
     for seed in range(seeds):
         data = load_biased_mnist(rho=rho, seed=seed, source="offline")
         for method, hp in (("vanilla", {}), ("end", DEMO_END)):
-            print(f"[demo] training {method} (seed {seed}, {epochs} epochs, rho={rho}) ...", flush=True)
+            print(f"[demo] training {method} (seed {seed}, {epochs} epochs, rho={rho}) ...", file=sys.stderr,
+                  flush=True)
             res = train_biased_mnist(
                 rho=rho, method=method, hparams=hp, epochs=epochs, batch_size=DEMO_BATCH,
                 decay_every=DEMO_DECAY_EVERY, seed=seed, channels=DEMO_CHANNELS, last_activation="tanh", data=data,

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbias.batching import map_batches
 from jaxbias import metrics
 from jaxbias.types import Batch, BoundModel, Params
 
@@ -142,20 +143,14 @@ def artifact_report(
       the fraction of non-target artifact images predicted as the target class.
     """
     chosen = (target_class,) if chosen is None else tuple(chosen)
-    predict = jax.jit(lambda p, x: model(p, x).logits)
-    sens = jax.jit(lambda p, x: latent_sensitivity(model, p, x, cav, layer=layer, target=target_class))
+    def predict(p, x):
+        return jnp.argmax(model(p, x).logits, -1)
+
     out: dict[str, Any] = {}
-    s_all = []
     for name in ("clean", "artifact"):
         data = evals[name]
-        x, y = np.asarray(data.x), np.asarray(data.y)
-        preds = []
-        for i in range(0, x.shape[0], batch_size):
-            xb = jnp.asarray(x[i : i + batch_size])
-            preds.append(np.asarray(predict(params, xb)).argmax(-1))
-            if name == "artifact":
-                s_all.append(np.asarray(sens(params, xb)))
-        pred = np.concatenate(preds)
+        y = np.asarray(data.y)
+        pred = map_batches(predict, params, data.x, batch_size=batch_size)
         classes = sorted(set(y.tolist()))
         out[name] = float(np.mean(pred == y))
         out[f"{name}_per_class"] = _per_class(pred, y, classes)
@@ -165,7 +160,8 @@ def artifact_report(
         if name == "artifact":
             off = y != target_class
             out["artifact_flip_to_target"] = float(np.mean(pred[off] == target_class))
-    s = np.concatenate(s_all)
+    s = map_batches(lambda p, x: latent_sensitivity(model, p, x, cav, layer=layer, target=target_class), params,
+                    evals["artifact"].x, batch_size=batch_size)
     out["tcav"] = metrics.tcav(s)
     out["tcav_sens"] = metrics.tcav_sens(s)
     return out
@@ -196,11 +192,9 @@ def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_cla
         mask = metrics.postprocess_mask(mask.astype(np.float64))
 
     def mean_r_bias(sel, target):
-        xs, ms = x[sel], mask[sel]
-        vals = [metrics.r_bias(np.asarray(fn(jnp.asarray(xs[i:i + batch_size]), jnp.asarray(target[i:i + batch_size]))),
-                               ms[i:i + batch_size])
-                for i in range(0, xs.shape[0], batch_size)]
-        return float(np.concatenate(vals).mean())
+        relevance = map_batches(lambda _, xb, tb: fn(xb, tb), None, x[sel], np.asarray(target, np.int32),
+                                batch_size=batch_size)
+        return float(metrics.r_bias(relevance, mask[sel]).mean())
 
     every = np.ones(y.shape[0], bool)
     out = {"r_bias": mean_r_bias(every, y)}

@@ -68,6 +68,7 @@ from jaxbias.data.iterators import num_batches
 from jaxbias.parallel import Layout, to_host
 from jaxbias.train import (
     TrainState,
+    initial_method_state,
     adam_with_decay,
     create_train_state,
     evaluate,
@@ -171,6 +172,7 @@ def _plan(method: ModuleType, hp: Any, members: Any, *, lr: float, seed: int) ->
     clash = sorted(set(field_names) & set(RESERVED))
     if clash:
         raise ValueError(f"{name}.Hparams has fields {clash} that clash with the reserved member keys {RESERVED}")
+    static = {f.name for f in dataclasses.fields(hp) if f.metadata.get("static")} if field_names else set()
     settings, hparams, swept = [], [], set()
     for i, m in enumerate(members):
         if not isinstance(m, Mapping):
@@ -183,6 +185,9 @@ def _plan(method: ModuleType, hp: Any, members: Any, *, lr: float, seed: int) ->
                     f"members[{i}] names {k!r}, which is neither one of {list(RESERVED)} nor a field of "
                     f"{name}.Hparams {field_names}"
                 )
+            if k in static:
+                raise ValueError(f"hp.{k} is static (fixed for the compiled step: a shape, a code path or the "
+                                 "state fitted before training): run one sweep per value")
             if not _is_number(v):
                 raise ValueError(
                     f"members[{i}][{k!r}] = {v!r} ({type(v).__name__}) is not a number: only numeric "
@@ -489,7 +494,7 @@ def fit_sweep(
       trainable: train only these top-level parameter groups.
       seed: the seed of members that name none.
       method_state: one fitted method state shared by all members (ClArC CAVs);
-        default ``method.init()``.
+        default ``method.init`` on the first member's starting model and ``train``.
       method_states: one method state per member (same structure), instead.
       workdir: checkpoints of the stacked state after every epoch and
         ``metrics.jsonl`` with one row per member and epoch.
@@ -547,13 +552,9 @@ def fit_sweep(
             keys[s["seed"]] = jax.random.split(jax.random.key(s["seed"]), 3)
     if method_states is None:
         if method_state is None:
-            try:
-                method_state = method.init()
-            except TypeError as e:
-                raise ValueError(
-                    f"method {method.__name__.rsplit('.', 1)[-1]!r} fits a state before training (its init needs a "
-                    "model and data): pass method_state= (shared) or method_states= (one per member)"
-                ) from e
+            s0 = plan.settings[0]
+            variables = init_params or models_lib.init(module, keys[s0["seed"]][0], jnp.asarray(train.x[:1]))
+            method_state = initial_method_state(method, module, plan.hparams[0], variables, train)
         method_states = [method_state] * k_members
     states, inits = [], {}
     for i, s in enumerate(plan.settings):

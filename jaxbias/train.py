@@ -171,18 +171,10 @@ def make_predict(module: flax.linen.Module) -> Callable[[Params, ModelState, jax
 
 
 def predict_in_batches(predict, params, model_state, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
-    """Logits for a whole array; the last batch is zero-padded so one compilation serves all."""
-    n = x.shape[0]
-    if n == 0:
-        raise ValueError("x is empty: nothing to predict")
-    out = []
-    for start in range(0, n, batch_size):
-        chunk = x[start : start + batch_size]
-        m = chunk.shape[0]
-        if m < batch_size and n > batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - m, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(predict(params, model_state, jnp.asarray(chunk)))[:m])
-    return np.concatenate(out)
+    """Logits for a whole array (:func:`jaxbias.batching.map_batches`: one compilation for every batch)."""
+    from jaxbias.batching import map_batches
+
+    return map_batches(lambda v, xb: predict(v[0], v[1], xb), (params, model_state), x, batch_size=batch_size)
 
 
 def evaluate(
@@ -199,6 +191,24 @@ def evaluate(
         else:
             report[name] = {"accuracy": metrics.accuracy(pred, np.asarray(data.y)), "count": int(pred.shape[0])}
     return report
+
+
+def initial_method_state(method: ModuleType, module: flax.linen.Module, hp: Any, variables: tuple[Params, ModelState],
+                         train: Batch) -> Any:
+    """``method.init`` on the starting model and the training data, for a method that trains from scratch.
+
+    A method that fits its state on a trained model (``KIND.fits_on_model``,
+    the ClArC family's CAV) needs that state passed in instead.
+    """
+    from jaxbias import methods as methods_lib
+
+    if methods_lib.kind(method).fits_on_model:
+        raise ValueError(
+            f"method {methods_lib.name_of(method)!r} fits its state (a CAV) on a trained model: pass method_state= "
+            "(e.g. its init on the trained model), or use jaxbias.runs with init_from=<workdir>"
+        )
+    params, model_state = variables
+    return method.init(models_lib.bind(module, model_state, train=False), params, train, hp=hp)
 
 
 def hp_dict(hp: Any) -> dict[str, Any]:
@@ -279,7 +289,7 @@ def fit(
         # copies: the jitted step donates the state, which must not delete the caller's arrays
         params, model_state = jax.tree.map(jnp.array, init_params)
     if method_state is None:
-        method_state = method.init()
+        method_state = initial_method_state(method, module, hp, (params, model_state), train)
     else:  # a copy: the jitted step donates the state, which must not delete the caller's CAV etc.
         method_state = jax.tree.map(jnp.array, method_state)
     state = create_train_state(params, model_state, tx, key=step_key, method_state=method_state)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxbias.batching import map_batches
 from jaxbias import models as models_lib
 from jaxbias.influence import merge, select
 from jaxbias.methods import fmd
@@ -107,7 +108,7 @@ def _logits_fn(module, model_state):
 
 
 def _predict(logits_fn, params, x, batch_size=1024):
-    return np.concatenate([np.asarray(logits_fn(params, x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    return map_batches(logits_fn, params, x, batch_size=batch_size)
 
 
 def report(logits_fn, params, split: Split) -> dict[str, Any]:
@@ -173,7 +174,7 @@ def finetune_on_pairs(logits_fn, params, pairs, *, subset, lr: float = 1e-3, ste
 
 
 def unlearn_workdir(
-    workdir: str,
+    workdir: Any,
     *,
     external: int = 100,
     hp: fmd.Hparams | None = None,
@@ -184,7 +185,7 @@ def unlearn_workdir(
     """Restore a ``jaxbias train`` run, debias it with FMD, and report before/after (and the baseline).
 
     Args:
-      workdir: a Biased-MNIST or Adult training run.
+      workdir: a Biased-MNIST or Adult training run (its workdir, or the :class:`jaxbias.runs.Run`).
       external: how many test samples give the external counterfactual pairs.
       hp: :class:`jaxbias.methods.fmd.Hparams` (default: the last layer,
         counterfactual mode).
@@ -197,21 +198,21 @@ def unlearn_workdir(
       ``finetune`` (report + seconds, steps), and the edited ``params`` under
       ``"_params"`` (not JSON).
     """
-    from jaxbias.recipes import load_run_dataset, restore_workdir
+    from jaxbias import runs
+    from jaxbias.runs import datasets as datasets_lib
 
     hp = hp or fmd.Hparams()
-    run = restore_workdir(workdir)
-    config = run["config"]
-    dataset = config.get("dataset", "biased_mnist")
+    run = workdir if isinstance(workdir, runs.Run) else runs.restore(workdir)
+    workdir = run.workdir
+    dataset = run.config.dataset
     if dataset not in ("biased_mnist", "adult"):
         raise ValueError(f"unlearn needs a biased_mnist or adult run (counterfactual pairs); {workdir!r} is {dataset!r}")
-    if data is None:
-        data, _, _ = load_run_dataset(config)
+    data = (datasets_lib.load(run.config) if data is None else datasets_lib.view(dataset, data)).raw
     split = (split_adult if dataset == "adult" else split_biased_mnist)(data, external=external, seed=seed)
-    state = run["state"]
-    logits_fn = _logits_fn(run["module"], state.model_state)
+    state = run.state
+    logits_fn = _logits_fn(run.module, state.model_state)
     params = state.params
-    order = list(models_lib.init(run["module"], jax.random.key(0),
+    order = list(models_lib.init(run.module, jax.random.key(0),
                                  np.zeros((1, *np.shape(split.pairs[0])[1:]), np.float32))[0])
     before = report(logits_fn, params, split)
     train = (data.train_x, data.train_y) if hp.mode == "training" else None

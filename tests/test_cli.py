@@ -32,9 +32,16 @@ def test_bad_arguments_are_rejected(capsys, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["train", "--rho", "1.5", "--workdir", str(tmp_path)])
     assert "--rho must be in [0, 1]" in capsys.readouterr().err
-    code = cli.main(["train", "--method", "nope", "--epochs", "1", "--workdir", str(tmp_path / "w"), "--no-progress"])
-    assert code == 2
-    assert "method 'nope' is unknown" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the choices are the method files found
+        cli.main(["train", "--method", "nope", "--epochs", "1", "--workdir", str(tmp_path / "w"), "--no-progress"])
+    assert e.value.code == cli.USAGE_ERROR and "invalid choice: 'nope'" in capsys.readouterr().err
+    # a hyperparameter flag of another method, a post-hoc method's settings
+    code = cli.main(["train", "--method", "rrr", "--alpha", "1", "--workdir", str(tmp_path / "w"), "--no-progress"])
+    assert code == cli.USAGE_ERROR and "--alpha is a hyperparameter of end, not of method 'rrr'" in \
+        capsys.readouterr().err
+    code = cli.main(["train", "--method", "end", "--alpha", "x", "--workdir", str(tmp_path / "w"), "--no-progress"])
+    assert code == cli.USAGE_ERROR and "hyperparameter 'alpha' of method 'end' expects float; got 'x'" in \
+        capsys.readouterr().err
     assert cli.main(["evaluate", "--workdir", str(tmp_path / "missing")]) == 2
 
 
@@ -69,8 +76,9 @@ def test_demo_one_epoch_writes_table_chart_and_json(tmp_path, capsys):
 
     out = tmp_path / "demo"
     assert main(["demo", "--epochs", "1", "--out", str(out), "--no-progress", "--json"]) == 0
-    stdout = capsys.readouterr().out
-    printed = json.loads(stdout[stdout.index("\n{") :])
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # --json: the JSON alone on stdout, progress on stderr
+    assert "[demo] training vanilla" in captured.err
     for name in ("demo.md", "demo.png", "demo.json"):
         assert (out / name).stat().st_size > 0
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

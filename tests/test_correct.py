@@ -104,8 +104,8 @@ def test_cli_train_then_correct(tmp_path, capsys):
     assert (tmp_path / "maps" / "heatmaps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["evaluate", "--workdir", str(base), "--heatmaps", "--n", "0"]) == 2
     assert "n must be" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["correct", "--from", str(base), "--method", "end"])
+    with pytest.raises(SystemExit):  # the choices are the training methods: FMD edits, it does not train
+        main(["correct", "--from", str(base), "--method", "fmd"])
 
 
 def test_clarc_methods_need_a_base_model():

@@ -35,7 +35,7 @@ def _probe_method(base):
     import jax
 
     mod = types.ModuleType("probe_" + base.__name__.rsplit(".", 1)[-1])
-    mod.Hparams, mod.State, mod.init = base.Hparams, base.State, base.init
+    mod.KIND, mod.Hparams, mod.State, mod.init = base.KIND, base.Hparams, base.State, base.init
     mod.traces, mod.shardings = [], []
 
     def loss(params, state, batch, key, *, model, hp):
@@ -262,10 +262,11 @@ def _worker() -> dict:
     # -- a sweep of 16 members on a mesh: members split over 8 devices, and 4 member groups × 2-way batch split
     t0 = time.perf_counter()
     out["sweep"] = {}
-    ref = _mesh_sweep(None)
+    ref = _mesh_sweep(None, epochs=3)
+    runs = {}
     for label, sweep_mesh in (("members8", parallel.make_sweep_mesh(8)), ("members4_data2",
                                                                         parallel.make_sweep_mesh(8, data=2))):
-        res = _mesh_sweep(sweep_mesh)
+        res = runs[label] = _mesh_sweep(sweep_mesh, epochs=3)
         leaves = jax.tree.leaves(res.state.params)
         out["sweep"][label] = {
             "max_rel_loss": float(np.max(np.abs(res.losses - ref.losses) / np.abs(ref.losses))),
@@ -278,7 +279,7 @@ def _worker() -> dict:
             "acc_ref": [h[-1]["eval"]["train"]["accuracy"] for h in ref.history],
             "acc": [h[-1]["eval"]["train"]["accuracy"] for h in res.history],
         }
-    full = _mesh_sweep(parallel.make_sweep_mesh(8), epochs=3)
+    full = runs["members8"]  # 3 uninterrupted epochs on the 8-device mesh
     wd = os.path.join(tmp_root, "sweep")
     _mesh_sweep(parallel.make_sweep_mesh(8), epochs=2, workdir=wd)
     resumed = _mesh_sweep(parallel.make_sweep_mesh(8), epochs=3, workdir=wd, resume=True)

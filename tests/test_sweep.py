@@ -83,7 +83,7 @@ def test_turn_taking_sweep_equals_fit_exactly_on_a_conv_net():
     """vectorize=False: one compiled single-model step shared by the members, bit-for-bit `fit`."""
     module = models.create("simple_conv", channels=(4, 8, 8, 8), kernel_size=3, last_activation="tanh")
     train = _data(96, side=16)
-    members = zipped(alpha=[0.0, 1.0, 2.0], beta=[0.1, 0.5, 0.0], seed=[0, 0, 1], lr=[1e-3, 3e-3, 2e-3])
+    members = zipped(alpha=[0.0, 2.0], beta=[0.5, 0.0], seed=[0, 1], lr=[3e-3, 2e-3])
     res = fit_sweep(module=module, method=end, members=members, train=train, epochs=2, batch_size=32,
                     progress=False, vectorize=False, **OPT)
     assert res.traces == 1
@@ -147,18 +147,18 @@ def test_bad_members_are_rejected():
         fit_sweep(method=rrr, members=[{"lam": 1.0}, {"lam": -1.0}], **common)
     with pytest.raises(ValueError, match=r"members\[0\]\['lr'\] must be a positive"):
         fit_sweep(method=rrr, members=[{"lr": 0.0}], **common)
-    # a number that drives Python control flow (`if hp.l2:`) cannot be traced
-    with pytest.raises(ValueError, match=r"hp.l2 cannot be swept.*concrete Python value"):
-        fit_sweep(method=rrr, members=[{"l2": 0.0}, {"l2": 1e-3}], **common)
-    # a number the loss never reads (only the CAV fit does) would train identical models
+    # a field declared static (a shape: the one-hot width of the bias labels) is refused before any tracing
+    with pytest.raises(ValueError, match=r"hp.num_biases is static"):
+        fit_sweep(method=end, members=[{"num_biases": 10}, {"num_biases": 12}], **common)
+    # a number the loss never reads (only the CAV fit does) would train identical models: declared static
     state = ClarcState(jnp.ones(32) / np.sqrt(32), jnp.zeros(()), jnp.zeros(()))
-    with pytest.raises(ValueError, match=r"hp.cav_reg cannot be swept.*does not use it"):
+    with pytest.raises(ValueError, match=r"hp.cav_reg is static"):
         fit_sweep(method=rrclarc, hp=rrclarc.Hparams(layer="dense1"), members=[{"cav_reg": 0.1}, {"cav_reg": 1.0}],
                   method_state=state, **common)
     with pytest.raises(ValueError, match="method_states has 1 entries but there are 2 members"):
         fit_sweep(method=rrclarc, hp=rrclarc.Hparams(layer="dense1"), members=[{"lam": 1.0}, {"lam": 2.0}],
                   method_states=[state], **common)
-    with pytest.raises(ValueError, match="fits a state before training"):
+    with pytest.raises(ValueError, match="fits its state .a CAV. on a trained model"):
         fit_sweep(method=rrclarc, hp=rrclarc.Hparams(layer="dense1"), members=[{"lam": 1.0}], **common)
     with pytest.raises(ValueError, match=r"same length.*'lam': 3, 'seed': 2"):
         zipped(lam=[0.1, 1.0, 10.0], seed=[0, 1])

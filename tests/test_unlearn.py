@@ -66,8 +66,8 @@ def test_report_against_direct_computation(mnist_run):
     data, _, _ = load_dataset("biased_mnist", seed=0)
     split = unlearn.split_biased_mnist(data, external=100, seed=0)
     run = restore_workdir(str(mnist_run))
-    logits_fn = unlearn._logits_fn(run["module"], run["state"].model_state)
-    params = run["state"].params
+    logits_fn = unlearn._logits_fn(run.module, run.state.model_state)
+    params = run.state.params
     rep = unlearn.report(logits_fn, params, split)
     want = float(fmd.counterfactual_bias(logits_fn, params, *split.eval_pairs))
     assert rep["bias"] == pytest.approx(want, rel=1e-5)
@@ -89,7 +89,7 @@ def test_cli_unlearn_mnist(mnist_run, tmp_path, capsys):
     # only the last layer changed
     from jaxbias.recipes import restore_workdir
 
-    params = restore_workdir(str(mnist_run))["state"].params
+    params = restore_workdir(str(mnist_run)).state.params
     np.testing.assert_array_equal(saved["fc1/kernel"], np.asarray(params["fc1"]["kernel"]))
     assert not np.array_equal(saved["out/kernel"], np.asarray(params["out"]["kernel"]))
     assert json.loads((out / "report.json").read_text())["fmd"]["block"] == ["out"]
@@ -138,9 +138,9 @@ def test_cli_adult_train_and_unlearn(tmp_path, capsys):
     data, _, _ = load_dataset("adult", seed=0, data_path=str(path))
     split = unlearn.split_adult(data, external=20, seed=0)
     run = restore_workdir(str(work))
-    f = unlearn._logits_fn(run["module"], run["state"].model_state)
+    f = unlearn._logits_fn(run.module, run.state.model_state)
     ex, ey = split.eval_sets["test"]
-    pred = np.argmax(np.asarray(f(run["state"].params, jnp.asarray(ex))), -1)
+    pred = np.argmax(np.asarray(f(run.state.params, jnp.asarray(ex))), -1)
     rates = [np.mean(pred[split.groups == g] == 1) for g in (0, 1)]
     assert before["dp_gap"] == pytest.approx(abs(rates[0] - rates[1]))
     # sex is binary: one counterfactual per external record, differing only in the sex columns
@@ -155,7 +155,7 @@ def test_edit_is_compiled_once(mnist_run):
 
     data, _, _ = load_dataset("biased_mnist", seed=0)
     run = restore_workdir(str(mnist_run))
-    f = unlearn._logits_fn(run["module"], run["state"].model_state)
+    f = unlearn._logits_fn(run.module, run.state.model_state)
     traces = []
 
     def logits_fn(p, x):
@@ -165,7 +165,7 @@ def test_edit_is_compiled_once(mnist_run):
     hp = fmd.Hparams(params="last")
     for seed in (0, 1):
         split = unlearn.split_biased_mnist(data, external=30, seed=seed)
-        fmd.debias(logits_fn, run["state"].params, split.pairs, hp=hp)
+        fmd.debias(logits_fn, run.state.params, split.pairs, hp=hp)
         if seed == 0:
             first = len(traces)
     assert first > 0 and len(traces) == first

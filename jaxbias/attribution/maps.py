@@ -60,6 +60,8 @@ def _check_patch(patch: Any, hw: tuple[int, int]) -> int:
 
 
 def _check_q(q: Any) -> float:
+    if isinstance(q, jax.core.Tracer):  # a swept value, checked when its Hparams were made
+        return q
     if isinstance(q, (bool, np.bool_)) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
         raise ValueError(f"q must be a quantile in [0, 1], got {q!r}")
     return float(q)

@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxbias.batching import is_traced, map_batches
 from jaxbias.concepts import fit_cav, pool_acts
+from jaxbias.methods import static
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
@@ -58,7 +60,7 @@ class ShiftHparams:
 
     layer: str = "block4"
     cav: str = "signal"
-    cav_reg: float | None = None
+    cav_reg: float | None = static(None)  # the CAV fit's, before training
     pool: str = "max"
 
     def __post_init__(self):
@@ -91,16 +93,29 @@ def check_state(state: State, channels: int) -> None:
         raise ValueError(f"state.cav has shape {jnp.shape(state.cav)}, expected ({channels},) for this layer")
 
 
-def layer_acts(model: BoundModel, params: Params, x: Any, layer: str, *, batch_size: int = 256) -> np.ndarray:
-    """``acts[layer]`` for all of ``x`` in chunks (the model should be bound in evaluation mode)."""
-    x = np.asarray(x)
-    if x.shape[0] == 0:
+def layer_acts(model: BoundModel, params: Params, x: Any, layer: str, *, batch_size: int = 256,
+               pool: str | None = None) -> Any:
+    """``acts[layer]`` for all of ``x`` in batches (:func:`jaxbias.batching.map_batches`).
+
+    ``pool``: pool a convolutional layer's maps per sample (``"max"``/``"mean"``)
+    inside each batch, so the full maps are never held. The model should be
+    bound in evaluation mode.
+    """
+    if np.shape(x)[0] == 0:
         raise ValueError("data.x is empty; a CAV needs samples of both concept classes")
-    fn = jax.jit(lambda p, xb: model(p, xb).acts[layer])
-    out = []
-    for start in range(0, x.shape[0], batch_size):
-        out.append(np.asarray(fn(params, jnp.asarray(x[start : start + batch_size]))))
-    return np.concatenate(out)
+
+    def acts(p, xb):
+        a = check_layer(model(p, xb).acts, layer)
+        return pool_acts(a, pool) if pool is not None and a.ndim == 4 else a
+
+    return map_batches(acts, params, x, batch_size=batch_size)
+
+
+def _fit_on_host(pooled: np.ndarray, labels: np.ndarray, cav: str, cav_reg: float | None) -> State:
+    pooled, labels = np.asarray(pooled), np.asarray(labels).astype(np.int32)
+    h = np.asarray(fit_cav(pooled, labels, method=cav, reg=cav_reg, balanced=True), np.float32)
+    proj = pooled @ h
+    return State(cav=h, z_plus=np.float32(proj[labels == 1].mean()), z_minus=np.float32(proj[labels == 0].mean()))
 
 
 def fit_state(
@@ -118,25 +133,26 @@ def fit_state(
     """Fit ``h`` on the pooled ``acts[layer]`` and the two mean projections.
 
     ``concept`` (``(N,)`` 0/1: 1 = the sample carries the artifact) defaults to
-    ``data.bias``.
+    ``data.bias``. Traceable: under ``jit``/``eval_shape`` the CAV solver (a
+    host computation: scikit-learn or NumPy) runs as a ``pure_callback``, so
+    ``jax.eval_shape`` gives the state's structure without fitting anything.
     """
     labels = data.bias if concept is None else concept
     if labels is None:
         raise ValueError("concept labels are missing: pass concept=(N,) 0/1 or a Batch with bias=(N,) 0/1")
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != np.shape(data.x)[0]:
-        raise ValueError(f"concept labels must have shape ({np.shape(data.x)[0]},); got {labels.shape}")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"concept labels must be 0 (clean) or 1 (artifact); got values {np.unique(labels)[:10]}")
-    acts = layer_acts(model, params, data.x, layer, batch_size=batch_size)
-    pooled = np.asarray(pool_acts(jnp.asarray(acts), pool)) if acts.ndim == 4 else acts
-    h = fit_cav(pooled, labels.astype(np.int32), method=cav, reg=cav_reg, balanced=True)
-    proj = pooled @ np.asarray(h)
-    return State(
-        cav=jnp.asarray(h, jnp.float32),
-        z_plus=jnp.asarray(proj[labels == 1].mean(), jnp.float32),
-        z_minus=jnp.asarray(proj[labels == 0].mean(), jnp.float32),
-    )
+    if np.ndim(labels) != 1 or np.shape(labels)[0] != np.shape(data.x)[0]:
+        raise ValueError(f"concept labels must have shape ({np.shape(data.x)[0]},); got {np.shape(labels)}")
+    traced = is_traced((params, data.x, labels))
+    if not traced and not np.isin(np.asarray(labels), (0, 1)).all():
+        raise ValueError(f"concept labels must be 0 (clean) or 1 (artifact); got values "
+                         f"{np.unique(np.asarray(labels))[:10]}")
+    pooled = layer_acts(model, params, data.x, layer, batch_size=batch_size, pool=pool)
+    if not traced:
+        return jax.tree.map(jnp.asarray, _fit_on_host(pooled, labels, cav, cav_reg))
+    f32 = jnp.float32
+    shape = State(jax.ShapeDtypeStruct(pooled.shape[-1:], f32), jax.ShapeDtypeStruct((), f32),
+                  jax.ShapeDtypeStruct((), f32))
+    return jax.pure_callback(lambda a, b: _fit_on_host(a, b, cav, cav_reg), shape, pooled, labels)
 
 
 def projection(h: Array, target: Array, pool: str) -> Callable[[Array], Array]:

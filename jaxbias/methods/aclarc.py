@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import jax
 
+from jaxbias.methods import Kind
 from jaxbias.methods._clarc import ShiftHparams, State, shifted_loss, shifted_model
 from jaxbias.methods._clarc import init as fit_init
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
 
-__all__ = ["Hparams", "State", "init", "loss", "augmented"]
+#: Corrects a trained model: ``init`` fits the CAV on it.
+KIND = Kind(fits_on_model=True)
+
+__all__ = ["KIND", "Hparams", "State", "init", "loss", "augmented"]
 
 
 #: Same hyperparameters for A- and P-ClArC: ``layer``, ``cav``, ``cav_reg``, ``pool``.

@@ -48,9 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxbias.methods import Kind, static
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
+
+#: A training method; nothing is fitted.
+KIND = Kind()
 
 VARIANTS = ("reference", "symmetric", "paper")
 
@@ -356,8 +360,8 @@ class Hparams:
     beta: float = 0.1
     variant: str = "reference"
     layer: str = "features"
-    num_biases: int | None = 10
-    num_classes: int | None = 10
+    num_biases: int | None = static(10)  # label ranges: shapes of the one-hot codes
+    num_classes: int | None = static(10)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -370,9 +374,10 @@ class State(NamedTuple):
     """Nothing is fitted for EnD."""
 
 
-def init(*args, **kwargs) -> State:
-    """Return the empty state (signature shared with methods that fit something)."""
-    del args, kwargs
+def init(model: BoundModel | None = None, params: Params | None = None, data: Batch | None = None, *,
+         hp: Hparams | None = None) -> State:
+    """The empty state (the signature every method's ``init`` shares)."""
+    del model, params, data, hp
     return State()
 
 

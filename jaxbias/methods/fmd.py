@@ -49,12 +49,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxbias.methods import Kind
 from jaxbias.influence import METHODS, check_solution, inverse_ggn, inverse_hvp, merge, select
 
 Array = jax.Array
+
+#: Post-hoc: :func:`edit` changes trained parameters; no training loss.
+KIND = Kind(post_hoc=True)
 LogitsFn = Callable[[Any, Array], Array]
 
-__all__ = ["Hparams", "EditResult", "counterfactual_bias", "check_pair_labels", "per_sample_grads",
+__all__ = ["KIND", "Hparams", "EditResult", "counterfactual_bias", "check_pair_labels", "per_sample_grads",
            "influence_on_bias", "resolve_subset", "unlearn_training", "unlearn_counterfactual", "debias", "edit"]
 
 MODES = ("counterfactual", "training")

@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import jax
 
+from jaxbias.methods import Kind
 from jaxbias.methods._clarc import ShiftHparams, State, shifted_loss, shifted_model
 from jaxbias.methods._clarc import init as fit_init
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
 
-__all__ = ["Hparams", "State", "init", "loss", "corrected"]
+#: Corrects a trained model (``init`` fits the CAV on it); :func:`corrected` is the model at inference.
+KIND = Kind(fits_on_model=True, corrects_inference=True)
+
+__all__ = ["KIND", "Hparams", "State", "init", "loss", "corrected"]
 
 
 #: Same hyperparameters for A- and P-ClArC: ``layer``, ``cav``, ``cav_reg``, ``pool``.

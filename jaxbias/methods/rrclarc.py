@@ -56,16 +56,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbias.methods import Kind, static
 from jaxbias.methods._clarc import State, check_layer, check_state
 from jaxbias.methods._clarc import init as fit_init
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
 
+#: Corrects a trained model: ``init`` fits the CAV on it.
+KIND = Kind(fits_on_model=True)
+
 CRITERIA = ("random", "all", "target", "max", "logprobs", "class")
 FORMS = ("l2", "l1", "cosine")
 
-__all__ = ["CRITERIA", "FORMS", "Hparams", "State", "init", "loss", "penalty"]
+__all__ = ["KIND", "CRITERIA", "FORMS", "Hparams", "State", "init", "loss", "penalty"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Hparams:
     classes: tuple[int, ...] = ()
     form: str = "l2"
     cav: str = "signal"
-    cav_reg: float | None = None
+    cav_reg: float | None = static(None)  # the CAV fit's, before training
     pool: str = "max"
 
     def __post_init__(self):

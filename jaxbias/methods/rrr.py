@@ -41,13 +41,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbias.methods import Kind
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
 
+#: A training method; nothing is fitted.
+KIND = Kind()
+
 VARIANTS = ("l2", "cosine")
 
-__all__ = ["VARIANTS", "Hparams", "State", "init", "input_gradient", "penalty", "loss"]
+__all__ = ["KIND", "VARIANTS", "Hparams", "State", "init", "input_gradient", "penalty", "loss"]
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,10 @@ class State(NamedTuple):
     """Nothing is fitted for RRR."""
 
 
-def init(*args, **kwargs) -> State:
-    """Return the empty state (signature shared with methods that fit something)."""
-    del args, kwargs
+def init(model: BoundModel | None = None, params: Params | None = None, data: Batch | None = None, *,
+         hp: Hparams | None = None) -> State:
+    """The empty state (the signature every method's ``init`` shares)."""
+    del model, params, data, hp
     return State()
 
 
@@ -156,6 +161,6 @@ def loss(params: Params, state: State, batch: Batch, key: Array, *, model: Bound
         term = jnp.sum(per) / jnp.maximum(jnp.sum(has), 1)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out.logits, batch.y))
     total = ce + hp.lam * term
-    if hp.l2:
+    if isinstance(hp.l2, jax.core.Tracer) or hp.l2:  # a swept l2 is a traced number: always add the term then
         total = total + hp.l2 * sum(jnp.sum(p * p) for p in jax.tree.leaves(params))
     return total, Aux(metrics={"ce": ce, "rrr": term}, state=out.state)

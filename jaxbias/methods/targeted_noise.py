@@ -37,25 +37,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbias.methods import Kind
 from jaxbias.attribution.maps import top_region
 from jaxbias.methods import vanilla
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
 
+#: A training method; ``init`` averages the training images' maps.
+KIND = Kind()
+
 MODES = ("noise", "mask")
 MAPS = ("general", "specific")
 
-__all__ = ["MAPS", "MODES", "Hparams", "State", "init", "apply", "transform", "loss"]
+__all__ = ["KIND", "MAPS", "MODES", "Hparams", "State", "init", "apply", "transform", "loss"]
 
 
 def _check_q(q: Any) -> float:
+    if isinstance(q, jax.core.Tracer):  # a swept value, checked when its Hparams were made
+        return q
     if isinstance(q, (bool, np.bool_)) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
         raise ValueError(f"q must be a quantile in [0, 1], got {q!r}")
     return float(q)
 
 
 def _check_sigma(sigma: Any) -> float:
+    if isinstance(sigma, jax.core.Tracer):
+        return sigma
     if isinstance(sigma, (bool, np.bool_)) or not isinstance(sigma, numbers.Real) or not float(sigma) >= 0:
         raise ValueError(f"sigma must be a non-negative number, got {sigma!r}")
     return float(sigma)

@@ -12,7 +12,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbias.methods import Kind
 from jaxbias.types import Aux, Batch, BoundModel, Params
+
+#: A training method; nothing is fitted.
+KIND = Kind()
+
 
 
 @dataclass(frozen=True)
@@ -24,15 +29,17 @@ class State(NamedTuple):
     """Nothing is fitted for vanilla training."""
 
 
-def init(*args, **kwargs) -> State:
-    """Return the empty state (signature shared with methods that fit something)."""
-    del args, kwargs
+def init(model: BoundModel | None = None, params: Params | None = None, data: Batch | None = None, *,
+         hp: Hparams | None = None) -> State:
+    """The empty state (the signature every method's ``init`` shares)."""
+    del model, params, data, hp
     return State()
 
 
-def penalty(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example cross-entropy ``CE(logits_n, y_n)``, shape ``(B,)``."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def penalty(params: Params, state: State, batch: Batch, key: jax.Array, *, model: BoundModel, hp: Hparams) -> jax.Array:
+    """Per-example cross-entropy ``CE(f(x_n), y_n)``, shape ``(B,)``."""
+    del state, key, hp
+    return optax.softmax_cross_entropy_with_integer_labels(model(params, batch.x).logits, batch.y)
 
 
 def loss(
@@ -45,5 +52,5 @@ def loss(
     """
     del state, key, hp
     out = model(params, batch.x)
-    ce = jnp.mean(penalty(out.logits, batch.y))
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out.logits, batch.y))
     return ce, Aux(metrics={"ce": ce}, state=out.state)

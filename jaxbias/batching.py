@@ -1,0 +1,67 @@
+"""One batched-inference helper: a function of a batch, applied to a whole array in fixed-size batches.
+
+Used for predictions, activations, relevance maps and influence terms alike.
+Every batch has the same shape (the last one is padded and its padding
+dropped), so one compilation serves a whole array. Called with concrete
+inputs the batches run one after another from the host and the result is a
+NumPy array (data larger than the device's memory is fine); called under a
+trace (``jit``, ``eval_shape``, ``vmap``) it is one ``lax.map`` over the
+batches, so callers stay traceable.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_traced(tree: Any) -> bool:
+    """Whether any leaf of ``tree`` is a tracer (inside jit, vmap, grad, eval_shape)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+def _pad(a: Any, size: int) -> Any:
+    m = a.shape[0]
+    if m == size:
+        return a
+    # repeat the first row: padding that keeps every value finite (zeros could be out of range for a model)
+    rows = np.repeat(np.asarray(a[:1]), size - m, axis=0) if isinstance(a, np.ndarray) else jnp.repeat(a[:1], size - m, 0)
+    return (np.concatenate if isinstance(a, np.ndarray) else jnp.concatenate)([a, rows])
+
+
+def map_batches(fn: Callable[..., Any], args: Any, *xs: Any, batch_size: int = 512) -> Any:
+    """``fn(args, *batch)`` over the leading axis of ``xs``, ``batch_size`` rows at a time.
+
+    ``fn`` returns a pytree of arrays whose leading axis is the batch;
+    ``args`` (e.g. the parameters) is passed whole to every call. Returns the
+    outputs concatenated along the leading axis: NumPy arrays for concrete
+    inputs, JAX arrays under a trace.
+
+    Example:
+      >>> logits = map_batches(lambda p, x: model(p, x).logits, params, test_x, batch_size=512)
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    if not xs:
+        raise ValueError("map_batches needs at least one array to split into batches")
+    n = int(np.shape(xs[0])[0]) if np.ndim(xs[0]) else 0
+    for i, x in enumerate(xs):
+        if np.ndim(x) == 0 or np.shape(x)[0] != n:
+            raise ValueError(f"xs[{i}] has shape {np.shape(x)}; every array needs the leading length {n} of xs[0]")
+    if n == 0:
+        raise ValueError("the arrays are empty: nothing to compute")
+    size = min(batch_size, n)
+    if is_traced((args, xs)):
+        nb = -(-n // size)
+        stacked = [_pad(jnp.asarray(x), nb * size).reshape(nb, size, *jnp.shape(x)[1:]) for x in xs]
+        out = jax.lax.map(lambda b: fn(args, *b), stacked)
+        return jax.tree.map(lambda o: o.reshape(nb * size, *o.shape[2:])[:n], out)
+    step = jax.jit(fn)
+    chunks = []
+    for start in range(0, n, size):
+        batch = [_pad(x[start:start + size], size) for x in xs]
+        m = min(size, n - start)
+        chunks.append(jax.tree.map(lambda o, m=m: np.asarray(o)[:m], step(args, *batch)))
+    return jax.tree.map(lambda *cs: np.concatenate(cs), *chunks)

@@ -1,0 +1,18 @@
+"""The run layer: a run configuration, one preparation for single runs and sweeps, a Run value, workdirs.
+
+- :class:`RunConfig` (:mod:`.config`): the frozen configuration, from keyword
+  arguments, a TOML/JSON file or a run's ``config.json``;
+- :mod:`.datasets`: the name -> loader registry and the :class:`Dataset` value;
+- :func:`train`, :func:`sweep`, :func:`restore`, :class:`Run` (:mod:`.run`);
+- :mod:`.measure`: evaluation, artifact report and heatmaps of a run.
+
+Data flows down: the CLI, the demo and the experiments call this layer; it
+calls the engine, the methods, the models and the measurements
+(:mod:`jaxbias.evaluation`), never the other way round.
+"""
+from jaxbias.runs.config import DEMO_CHANNELS, FULL_CHANNELS, MODELS, RunConfig
+from jaxbias.runs.datasets import Dataset
+from jaxbias.runs.run import Prepared, Run, final_eval, fit_method_state, make_module, prepare, restore, sweep, train
+
+__all__ = ["DEMO_CHANNELS", "FULL_CHANNELS", "MODELS", "Dataset", "Prepared", "Run", "RunConfig", "final_eval",
+           "fit_method_state", "make_module", "prepare", "restore", "sweep", "train"]

@@ -1,0 +1,250 @@
+"""The run configuration: one frozen value from flags, a config file, or a run's ``config.json``.
+
+``RunConfig`` holds everything a run depends on (data, model, method and
+hyperparameters, optimiser, schedule, seed, devices, feed). It is built
+from keyword arguments, from a TOML or JSON file (:meth:`RunConfig.load`,
+the CLI's ``--config``; flags override it), and written as the run's
+``config.json``, which reads back to the same value (:meth:`RunConfig.from_dict`):
+a run's ``config.json`` is itself a config file that repeats the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import os
+import typing
+from typing import Any, Mapping, Sequence
+
+#: Channels of the ReBias/EnD network; the offline demo uses a narrower one
+#: because XLA:CPU trains 7×7 convolutions at 28×28 slowly (issue "CPU training speed").
+FULL_CHANNELS = (16, 32, 64, 128)
+DEMO_CHANNELS = (4, 8, 16, 32)
+#: Models of the run layer.
+MODELS = ("simple_conv", "mlp")
+FEEDS = ("auto", "device", "host")
+#: ``config.json`` keys that describe the data a run saw, written beside the configuration.
+DERIVED = ("input_shape",)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _freeze(v) for k, v in value.items()}
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run (or sweep) of the run layer; the fields are ``jaxbias train``'s flags.
+
+    Attributes:
+      dataset: a name of :mod:`jaxbias.runs.datasets` (``biased_mnist``, ``artifact_mnist``, ``adult``).
+      rho: Biased MNIST: colour-digit correlation of the training set.
+      artifact, artifact_class, p: the artifact dataset's artifact, the class that carries it, its probability.
+      data_path, protected: Adult: the ``adult.data`` file (``None``: ``$JAXBIAS_ADULT``) and protected attribute.
+      source, data_dir: where the digits come from (``offline``, ``tfds``, ``auto``) and the TFDS data_dir.
+      data_seed: the data's seed (``None``: ``seed``).
+      model: ``simple_conv`` (``channels``, ``last_activation``) or ``mlp`` (``hidden``).
+      method, hparams: the training method and its hyperparameters (text or values).
+      epochs, batch_size, lr, weight_decay, decay_every: Adam(W) with a step decay ×0.1 every ``decay_every`` epochs.
+      seed: initialisation, data order and step keys.
+      init_from: a workdir (or a :class:`jaxbias.runs.Run`) to start from; ``trainable``: only these groups train.
+      devices: data parallelism (a single run) or member sharding (a sweep) over this many devices.
+      data_devices: a sweep: each member's batch over this many of them.
+      feed: how batches reach the step (:mod:`jaxbias.engine`).
+      members: a sweep's members (``lr``, ``seed`` and numeric hyperparameters); ``None`` for a single run.
+      vectorize: a sweep: one vmapped step (``True``) or members taking turns.
+      eval_every: evaluate every N epochs (and after the last).
+    """
+
+    dataset: str = "biased_mnist"
+    rho: float = 0.99
+    artifact: str = "stamp"
+    artifact_class: int = 0
+    p: float = 0.5
+    data_path: str | None = None
+    protected: str = "sex"
+    source: str = "offline"
+    data_dir: str | None = None
+    data_seed: int | None = None
+    model: str = "simple_conv"
+    channels: tuple[int, ...] = FULL_CHANNELS
+    last_activation: str = "tanh"
+    hidden: tuple[int, ...] = (100, 100, 100)
+    method: str = "vanilla"
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    epochs: int = 80
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    decay_every: int | None = 20
+    seed: int = 0
+    init_from: Any = None
+    trainable: tuple[str, ...] | None = None
+    devices: int | None = None
+    data_devices: int = 1
+    feed: str = "auto"
+    members: tuple[Mapping[str, Any], ...] | None = None
+    vectorize: bool = True
+    eval_every: int = 1
+
+    def __post_init__(self):
+        for name in ("channels", "hidden", "trainable", "members"):
+            v = getattr(self, name)
+            if isinstance(v, (list, tuple)):
+                object.__setattr__(self, name, tuple(dict(m) if isinstance(m, Mapping) else m for m in v))
+        object.__setattr__(self, "hparams", _freeze(dict(self.hparams or {})))
+        if self.decay_every == 0:
+            object.__setattr__(self, "decay_every", None)
+        self._check()
+
+    # ------------------------------------------------------------------ checks
+    def _check(self) -> None:
+        from jaxbias import methods
+        from jaxbias.runs import datasets
+
+        def need(ok: bool, field: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"{field} must be {expected}; got {getattr(self, field)!r}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(self.dataset in datasets.names(), "dataset", f"one of {datasets.names()}")
+        need(is_num(self.rho) and 0 <= self.rho <= 1, "rho", "in [0, 1]")
+        need(is_num(self.p) and 0 <= self.p <= 1, "p", "in [0, 1]")
+        need(is_int(self.artifact_class), "artifact_class", "an int")
+        need(self.model in MODELS, "model", f"one of {MODELS}")
+        need(len(self.channels) == 4 and all(is_int(c) and c >= 1 for c in self.channels), "channels",
+             "4 positive ints")
+        need(len(self.hidden) >= 1 and all(is_int(h) and h >= 1 for h in self.hidden), "hidden", "positive ints")
+        need(self.method in methods.available(), "method", f"one of {methods.available()}")
+        if methods.kind(self.method).post_hoc:
+            raise ValueError(f"method {self.method!r} is post-hoc (it edits a trained model) and has no training "
+                             "loss: use `jaxbias unlearn` / jaxbias.unlearn")
+        mod = methods.get(self.method)
+        typed = {k: methods.coerce(mod, k, v) for k, v in self.hparams.items()}
+        methods.make_hparams(mod, typed)  # names, types and values of the hyperparameters
+        object.__setattr__(self, "hparams", typed)
+        need(is_int(self.epochs) and self.epochs >= 0, "epochs", "an int >= 0")
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "a positive int")
+        need(is_num(self.lr) and self.lr > 0, "lr", "a positive number")
+        need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        need(self.decay_every is None or (is_int(self.decay_every) and self.decay_every > 0), "decay_every",
+             "a positive int or None (0: never)")
+        need(is_int(self.seed), "seed", "an int")
+        need(self.data_seed is None or is_int(self.data_seed), "data_seed", "an int or None")
+        need(self.feed in FEEDS, "feed", f"one of {FEEDS}")
+        need(self.devices is None or (is_int(self.devices) and self.devices >= 1), "devices", "a positive int or None")
+        need(is_int(self.data_devices) and self.data_devices >= 1, "data_devices", "a positive int")
+        need(is_int(self.eval_every) and self.eval_every >= 1, "eval_every", "a positive int")
+        if self.trainable is not None and self.init_from is None:
+            raise ValueError("trainable freezes layers of a trained model: set init_from (a workdir) too")
+        if self.init_from is None and methods.kind(self.method).fits_on_model:
+            raise ValueError(
+                f"method {self.method!r} corrects a trained model (it fits a CAV on it): train a base model first "
+                "and set init_from=<its workdir> (CLI: jaxbias correct --from <workdir>)"
+            )
+        if self.members is not None and not self.members:
+            raise ValueError("members is empty: a sweep needs at least one member")
+
+    # ------------------------------------------------------------------ views
+    @property
+    def resolved_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    def model_dict(self) -> dict[str, Any]:
+        """The model as ``config.json`` stores it (without ``num_classes``, a fact of the data)."""
+        if self.model == "simple_conv":
+            return {"name": "simple_conv", "channels": list(self.channels), "last_activation": self.last_activation}
+        return {"name": "mlp", "hidden": list(self.hidden)}
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able; :meth:`from_dict` of it is this value again."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "init_from" and v is not None and not isinstance(v, (str, os.PathLike)):
+                v = getattr(v, "workdir", None)  # a Run passed in memory: its workdir, if it has one
+            out[f.name] = _thaw(v)
+        out["data_seed"] = self.resolved_data_seed
+        out["model"] = self.model_dict()
+        for name in ("channels", "last_activation", "hidden"):
+            del out[name]  # inside "model"
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "RunConfig":
+        """A configuration from a mapping (a config file, a ``config.json``); ``overrides`` win.
+
+        ``model`` may be a name (with ``channels``/``hidden`` beside it) or
+        ``config.json``'s ``{"name": ..., ...}``. Unknown keys are refused.
+        """
+        d = dict(d)
+        for k in DERIVED:
+            d.pop(k, None)
+        model = d.get("model")
+        if isinstance(model, Mapping):
+            model = dict(model)
+            d["model"] = model.pop("name", None)
+            model.pop("num_classes", None)
+            for k, v in model.items():
+                d.setdefault(k, v)
+        d.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown run settings {unknown}; expected some of {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        for k, v in list(d.items()):
+            if isinstance(v, int) and not isinstance(v, bool) and hints[k] in (float, "float"):
+                d[k] = float(v)
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **overrides: Any) -> "RunConfig":
+        """A configuration from a TOML (``.toml``) or JSON file; ``overrides`` (e.g. flags) win."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"config file {path!r} not found")
+        try:
+            if path.endswith(".toml"):
+                import tomllib
+
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            else:
+                with open(path) as f:
+                    data = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+            raise ValueError(f"config file {path!r} is not valid {'TOML' if path.endswith('.toml') else 'JSON'}: "
+                             f"{e}") from None
+        if not isinstance(data, Mapping):
+            raise ValueError(f"config file {path!r} must hold a table/object of run settings")
+        try:
+            return cls.from_dict(data, **overrides)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config file {path!r}: {e}") from None
+
+
+def settings_names() -> Sequence[str]:
+    """The fields of :class:`RunConfig`."""
+    return [f.name for f in dataclasses.fields(RunConfig)]

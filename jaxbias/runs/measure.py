@@ -1,0 +1,89 @@
+"""Measurements of a :class:`~jaxbias.runs.Run` on its dataset: evaluation, the artifact report, LRP heatmaps."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbias import methods as methods_lib
+from jaxbias.runs import datasets as datasets_lib
+from jaxbias.runs.datasets import Dataset
+from jaxbias.runs.run import Run, fit_method_state, restore
+
+#: The layer and fitter of the reference CAV every artifact report measures along.
+REPORT_CAV = {"layer": "block4", "cav": "signal"}
+
+
+def base_of(run: Run) -> Run:
+    """The run a corrected run started from (``init_from``), else the run itself."""
+    src = run.config.init_from
+    if src is None:
+        return run
+    return src if isinstance(src, Run) else restore(src)
+
+
+def reference_cav(run: Run, dataset: Dataset, *, layer: str = REPORT_CAV["layer"], cav: str = REPORT_CAV["cav"]):
+    """The artifact CAV (signal, max-pooled) fitted on ``run``'s model."""
+    rrc = methods_lib.get("rrclarc")
+    return fit_method_state(rrc, rrc.Hparams(layer=layer, cav=cav), run, dataset).cav
+
+
+def artifact_report(run: Run, dataset: Dataset, *, cav=None, chosen=None) -> dict[str, Any]:
+    """:func:`jaxbias.evaluation.artifact_report` of a run, TCAV along ``cav`` (default: fitted on its base)."""
+    from jaxbias.evaluation import artifact_report as report
+
+    if cav is None:
+        cav = reference_cav(base_of(run), dataset)
+    return report(run.inference_model(), run.state.params, dataset.evals, cav=cav, layer=REPORT_CAV["layer"],
+                  target_class=dataset.target_class, chosen=chosen)
+
+
+def evaluate(run: Run, dataset: Dataset) -> dict[str, Any]:
+    """``{"workdir", "epoch", "config", "eval"}`` and, on the artifact dataset, ``artifact_report``."""
+    out = {"workdir": run.workdir, "epoch": run.epoch, "config": run.record, "eval": run.evaluate(dataset)}
+    if dataset.name == "artifact_mnist":
+        out["artifact_report"] = artifact_report(run, dataset)
+    return out
+
+
+def heatmaps(run: Run, dataset: Dataset, *, out_dir: str | None = None, n: int = 8) -> list[str]:
+    """LRP heatmaps (EpsilonPlusFlat, true class) of a run, written as ``<out_dir>/heatmaps.png``.
+
+    Artifact runs: ``n`` stamped test images of the artifact class; a
+    corrected run (``init_from``) shows its base model's maps above its own.
+    Biased-MNIST runs: the first ``n`` images of the unbiased test set.
+    """
+    from jaxbias.explain import make_lrp, to_graph
+    from jaxbias.report import heatmap_overlay, heatmaps_before_after
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int (images to show); got {n!r}")
+    if dataset.name not in datasets_lib.IMAGE_DATASETS:
+        raise ValueError(f"heatmaps need an image dataset {datasets_lib.IMAGE_DATASETS}; {run.workdir!r} is "
+                         f"{dataset.name!r}")
+    if methods_lib.kind(run.method).corrects_inference:
+        raise ValueError(f"{run.workdir!r} is a {run.config.method} run: its projected forward pass has no layer "
+                         "graph for LRP")
+    if dataset.name == "artifact_mnist":
+        art = dataset.evals["artifact"]
+        keep = np.flatnonzero(np.asarray(art.y) == dataset.target_class)[:n]
+        x, y = np.asarray(art.x)[keep], np.asarray(art.y)[keep]
+    else:
+        x, y = np.asarray(dataset.evals["unbiased"].x)[:n], np.asarray(dataset.evals["unbiased"].y)[:n]
+
+    def relevance(r: Run):
+        fn = make_lrp(to_graph(r.module, {"params": r.state.params, **r.state.model_state}))
+        return np.asarray(fn(jnp.asarray(x), jnp.asarray(y)))
+
+    out_dir = out_dir or run.workdir
+    if out_dir is None:
+        raise ValueError("out_dir is needed for a run that has no workdir")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "heatmaps.png")
+    titles = [f"label {int(v)}" for v in y]
+    if run.config.init_from is not None:
+        return [heatmaps_before_after(x, relevance(base_of(run)), relevance(run), path, titles=titles,
+                                      labels=("base", run.config.method))]
+    return [heatmap_overlay(x, relevance(run), path, titles=titles)]

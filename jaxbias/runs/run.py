@@ -1,0 +1,310 @@
+"""Runs: one preparation for single runs and sweeps, a :class:`Run` value passed in memory, workdirs.
+
+:func:`train` and :func:`sweep` share :func:`prepare` (the configuration
+checked, the devices, the starting model, the data, the model, the
+hyperparameters and the method's state) and write the same ``config.json``;
+they differ only in the loop they hand the prepared run to
+(:func:`jaxbias.train.fit` or :func:`jaxbias.sweep.fit_sweep`, both on
+:func:`jaxbias.engine.run_epochs`). :func:`restore` reads a workdir once into
+a :class:`Run`; a run started from another (``init_from``) takes either a
+workdir or that :class:`Run` itself, so experiments compose in memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbias import methods as methods_lib
+from jaxbias import models as models_lib
+from jaxbias.runs import datasets as datasets_lib
+from jaxbias.runs.config import RunConfig
+from jaxbias.runs.datasets import Dataset
+from jaxbias.train import TrainState, create_train_state, evaluate, fit, freeze, hp_dict, make_optimizer, make_predict
+from jaxbias.types import Batch, BoundModel
+
+#: Settings a resumed run may change (how long, on what, fed how); everything else must match config.json.
+RESUMABLE_CHANGES = ("epochs", "devices", "data_devices", "feed", "eval_every")
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained (or restored) run, passed in memory between train / correct / unlearn / evaluate.
+
+    Attributes:
+      config: the :class:`RunConfig`.
+      record: ``config.json`` as written (the configuration plus the data's
+        facts: the model's ``num_classes``, ``input_shape``).
+      module: the Flax module; ``state``: its :class:`~jaxbias.train.TrainState`.
+      method, hp: the method module and its ``Hparams``.
+      history: per-epoch rows (``metrics.jsonl``); ``epoch``: epochs trained.
+      workdir: where it lives (``None``: in memory only).
+    """
+
+    config: RunConfig
+    record: dict[str, Any]
+    module: Any
+    state: TrainState
+    method: ModuleType
+    hp: Any
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    epoch: int | None = None
+    workdir: str | None = None
+    seconds: float | None = None
+    resumed_from: int | None = None
+    results: dict[str, Any] | None = None  # what train() wrote as results.json
+
+    @property
+    def variables(self) -> tuple[Any, Any]:
+        return self.state.params, self.state.model_state
+
+    def inference_model(self) -> BoundModel:
+        """The model in evaluation mode as the method uses it at inference (P-ClArC: its projection)."""
+        model = models_lib.bind(self.module, self.state.model_state, train=False)
+        if methods_lib.kind(self.method).corrects_inference:
+            model = self.method.corrected(model, self.state.method_state, self.hp)
+        return model
+
+    def evaluate(self, dataset: Dataset) -> dict[str, Any]:
+        """Accuracy views on the dataset's evaluation sets (:func:`jaxbias.train.evaluate`)."""
+        model = self.inference_model()
+        return evaluate(lambda p, ms, x: model(p, x).logits, self.state.params, self.state.model_state,
+                        dataset.evals)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What :func:`train` and :func:`sweep` both start from."""
+
+    config: RunConfig
+    record: dict[str, Any]
+    dataset: Dataset
+    module: Any
+    method: ModuleType
+    hp: Any
+    base: Run | None
+    init_params: tuple[Any, Any] | None
+    method_state: Any
+    mesh: Any
+
+
+def make_module(model: Mapping[str, Any]):
+    """The Flax module of ``config.json``'s ``model`` entry."""
+    kwargs = {"num_classes": int(model.get("num_classes", 10))}
+    if model["name"] == "mlp":
+        return models_lib.create("mlp", hidden=tuple(model["hidden"]), **kwargs)
+    return models_lib.create(model["name"], channels=tuple(model["channels"]),
+                             last_activation=model["last_activation"], **kwargs)
+
+
+def input_shape(record: Mapping[str, Any]) -> tuple[int, ...]:
+    """One sample's shape as stored in config.json (runs before it was stored: 28×28×3 digits)."""
+    return tuple(record.get("input_shape") or (28, 28, 3))
+
+
+def fit_method_state(method: ModuleType, hp: Any, run: Run, dataset: Dataset) -> Any:
+    """The method's state fitted on ``run``'s model and the dataset's concept samples (a CAV for ClArC)."""
+    model = models_lib.bind(run.module, run.state.model_state, train=False)
+    return method.init(model, run.state.params, dataset.concept, hp=hp)
+
+
+def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prepared:
+    """Check ``config``, make the mesh, restore the starting run, load the data, build model and method state.
+
+    ``data``: an already loaded dataset (a :class:`Dataset` or the loader's
+    object, e.g. shared by the seeds of an experiment); ``None`` loads it.
+    """
+    if sweep and config.members is None:
+        raise ValueError("a sweep needs members (e.g. jaxbias.sweep.grid(lam=[0.1, 1], seed=[0, 1]))")
+    mesh = None
+    if config.devices is not None:  # before the data: a bad count fails fast
+        from jaxbias import parallel
+
+        if sweep:
+            mesh = parallel.make_sweep_mesh(config.devices, data=config.data_devices)
+        else:
+            mesh = parallel.make_mesh(config.devices)
+            parallel.check_batch_size(config.batch_size, mesh)
+    base = None
+    if config.init_from is not None:
+        base = config.init_from if isinstance(config.init_from, Run) else restore(config.init_from)
+    if base is not None:  # the model is the starting run's: the configuration says so too
+        bc = base.config
+        config = config.replace(model=bc.model, channels=bc.channels, last_activation=bc.last_activation,
+                                hidden=bc.hidden)
+    method = methods_lib.get(config.method)
+    hp = methods_lib.make_hparams(method, config.hparams)
+    dataset = datasets_lib.load(config) if data is None else datasets_lib.view(config.dataset, data)
+    record = config.to_dict()
+    record["source"] = dataset.source or config.source
+    if base is not None:
+        record["model"] = dict(base.record["model"])
+    else:
+        record["model"]["num_classes"] = dataset.num_classes
+    record["input_shape"] = [int(d) for d in np.shape(dataset.train.x)[1:]]
+    module = make_module(record["model"])
+    init_params = method_state = None
+    if base is not None:
+        init_params = base.variables
+        method_state = fit_method_state(method, hp, base, dataset)
+    return Prepared(config, record, dataset, module, method, hp, base, init_params, method_state, mesh)
+
+
+def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -> None:
+    """Write ``config.json`` once; a resumed run must have been configured the same way."""
+    if workdir is None:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    if resume and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        keys = (set(saved) | set(record)) - set(RESUMABLE_CHANGES)
+        # runs written before these settings existed lack them: compare only what both record
+        differ = sorted(k for k in keys if k in saved and k in record and saved[k] != record[k])
+        if differ:
+            raise ValueError(f"{workdir!r} was configured differently ({', '.join(differ)}: saved "
+                             f"{[saved[k] for k in differ]}, now {[record[k] for k in differ]}); resume it with "
+                             "its own settings or use a new workdir")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+
+
+def _tx(config: RunConfig, steps_per_epoch: int, params: Any):
+    tx = make_optimizer(lr=config.lr, weight_decay=config.weight_decay, steps_per_epoch=steps_per_epoch,
+                        decay_every=config.decay_every)
+    return freeze(tx, params, config.trainable) if config.trainable is not None else tx
+
+
+def train(config: RunConfig, *, data: Any = None, workdir: str | None = None, resume: bool = False,
+          progress: bool = True, log: Callable[[dict[str, Any]], None] | None = None) -> Run:
+    """Train one model as ``config`` says (:func:`jaxbias.train.fit`) and return the :class:`Run`.
+
+    With ``workdir``: ``config.json`` (once), a checkpoint per epoch, ``metrics.jsonl``,
+    ``results.json``; ``resume`` continues the newest checkpoint.
+    """
+    prep = prepare(config, data=data)
+    _own_workdir(workdir, prep.record, resume)
+    steps_per_epoch = prep.dataset.train.x.shape[0] // config.batch_size
+    tx = _tx(config, steps_per_epoch, None if prep.init_params is None else prep.init_params[0])
+    t0 = time.perf_counter()
+    result = fit(
+        module=prep.module, method=prep.method, hp=prep.hp, train=prep.dataset.train, epochs=config.epochs,
+        batch_size=config.batch_size, tx=tx, seed=config.seed, method_state=prep.method_state,
+        eval_sets=prep.dataset.evals, eval_every=config.eval_every, workdir=workdir, resume=resume,
+        progress=progress, config=prep.record, log=log, init_params=prep.init_params,
+        train_mode=config.trainable is None, mesh=prep.mesh, feed=config.feed,
+    )
+    run = Run(config=prep.config, record=prep.record, module=prep.module, state=result.state, method=prep.method,
+              hp=prep.hp, history=result.history, epoch=config.epochs, workdir=workdir,
+              seconds=time.perf_counter() - t0, resumed_from=result.resumed_from)
+    run.results = {"config": prep.record, "hparams": hp_dict(prep.hp), "eval": final_eval(run, prep.dataset),
+                   "history": run.history, "seconds": run.seconds, "resumed_from": run.resumed_from}
+    _write_results(workdir, run.results)
+    return run
+
+
+def _write_results(workdir: str | None, results: Mapping[str, Any]) -> None:
+    if workdir is not None:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def final_eval(run: Run, dataset: Dataset) -> dict[str, Any]:
+    """The last epoch's evaluation, or a fresh one when the last epoch was not evaluated."""
+    last = run.history[-1] if run.history else {}
+    return last["eval"] if "eval" in last else run.evaluate(dataset)
+
+
+def sweep(config: RunConfig, *, data: Any = None, workdir: str | None = None, resume: bool = False,
+          progress: bool = True, log: Callable[[list[dict[str, Any]]], None] | None = None):
+    """Train ``config.members`` as one program (:func:`jaxbias.sweep.fit_sweep`); same preparation as :func:`train`.
+
+    Returns ``(results, SweepResult)``: ``results`` is JSON-able (``config``, ``members``: per member its
+    ``settings``, ``final`` training metrics, ``eval`` and ``history``; ``seconds``, ``resumed_from``,
+    ``traces``: compilations of the step), also written as ``results.json``.
+    """
+    from jaxbias.sweep import fit_sweep
+
+    prep = prepare(config, data=data, sweep=True)
+    _own_workdir(workdir, prep.record, resume)
+    t0 = time.perf_counter()
+    result = fit_sweep(
+        module=prep.module, method=prep.method, hp=prep.hp, members=config.members, train=prep.dataset.train,
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+        decay_every=config.decay_every, trainable=config.trainable, seed=config.seed,
+        method_state=prep.method_state, eval_sets=prep.dataset.evals, eval_every=config.eval_every,
+        workdir=workdir, resume=resume, progress=progress,
+        config={"dataset": config.dataset, "model": prep.record["model"]}, log=log, init_params=prep.init_params,
+        train_mode=config.trainable is None, vectorize=config.vectorize, mesh=prep.mesh, feed=config.feed,
+    )
+    seconds = time.perf_counter() - t0
+    rows = []
+    for i, settings in enumerate(result.members):
+        hist = result.history[i]
+        last = hist[-1] if hist else {}
+        final_ev = last.get("eval")
+        if final_ev is None:
+            final_ev = evaluate(make_predict(prep.module), result.member_params(i), result.member_model_state(i),
+                                prep.dataset.evals)
+        final = {k: v for k, v in last.items() if k not in ("epoch", "member", "settings", "seconds", "eval")}
+        rows.append({"member": i, "settings": settings, "final": final, "eval": final_ev, "history": hist})
+    results = {"config": prep.record, "hparams": hp_dict(prep.hp), "members": rows, "seconds": seconds,
+               "resumed_from": result.resumed_from, "traces": result.traces}
+    _write_results(workdir, results)
+    return results, result
+
+
+def _template_batch(record: Mapping[str, Any], n: int = 2) -> Batch:
+    """A stand-in batch of this run's data shapes, made inside ``jax.eval_shape`` (so never materialised)."""
+    shape = input_shape(record)
+    mask = jnp.zeros((n, *shape[:2]), jnp.bool_) if len(shape) == 3 else None
+    return Batch(jnp.zeros((n, *shape)), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32), mask)
+
+
+def restore(workdir: str) -> Run:
+    """The newest checkpoint of a :func:`train` workdir as a :class:`Run`.
+
+    The state is restored into the structure ``jax.eval_shape`` gives for a
+    fresh state of the run (the method state from its ``init``): nothing is
+    initialised or fitted to find it.
+    """
+    from jaxbias.checkpoint import Checkpointer
+    from jaxbias.engine import read_history
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of `jaxbias train`?")
+    with open(path) as f:
+        record = json.load(f)
+    if "members" in record and record.get("members"):
+        raise ValueError(f"{workdir!r} is a sweep's workdir: restore a single run (`jaxbias train`)")
+    config = RunConfig.from_dict(record)
+    module = make_module(record["model"])
+    method = methods_lib.get(config.method)
+    hp = methods_lib.make_hparams(method, config.hparams)
+    def fresh_state():  # traced by eval_shape: nothing below is computed
+        params, model_state = models_lib.init(module, jax.random.key(0), jnp.zeros((1, *input_shape(record))))
+        tx = _tx(config, 1, params)  # the schedule's length does not change the state's structure
+        eval_model = models_lib.bind(module, model_state, train=False)
+        method_state = method.init(eval_model, params, _template_batch(record), hp=hp)
+        return create_train_state(params, model_state, tx, key=jax.random.key(0), method_state=method_state)
+
+    template = jax.eval_shape(fresh_state)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        epoch = ckpt.latest_epoch()
+        if epoch is None:
+            raise FileNotFoundError(f"{workdir!r} holds no checkpoint yet")
+        state, _ = ckpt.restore(template)
+    finally:
+        ckpt.close()
+    return Run(config=config, record=record, module=module, state=state, method=method, hp=hp,
+               history=read_history(os.path.join(workdir, "metrics.jsonl"), upto=epoch), epoch=epoch, workdir=workdir)
