@@ -51,7 +51,7 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
                 continue
             c = cfg["correct"]
             epochs = 0 if method == "pclarc" else c["epochs"]
-            res = correct(base=base_dir, method=method, hparams=hp, epochs=epochs, batch_size=c["batch_size"],
+            res = correct(base=base["run"], method=method, hparams=hp, epochs=epochs, batch_size=c["batch_size"],
                           lr=c["lr"], seed=seed, chosen=(cfg["artifact_class"],), progress=progress, data=data,
                           trainable=c.get("trainable"))
             if not base_added:  # the uncorrected model's report, once per seed
