@@ -150,7 +150,7 @@ def artifact_report(
     for name in ("clean", "artifact"):
         data = evals[name]
         y = np.asarray(data.y)
-        pred = map_batches(predict, params, data.x, batch_size=batch_size)
+        pred = map_batches(predict, data.x, args=(params,), batch_size=batch_size)
         classes = sorted(set(y.tolist()))
         out[name] = float(np.mean(pred == y))
         out[f"{name}_per_class"] = _per_class(pred, y, classes)
@@ -160,8 +160,8 @@ def artifact_report(
         if name == "artifact":
             off = y != target_class
             out["artifact_flip_to_target"] = float(np.mean(pred[off] == target_class))
-    s = map_batches(lambda p, x: latent_sensitivity(model, p, x, cav, layer=layer, target=target_class), params,
-                    evals["artifact"].x, batch_size=batch_size)
+    s = map_batches(lambda p, x: latent_sensitivity(model, p, x, cav, layer=layer, target=target_class),
+                    evals["artifact"].x, args=(params,), batch_size=batch_size)
     out["tcav"] = metrics.tcav(s)
     out["tcav_sens"] = metrics.tcav_sens(s)
     return out
@@ -192,8 +192,7 @@ def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_cla
         mask = metrics.postprocess_mask(mask.astype(np.float64))
 
     def mean_r_bias(sel, target):
-        relevance = map_batches(lambda _, xb, tb: fn(xb, tb), None, x[sel], np.asarray(target, np.int32),
-                                batch_size=batch_size)
+        relevance = map_batches(fn, x[sel], np.asarray(target, np.int32), batch_size=batch_size)
         return float(metrics.r_bias(relevance, mask[sel]).mean())
 
     every = np.ones(y.shape[0], bool)

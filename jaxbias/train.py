@@ -174,7 +174,7 @@ def predict_in_batches(predict, params, model_state, x: np.ndarray, *, batch_siz
     """Logits for a whole array (:func:`jaxbias.batching.map_batches`: one compilation for every batch)."""
     from jaxbias.batching import map_batches
 
-    return map_batches(lambda v, xb: predict(v[0], v[1], xb), (params, model_state), x, batch_size=batch_size)
+    return map_batches(predict, x, args=(params, model_state), batch_size=batch_size)
 
 
 def evaluate(

@@ -108,7 +108,7 @@ def _logits_fn(module, model_state):
 
 
 def _predict(logits_fn, params, x, batch_size=1024):
-    return map_batches(logits_fn, params, x, batch_size=batch_size)
+    return map_batches(logits_fn, x, args=(params,), batch_size=batch_size)
 
 
 def report(logits_fn, params, split: Split) -> dict[str, Any]:

@@ -22,23 +22,26 @@ def test_equals_one_call_on_everything_with_a_ragged_last_batch_and_one_compilat
         traces.append(x.shape)
         return _fn(w, x, t)
 
-    out = map_batches(counted, w, x, t, batch_size=10)  # batches of 10, 10, 3 (padded to 10)
+    out = map_batches(counted, x, t, args=(w,), batch_size=10)  # batches of 10, 10, 3 (padded to 10)
     assert traces == [(10, 5)]  # one shape: one compilation
+    map_batches(counted, x[:7], t[:7], args=(w * 2,), batch_size=10)  # a short array: batch 7, one more
+    map_batches(counted, x, t, args=(w * 2,), batch_size=10)  # the same fn again: its compilation is reused
+    assert traces == [(10, 5), (7, 5)]
     assert isinstance(out["z"], np.ndarray) and out["z"].shape == (23, 3)
     np.testing.assert_allclose(out["z"], np.tanh(x @ w), rtol=1e-6)
     np.testing.assert_array_equal(out["pick"], x[np.arange(23), t])
     # under a trace: one lax.map, same numbers, and the result stays traceable
-    jitted = jax.jit(lambda w: map_batches(_fn, w, x, t, batch_size=10)["z"].sum())(w)
+    jitted = jax.jit(lambda w: map_batches(_fn, x, t, args=(w,), batch_size=10)["z"].sum())(w)
     np.testing.assert_allclose(float(jitted), float(np.tanh(x @ w).sum()), rtol=1e-5)
-    shape = jax.eval_shape(lambda w: map_batches(_fn, w, x, t, batch_size=4), w)
+    shape = jax.eval_shape(lambda w: map_batches(_fn, x, t, args=(w,), batch_size=4), w)
     assert shape["z"].shape == (23, 3)
 
 
 def test_bad_input():
     x = np.zeros((4, 2), np.float32)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        map_batches(lambda a, b: b, None, x, batch_size=0)
+        map_batches(lambda b: b, x, batch_size=0)
     with pytest.raises(ValueError, match=r"xs\[1\] has shape \(3,\)"):
-        map_batches(lambda a, b, c: b, None, x, np.zeros(3), batch_size=2)
+        map_batches(lambda b, c: b, x, np.zeros(3), batch_size=2)
     with pytest.raises(ValueError, match="empty"):
-        map_batches(lambda a, b: b, None, x[:0], batch_size=2)
+        map_batches(lambda b: b, x[:0], batch_size=2)

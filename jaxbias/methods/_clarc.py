@@ -108,7 +108,7 @@ def layer_acts(model: BoundModel, params: Params, x: Any, layer: str, *, batch_s
         a = check_layer(model(p, xb).acts, layer)
         return pool_acts(a, pool) if pool is not None and a.ndim == 4 else a
 
-    return map_batches(acts, params, x, batch_size=batch_size)
+    return map_batches(acts, x, args=(params,), batch_size=batch_size)
 
 
 def _fit_on_host(pooled: np.ndarray, labels: np.ndarray, cav: str, cav_reg: float | None) -> State:

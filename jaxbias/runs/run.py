@@ -246,14 +246,13 @@ def sweep(config: RunConfig, *, data: Any = None, workdir: str | None = None, re
         train_mode=config.trainable is None, vectorize=config.vectorize, mesh=prep.mesh, feed=config.feed,
     )
     seconds = time.perf_counter() - t0
-    rows = []
+    rows, predict = [], make_predict(prep.module)  # one program for every member's final evaluation
     for i, settings in enumerate(result.members):
         hist = result.history[i]
         last = hist[-1] if hist else {}
         final_ev = last.get("eval")
         if final_ev is None:
-            final_ev = evaluate(make_predict(prep.module), result.member_params(i), result.member_model_state(i),
-                                prep.dataset.evals)
+            final_ev = evaluate(predict, result.member_params(i), result.member_model_state(i), prep.dataset.evals)
         final = {k: v for k, v in last.items() if k not in ("epoch", "member", "settings", "seconds", "eval")}
         rows.append({"member": i, "settings": settings, "final": final, "eval": final_ev, "history": hist})
     results = {"config": prep.record, "hparams": hp_dict(prep.hp), "members": rows, "seconds": seconds,
