@@ -30,6 +30,13 @@ def _widths(text: str) -> tuple[int, ...]:
     return out
 
 
+def _names(text: str) -> tuple[str, ...]:
+    out = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not out:
+        raise argparse.ArgumentTypeError(f"--trainable expects comma-separated parameter groups, got {text!r}")
+    return out
+
+
 def _rho(text: str) -> float:
     v = float(text)
     if not 0.0 <= v <= 1.0:
@@ -69,19 +76,16 @@ def _print_eval(results: dict[str, Any], as_json: bool) -> None:
         print(markdown_table(_summary_rows(results), ["set", "accuracy", "group_mean", "conflicting", "worst_group"]))
 
 
-def _default(name: str) -> Any:
-    from jaxbias.runs import RunConfig
-
-    return getattr(RunConfig(), name)
-
-
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The run settings (:class:`jaxbias.runs.RunConfig`) as flags; a flag given overrides ``--config``."""
     from jaxbias import methods
-    from jaxbias.runs import MODELS, datasets
+    from jaxbias.runs import MODELS, RunConfig, datasets
 
     S = argparse.SUPPRESS  # only flags given reach the namespace: the others come from --config or the defaults
-    d = _default
+    defaults = RunConfig()
+
+    def d(name: str) -> Any:
+        return getattr(defaults, name)
     p.add_argument("--config", default=None, metavar="FILE",
                    help="run settings from a TOML or JSON file (keys: the flags' names with underscores; a run's "
                    "config.json works too); flags given here override it")
@@ -123,11 +127,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_method_args(p, methods.training())
 
 
-#: Run flags a hyperparameter flag must not shadow (a clashing field is --hp-NAME instead).
-_RUN_FLAGS = {"config", "dataset", "model", "hidden", "data_path", "protected", "source", "data_dir", "rho",
-              "artifact", "artifact_class", "p", "method", "epochs", "batch_size", "lr", "weight_decay",
-              "decay_every", "seed", "channels", "last_activation", "no_progress", "feed", "hp", "workdir", "resume",
-              "devices", "data_devices", "json", "sweep", "seeds", "lrs", "base", "trainable", "no_vmap", "out", "n"}
+def _reserved() -> set[str]:
+    """Names a hyperparameter flag must not shadow (a clashing field is --hp-NAME instead)."""
+    from jaxbias.runs.config import settings_names
+
+    return set(settings_names()) | {"config", "no_progress", "hp", "workdir", "resume", "json", "sweep", "seeds",
+                                    "lrs", "base", "no_vmap", "out", "n"}
+
+
+def _hp_flag(field: str) -> str:
+    return f"--hp-{field}" if field in _reserved() else f"--{field.replace('_', '-')}"
 
 
 def _add_method_args(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -147,8 +156,7 @@ def _add_method_args(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
             helps.setdefault(f.name, []).append(f"{name}: {text} ({methods.type_name(mod, f.name)}; default {shown})")
     group = p.add_argument_group("method hyperparameters (from each method's Hparams; also --hp KEY=VALUE)")
     for field, who in owners.items():
-        flag = f"--hp-{field}" if field in _RUN_FLAGS else f"--{field.replace('_', '-')}"
-        group.add_argument(flag, dest=f"hp__{field}", default=argparse.SUPPRESS, metavar="V",
+        group.add_argument(_hp_flag(field), dest=f"hp__{field}", default=argparse.SUPPRESS, metavar="V",
                            help=" | ".join(helps[field]))
     p.set_defaults(_hp_owners=owners)
     p.add_argument("--hp", type=_kv, action="append", default=[], metavar="KEY=VALUE",
@@ -163,33 +171,28 @@ def _method_overrides(args: argparse.Namespace, method: str) -> dict[str, Any]:
         if key.startswith("hp__"):
             field = key[4:]
             if method not in owners.get(field, ()):
-                flag = f"--{field.replace('_', '-')}"
-                raise ValueError(f"{flag} is a hyperparameter of {', '.join(owners.get(field, []))}, not of method "
+                raise ValueError(f"{_hp_flag(field)} is a hyperparameter of {', '.join(owners.get(field, []))}, "
+                                 f"not of method "
                                  f"{method!r}")
             hp[field] = value
     hp.update(dict(args.hp))
     return hp
 
 
-#: Namespace entries that are run settings (flag dest -> RunConfig field).
-_SETTINGS = ("dataset", "model", "hidden", "data_path", "protected", "source", "data_dir", "rho", "artifact",
-             "artifact_class", "p", "method", "epochs", "batch_size", "lr", "weight_decay", "decay_every", "seed",
-             "channels", "last_activation", "feed", "devices", "data_devices")
-
-
 def run_config(args: argparse.Namespace, **extra: Any):
-    """The :class:`jaxbias.runs.RunConfig` of ``--config`` (if any) with the flags given on top."""
-    from jaxbias.runs import RunConfig
+    """The :class:`jaxbias.runs.RunConfig` of ``--config`` (if any) with the flags given on top.
 
-    given = {k: getattr(args, k) for k in _SETTINGS if hasattr(args, k)}
+    Run-setting flags default to ``argparse.SUPPRESS``, so the namespace holds
+    only the ones given: those, ``extra`` and the hyperparameter flags override the file.
+    """
+    from jaxbias.runs import RunConfig
+    from jaxbias.runs.config import settings_names
+
+    given = {k: v for k, v in vars(args).items() if k in settings_names()}
     base = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig()
     method = given.get("method", base.method)
-    flags_hp = _method_overrides(args, method)
-    hparams = {**(base.hparams if method == base.method else {}), **flags_hp}
-    settings = {**given, **extra, "hparams": hparams}
-    if args.config:
-        return RunConfig.load(args.config, **settings)
-    return RunConfig(**settings)
+    hparams = {**(base.hparams if method == base.method else {}), **_method_overrides(args, method)}
+    return base.replace(**given, **extra, hparams=hparams)
 
 
 def _err(*parts: Any) -> None:
@@ -268,12 +271,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         losses = " ".join("–" if r.get("loss") is None else f"{r['loss']:.4f}" for r in records)
         _err(f"epoch {records[0]['epoch']:3d}  loss per member: {losses}  ({records[0]['seconds']:.1f}s)")
 
-    extra: dict[str, Any] = {"members": tuple(grid(**axes)), "vectorize": not args.no_vmap}
-    if args.base is not None:
-        extra["init_from"] = args.base
-    if args.trainable:
-        extra["trainable"] = tuple(args.trainable.split(","))
-    results, _ = runs.sweep(run_config(args, **extra), workdir=args.workdir, resume=args.resume,
+    config = run_config(args, members=tuple(grid(**axes)), vectorize=not args.no_vmap)
+    results, _ = runs.sweep(config, workdir=args.workdir, resume=args.resume,
                             progress=not args.no_progress, log=log)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -319,7 +318,7 @@ def cmd_correct(args: argparse.Namespace) -> int:
         base=args.base, method=args.method, hparams=hp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, chosen=chosen, workdir=args.workdir,
         resume=args.resume, progress=not args.no_progress, log=_epoch_log(),
-        trainable=tuple(args.trainable.split(",")) if args.trainable else None,
+        trainable=args.trainable,
     )
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k not in ("state", "run")}, indent=2))
@@ -496,10 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds axis (initialisation, data order, step keys); default: --seed")
     p.add_argument("--lrs", type=_number_list(float, "--lrs"), default=None, metavar="LR1,LR2,...",
                    help="learning-rate axis; default: --lr")
-    p.add_argument("--from", dest="base", default=None,
+    p.add_argument("--from", dest="init_from", default=argparse.SUPPRESS,
                    help="start every member from this `jaxbias train` workdir (fine-tuning; the ClArC methods fit "
                    "their CAV on it once, shared by all members)")
-    p.add_argument("--trainable", default=None, help="with --from: train only these parameter groups, comma-separated")
+    p.add_argument("--trainable", type=_names, default=argparse.SUPPRESS,
+                   help="with --from: train only these parameter groups, comma-separated")
     p.add_argument("--no-vmap", action="store_true",
                    help="members take turns on one compiled single-model step instead of one vmapped step (results "
                    "equal `train`'s exactly, at about the vmapped step's speed on CPU)")
@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the correcting method (the ClArC family fits its CAV on the base model)")
     _add_method_args(p, methods.training())  # --classes (rrclarc) also names the report's 'chosen' classes
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0: P-ClArC needs none)")
-    p.add_argument("--trainable", default=None,
+    p.add_argument("--trainable", type=_names, default=None,
                    help="train only these parameter groups, comma-separated (e.g. fc: the head), batch-norm frozen")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)

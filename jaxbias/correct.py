@@ -60,7 +60,7 @@ def correct(
     bcfg = base_run.config
     if bcfg.dataset != "artifact_mnist":
         raise ValueError(f"correct needs a base run on the artifact dataset; {base!r} was trained on {bcfg.dataset!r}")
-    dataset = datasets_lib.load(bcfg) if data is None else datasets_lib.view("artifact_mnist", data)
+    dataset = datasets_lib.get(bcfg, data)
     evals = dataset.evals
     module = base_run.module
     bstate = base_run.state

@@ -16,20 +16,11 @@ from jaxbias.runs.measure import evaluate as _evaluate
 from jaxbias.runs.measure import heatmaps as _heatmaps
 
 __all__ = ["DATASETS", "DEMO_CHANNELS", "FULL_CHANNELS", "MODELS", "evaluate_workdir", "heatmaps_workdir",
-           "load_biased_mnist", "load_dataset", "make_hparams", "restore_workdir", "sweep_model", "train_model",
+           "load_biased_mnist", "load_dataset", "restore_workdir", "sweep_model", "train_model",
            "train_biased_mnist"]
 
 #: Datasets of ``train``/``evaluate``.
 DATASETS = tuple(datasets_lib.names())
-
-
-def make_hparams(method: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """A training method's ``Hparams`` with ``overrides`` (text or values) cast to each field's type."""
-    from jaxbias import methods
-
-    if methods.kind(method).post_hoc:
-        raise ValueError(f"method {method!r} is post-hoc (it edits a trained model) and has no training loss")
-    return methods.make_hparams(method, dict(overrides or {}))
 
 
 def _config(settings: Mapping[str, Any]) -> RunConfig:
@@ -101,18 +92,9 @@ def restore_workdir(workdir: str) -> runs.Run:
 
 def evaluate_workdir(workdir: str, *, data=None) -> dict[str, Any]:
     """Restore the newest checkpoint of a run and evaluate it (:func:`jaxbias.runs.measure.evaluate`)."""
-    run = runs.restore(workdir)
-    ds = datasets_lib.load(run.config) if data is None else datasets_lib.view(run.config.dataset, data)
-    return _evaluate(run, ds)
+    return _evaluate(runs.restore(workdir), data)
 
 
 def heatmaps_workdir(workdir: str, *, out_dir: str | None = None, n: int = 8, data=None) -> list[str]:
     """LRP heatmaps of a run's newest checkpoint (:func:`jaxbias.runs.measure.heatmaps`)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int (images to show); got {n!r}")
-    run = runs.restore(workdir)
-    if run.config.dataset not in datasets_lib.IMAGE_DATASETS:
-        raise ValueError(f"heatmaps need an image dataset {datasets_lib.IMAGE_DATASETS}; {workdir!r} is "
-                         f"{run.config.dataset!r}")
-    ds = datasets_lib.load(run.config) if data is None else datasets_lib.view(run.config.dataset, data)
-    return _heatmaps(run, ds, out_dir=out_dir, n=n)
+    return _heatmaps(runs.restore(workdir), data, out_dir=out_dir, n=n)

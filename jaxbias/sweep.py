@@ -550,27 +550,31 @@ def fit_sweep(
     for s in plan.settings:
         if s["seed"] not in keys:
             keys[s["seed"]] = jax.random.split(jax.random.key(s["seed"]), 3)
+    inits = {}
+
+    def variables_of(seed):
+        if init_params is not None:
+            return init_params
+        if seed not in inits:
+            inits[seed] = models_lib.init(module, keys[seed][0], jnp.asarray(train.x[:1]))
+        return inits[seed]
+
     if method_states is None:
         if method_state is None:
-            s0 = plan.settings[0]
-            variables = init_params or models_lib.init(module, keys[s0["seed"]][0], jnp.asarray(train.x[:1]))
-            method_state = initial_method_state(method, module, plan.hparams[0], variables, train)
+            method_state = initial_method_state(method, module, plan.hparams[0],
+                                                variables_of(plan.settings[0]["seed"]), train)
         method_states = [method_state] * k_members
-    states, inits = [], {}
+    states = []
     for i, s in enumerate(plan.settings):
-        init_key, _, step_key = keys[s["seed"]]
-        if init_params is not None:
-            params, model_state = init_params
-        else:
-            if s["seed"] not in inits:
-                inits[s["seed"]] = models_lib.init(module, init_key, jnp.asarray(train.x[:1]))
-            params, model_state = inits[s["seed"]]
+        _, _, step_key = keys[s["seed"]]
+        params, model_state = variables_of(s["seed"])
         tx_i = _injected(optimizer, s["lr"])
         if trainable is not None:
             tx_i = freeze(tx_i, params, trainable)
         states.append(create_train_state(params, model_state, tx_i, key=step_key, method_state=method_states[i]))
     state = stack(states)  # fresh arrays: donation never deletes the caller's
-    del states, inits
+    del states
+    inits.clear()  # the unstacked copies: only the stacked state lives on
     tx = _injected(optimizer, plan.settings[0]["lr"])  # its update reads each member's lr from the state
     if trainable is not None:
         tx = freeze(tx, unstack(state.params, 0), trainable)

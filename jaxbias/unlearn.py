@@ -207,7 +207,7 @@ def unlearn_workdir(
     dataset = run.config.dataset
     if dataset not in ("biased_mnist", "adult"):
         raise ValueError(f"unlearn needs a biased_mnist or adult run (counterfactual pairs); {workdir!r} is {dataset!r}")
-    data = (datasets_lib.load(run.config) if data is None else datasets_lib.view(dataset, data)).raw
+    data = datasets_lib.get(run.config, data).raw
     split = (split_adult if dataset == "adult" else split_biased_mnist)(data, external=external, seed=seed)
     state = run.state
     logits_fn = _logits_fn(run.module, state.model_state)

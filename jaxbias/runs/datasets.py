@@ -126,6 +126,11 @@ def view(name: str, data: Any) -> Dataset:
     return VIEWS[name](data)
 
 
+def get(cfg, data: Any = None) -> Dataset:
+    """``data`` (already loaded) as the dataset of ``cfg``, or, for ``None``, the dataset :func:`load` reads."""
+    return load(cfg) if data is None else view(cfg.dataset, data)
+
+
 def load(cfg) -> Dataset:
     """The dataset of a run configuration (its ``dataset`` and data settings)."""
     if cfg.dataset not in LOADERS:

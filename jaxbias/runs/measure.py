@@ -40,32 +40,38 @@ def artifact_report(run: Run, dataset: Dataset, *, cav=None, chosen=None) -> dic
                   target_class=dataset.target_class, chosen=chosen)
 
 
-def evaluate(run: Run, dataset: Dataset) -> dict[str, Any]:
-    """``{"workdir", "epoch", "config", "eval"}`` and, on the artifact dataset, ``artifact_report``."""
+def evaluate(run: Run, data: Any = None) -> dict[str, Any]:
+    """``{"workdir", "epoch", "config", "eval"}`` and, on the artifact dataset, ``artifact_report``.
+
+    ``data``: the run's dataset already loaded (``None``: read from its configuration).
+    """
+    dataset = datasets_lib.get(run.config, data)
     out = {"workdir": run.workdir, "epoch": run.epoch, "config": run.record, "eval": run.evaluate(dataset)}
     if dataset.name == "artifact_mnist":
         out["artifact_report"] = artifact_report(run, dataset)
     return out
 
 
-def heatmaps(run: Run, dataset: Dataset, *, out_dir: str | None = None, n: int = 8) -> list[str]:
+def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int = 8) -> list[str]:
     """LRP heatmaps (EpsilonPlusFlat, true class) of a run, written as ``<out_dir>/heatmaps.png``.
 
     Artifact runs: ``n`` stamped test images of the artifact class; a
     corrected run (``init_from``) shows its base model's maps above its own.
-    Biased-MNIST runs: the first ``n`` images of the unbiased test set.
+    Biased-MNIST runs: the first ``n`` images of the unbiased test set. ``data``
+    as for :func:`evaluate` (checked after the arguments: a bad ``n`` reads no data).
     """
     from jaxbias.explain import make_lrp, to_graph
     from jaxbias.report import heatmap_overlay, heatmaps_before_after
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int (images to show); got {n!r}")
-    if dataset.name not in datasets_lib.IMAGE_DATASETS:
+    if run.config.dataset not in datasets_lib.IMAGE_DATASETS:
         raise ValueError(f"heatmaps need an image dataset {datasets_lib.IMAGE_DATASETS}; {run.workdir!r} is "
-                         f"{dataset.name!r}")
+                         f"{run.config.dataset!r}")
     if methods_lib.kind(run.method).corrects_inference:
         raise ValueError(f"{run.workdir!r} is a {run.config.method} run: its projected forward pass has no layer "
                          "graph for LRP")
+    dataset = datasets_lib.get(run.config, data)
     if dataset.name == "artifact_mnist":
         art = dataset.evals["artifact"]
         keep = np.flatnonzero(np.asarray(art.y) == dataset.target_class)[:n]

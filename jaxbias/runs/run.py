@@ -90,9 +90,13 @@ class Prepared:
     method: ModuleType
     hp: Any
     base: Run | None
-    init_params: tuple[Any, Any] | None
     method_state: Any
     mesh: Any
+
+    @property
+    def init_params(self) -> tuple[Any, Any] | None:
+        """The starting run's variables (``None``: initialise from the seed)."""
+        return None if self.base is None else self.base.variables
 
 
 def make_module(model: Mapping[str, Any]):
@@ -141,20 +145,15 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
                                 hidden=bc.hidden)
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
-    dataset = datasets_lib.load(config) if data is None else datasets_lib.view(config.dataset, data)
+    dataset = datasets_lib.get(config, data)
     record = config.to_dict()
     record["source"] = dataset.source or config.source
-    if base is not None:
-        record["model"] = dict(base.record["model"])
-    else:
-        record["model"]["num_classes"] = dataset.num_classes
+    num_classes = dataset.num_classes if base is None else base.record["model"].get("num_classes", 10)
+    record["model"]["num_classes"] = num_classes
     record["input_shape"] = [int(d) for d in np.shape(dataset.train.x)[1:]]
     module = make_module(record["model"])
-    init_params = method_state = None
-    if base is not None:
-        init_params = base.variables
-        method_state = fit_method_state(method, hp, base, dataset)
-    return Prepared(config, record, dataset, module, method, hp, base, init_params, method_state, mesh)
+    method_state = None if base is None else fit_method_state(method, hp, base, dataset)
+    return Prepared(config, record, dataset, module, method, hp, base, method_state, mesh)
 
 
 def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -> None:
@@ -283,7 +282,7 @@ def restore(workdir: str) -> Run:
         raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of `jaxbias train`?")
     with open(path) as f:
         record = json.load(f)
-    if "members" in record and record.get("members"):
+    if record.get("members"):
         raise ValueError(f"{workdir!r} is a sweep's workdir: restore a single run (`jaxbias train`)")
     config = RunConfig.from_dict(record)
     module = make_module(record["model"])
