@@ -5,14 +5,50 @@ statistics, optimiser state, step counter and key) plus a small JSON record
 (the epoch and the run's configuration). Orbax writes into a temporary folder
 and renames it when complete, so a killed run never leaves a half-written
 "latest" checkpoint.
+
+Every checkpoint also records a fingerprint of its arrays' bytes (a
+position-weighted sum per array, computed on the device), checked when it is
+read back: a damaged newest checkpoint (a flipped bit, a truncated file,
+unreadable metadata) is moved aside to ``<directory>.damaged/`` with a
+warning, and the previous one is used instead.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """No readable checkpoint is left in the directory."""
+
+
+@jax.jit
+def _fingerprints(leaves: list[Any]) -> jax.Array:
+    """One uint32 per array: ``Σ_i b_i·w_i mod 2³²`` over its bytes ``b``, odd weights ``w`` (any one-byte change shows)."""
+    out = []
+    for x in leaves:
+        b = jax.lax.bitcast_convert_type(x, jnp.uint8) if x.dtype.itemsize > 1 else x.astype(jnp.uint8)
+        b = b.reshape(-1).astype(jnp.uint32)
+        w = jnp.arange(b.shape[0], dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+        out.append(jnp.sum(b * w, dtype=jnp.uint32))
+    return jnp.stack(out) if out else jnp.zeros((0,), jnp.uint32)
+
+
+def fingerprint(tree: Any) -> list[int]:
+    """The fingerprints of ``tree``'s arrays (PRNG keys by their data), as JSON ints."""
+    leaves = []
+    for x in jax.tree.leaves(tree):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        leaves.append(jnp.asarray(x))
+    return [int(v) for v in np.asarray(_fingerprints(leaves))]
 
 
 class Checkpointer:
@@ -30,7 +66,8 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
-        """Write the checkpoint of ``epoch`` and wait until it is on disk."""
+        """Write the checkpoint of ``epoch`` (with the state's fingerprint) and wait until it is on disk."""
+        meta = {**meta, "fingerprint": fingerprint(state)}
         self._manager.save(
             epoch,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -38,16 +75,55 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, target: Any, epoch: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """Restore into the structure of ``target`` (arrays or ``jax.ShapeDtypeStruct``s)."""
-        epoch = self.latest_epoch() if epoch is None else epoch
-        if epoch is None:
+        """Restore into the structure of ``target`` (arrays or ``jax.ShapeDtypeStruct``s).
+
+        Without ``epoch``: the newest checkpoint that reads back whole; newer ones that
+        do not are then moved aside (with a warning on stderr). ``meta["epoch"]`` says which.
+
+        Raises:
+          FileNotFoundError: no checkpoint at all. CheckpointError: none is readable.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True) if epoch is None else [epoch]
+        if not steps:
             raise FileNotFoundError(f"no checkpoint found in {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self._manager.restore(
-            epoch,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
-        )
-        return restored["state"], dict(restored["meta"])
+        problems, damaged = [], []
+        for step in steps:
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+                )
+                state, meta = restored["state"], dict(restored["meta"])
+                if "fingerprint" in meta and fingerprint(state) != meta["fingerprint"]:
+                    raise CheckpointError("its arrays do not match the fingerprint saved with them")
+            except Exception as e:  # noqa: BLE001 - any failure to read it back
+                first = str(e).splitlines()[0][:200] if str(e) else ""
+                problems.append(f"epoch {step}: {type(e).__name__}: {first}")
+                damaged.append(step)
+                continue
+            # only now, with an older checkpoint of the same structure read back whole, are the newer ones
+            # known to be damaged (not a run of another shape): set them aside so that saving goes on
+            for bad, why in zip(damaged, problems):
+                self._set_aside(bad, why)
+            meta.setdefault("epoch", step)
+            return state, meta
+        raise CheckpointError(f"no checkpoint in {self.directory} reads back into this run's state: "
+                              + "; ".join(problems))
+
+    def _set_aside(self, step: int, why: str) -> None:
+        """Move a damaged checkpoint out of the manager's folder (kept for inspection) and say so."""
+        src = os.path.join(self.directory, str(step))
+        dst_root = f"{self.directory}.damaged"
+        os.makedirs(dst_root, exist_ok=True)
+        dst = os.path.join(dst_root, str(step))
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        if os.path.exists(src):
+            shutil.move(src, dst)
+        self._manager.reload()
+        print(f"warning: the checkpoint of epoch {step} in {self.directory} is damaged ({why}); moved it to {dst} "
+              "and resumed from the one before", file=sys.stderr, flush=True)
 
     def read_meta(self, epoch: int | None = None) -> dict[str, Any]:
         """Only the JSON record (no arrays) of a checkpoint."""

@@ -79,6 +79,7 @@ def _print_eval(results: dict[str, Any], as_json: bool) -> None:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The run settings (:class:`jaxbias.runs.RunConfig`) as flags; a flag given overrides ``--config``."""
     from jaxbias import methods
+    from jaxbias.data.celeba import CONFOUNDERS
     from jaxbias.runs import MODELS, RunConfig, datasets
 
     S = argparse.SUPPRESS  # only flags given reach the namespace: the others come from --config or the defaults
@@ -91,7 +92,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "config.json works too); flags given here override it")
     p.add_argument("--dataset", default=S, choices=datasets.names(),
                    help="biased_mnist (colour bias, --rho), artifact_mnist (an artifact inserted into one class) "
-                   f"or adult (UCI Adult income, --data-path, protected --protected); default {d('dataset')}")
+                   "adult (UCI Adult income, --data-path, protected --protected), region_mnist (a confounder in a "
+                   "band above the digit, --style) or celeba (target Male, --confounder; the prepared TFDS celeb_a); "
+                   f"default {d('dataset')}")
     p.add_argument("--model", default=S, choices=list(MODELS),
                    help="simple_conv (4 conv blocks, --channels) or mlp (--hidden; FMD's Colored-MNIST/Adult model)")
     p.add_argument("--hidden", type=_widths, default=S, help="mlp: hidden widths, comma-separated (default 100,100,100)")
@@ -107,6 +110,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="artifact_mnist: the artifact (default stamp)")
     p.add_argument("--artifact-class", type=int, default=S, help="artifact_mnist: the class that carries it (default 0)")
     p.add_argument("--p", type=_rho, default=S, help="artifact_mnist: insertion probability in that class (default 0.5)")
+    p.add_argument("--image-size", type=int, default=S, help="region_mnist / celeba: image side (default 64 / 128)")
+    p.add_argument("--style", default=S, choices=["mark", "hair"],
+                   help="region_mnist: the confounder, a yellow square in the top band (mark, default) or the band's "
+                   "colour (hair)")
+    p.add_argument("--confounder", default=S, choices=list(CONFOUNDERS),
+                   help="celeba: the confounding attribute (default Blond_Hair; the target is Male)")
+    p.add_argument("--maps", default=S, metavar="DIR",
+                   help="per-image maps of the training images from `jaxbias attribute --out DIR` on the same data, "
+                   "as the training masks (what --method targeted_noise hides)")
     p.add_argument("--method", default=S, choices=methods.training(),
                    help=f"training method (default {d('method')}); its hyperparameters are the flags below")
     p.add_argument("--epochs", type=int, default=S, help=f"default {d('epochs')}")
@@ -272,8 +284,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _err(f"epoch {records[0]['epoch']:3d}  loss per member: {losses}  ({records[0]['seconds']:.1f}s)")
 
     config = run_config(args, members=tuple(grid(**axes)), vectorize=not args.no_vmap)
-    results, _ = runs.sweep(config, workdir=args.workdir, resume=args.resume,
-                            progress=not args.no_progress, log=log)
+    results = runs.sweep(config, workdir=args.workdir, resume=args.resume, progress=not args.no_progress,
+                         log=log).results
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -401,27 +413,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from jaxbias.attribution.pipeline import attribute, load_attribution_data
     from jaxbias.data.sources import DatasetUnavailableError
     from jaxbias.report import markdown_table
+    from jaxbias.runs import RegionConfig, attribute
 
-    try:
-        data = load_attribution_data(args.dataset, seed=args.seed, image_size=args.image_size, source=args.source,
-                                     data_dir=args.data_dir, confounder=args.confounder, style=args.style,
-                                     limit=args.limit)
-    except DatasetUnavailableError as e:
-        print(f"jaxbias attribute: error: {e}", file=sys.stderr)
-        return 2
+    name = "region_mnist" if args.dataset == "controlled" else args.dataset
+    from jaxbias.runs import RunConfig
+
+    data = RunConfig(dataset=name, seed=args.seed, image_size=args.image_size, source=args.source,
+                     data_dir=args.data_dir, confounder=args.confounder, style=args.style)
+    region = RegionConfig(patch=args.patch, stride=args.stride, arch=args.arch, widths=args.widths,
+                          blocks=args.blocks, stem=args.stem, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, label_smoothing=args.label_smoothing, measure=args.measure, q=args.q)
 
     def log(rec):
         _err(f"epoch {rec['epoch']:3d}  loss={rec['loss']:.4f}  patch accuracy={rec['accuracy']:.3f}  "
              f"({rec['seconds']:.1f}s)")
 
-    res = attribute(data, patch=args.patch, stride=args.stride, arch=args.arch, widths=args.widths,
-                    blocks=args.blocks, stem=args.stem, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    label_smoothing=args.label_smoothing, seed=args.seed, measure=args.measure, q=args.q,
-                    out_dir=args.out, n_figure=args.n, progress=not args.no_progress, log=log)
-    summary = {k: v for k, v in res.items() if k not in ("classifier", "specific", "general")}
+    try:
+        att = attribute(data, region, workdir=args.out, limit=args.limit, n_figure=args.n,
+                        progress=not args.no_progress, log=log)
+    except DatasetUnavailableError as e:
+        print(f"jaxbias attribute: error: {e}", file=sys.stderr)
+        return 2
+    summary = att.summary
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -460,6 +475,7 @@ EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings); 1 the run 
 
 def build_parser() -> argparse.ArgumentParser:
     from jaxbias import __version__, methods
+    from jaxbias.data.celeba import CONFOUNDERS
 
     parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).",
                                      epilog=EPILOG)
@@ -565,12 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("attribute", help="region attribution: train a patch classifier for a confounder, "
                        "write attribution maps and calibration plots")
-    p.add_argument("--dataset", default="controlled", choices=["controlled", "celeba"],
-                   help="controlled: MNIST digits below a band that holds the confounder (offline, true region "
-                   "known; --style); celeba: target Male, --confounder (needs the prepared TFDS celeb_a)")
+    p.add_argument("--dataset", default="region_mnist", choices=["region_mnist", "controlled", "celeba"],
+                   help="region_mnist (also: controlled): MNIST digits below a band that holds the confounder "
+                   "(offline, true region known; --style); celeba: target Male, --confounder (needs the prepared "
+                   "TFDS celeb_a). `jaxbias train --dataset region_mnist|celeba --maps OUT` trains on these maps")
     p.add_argument("--style", default="mark", choices=["mark", "hair"],
                    help="controlled: a yellow square somewhere in the band (mark) or a blond/dark band (hair)")
-    p.add_argument("--confounder", default="Blond_Hair", choices=["Blond_Hair", "Eyeglasses", "Smiling", "Wearing_Hat"])
+    p.add_argument("--confounder", default="Blond_Hair", choices=list(CONFOUNDERS))
     p.add_argument("--source", default="offline", choices=["offline", "tfds", "auto"], help="controlled: digits")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
     p.add_argument("--image-size", type=int, default=None, help="image side (default 64 controlled, 128 celeba)")

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxbias.recipes import DEMO_CHANNELS, load_biased_mnist, train_biased_mnist
+from jaxbias import runs
+from jaxbias.runs import DEMO_CHANNELS, RunConfig
+from jaxbias.runs import datasets as datasets_lib
 from jaxbias.report import bar_chart, markdown_table
 
 #: The demo's budget and EnD weights (see experiments/end_biased_mnist for the sweep).
@@ -43,21 +45,20 @@ def run_demo(
         raise ValueError(f"epochs must be ≥ 1, got {epochs}")
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
-    runs: dict[str, list[dict[str, Any]]] = {"vanilla": [], "end": []}
+    trained: dict[str, list[dict[str, Any]]] = {"vanilla": [], "end": []}
     for seed in range(seeds):
-        data = load_biased_mnist(rho=rho, seed=seed, source="offline")
-        for method, hp in (("vanilla", {}), ("end", DEMO_END)):
-            print(f"[demo] training {method} (seed {seed}, {epochs} epochs, rho={rho}) ...", file=sys.stderr,
+        vanilla = RunConfig(dataset="biased_mnist", rho=rho, source="offline", epochs=epochs, batch_size=DEMO_BATCH,
+                            decay_every=DEMO_DECAY_EVERY, seed=seed, channels=DEMO_CHANNELS, last_activation="tanh",
+                            eval_every=epochs)
+        data = datasets_lib.load(vanilla)  # both methods train on the same coloured digits
+        for config in (vanilla, vanilla.replace(method="end", hparams=DEMO_END)):
+            print(f"[demo] training {config.method} (seed {seed}, {epochs} epochs, rho={rho}) ...", file=sys.stderr,
                   flush=True)
-            res = train_biased_mnist(
-                rho=rho, method=method, hparams=hp, epochs=epochs, batch_size=DEMO_BATCH,
-                decay_every=DEMO_DECAY_EVERY, seed=seed, channels=DEMO_CHANNELS, last_activation="tanh", data=data,
-                progress=progress, eval_every=epochs,
-            )
-            runs[method].append({"seed": seed, "eval": res["eval"], "seconds": res["seconds"]})
+            run = runs.train(config, data=data, progress=progress)
+            trained[config.method].append({"seed": seed, "eval": run.results["eval"], "seconds": run.seconds})
 
     rows, series, errors = [], {}, {}
-    for method, rs in runs.items():
+    for method, rs in trained.items():
         b = np.array([r["eval"]["biased"]["accuracy"] for r in rs])
         u = np.array([r["eval"]["unbiased"]["accuracy"] for r in rs])
         c = np.array([r["eval"]["unbiased"]["conflicting"] for r in rs])
@@ -84,7 +85,7 @@ def run_demo(
         f.write(markdown)
     bar_chart(png_path, ["biased test (rho=1)", "unbiased test (rho=0.1)"], series, errors=errors if seeds > 1 else None,
               ylabel="accuracy", title=f"Biased MNIST (rho={rho}): Vanilla vs EnD")
-    summary = {"rho": rho, "epochs": epochs, "seeds": seeds, "runs": runs, "rows": rows, "seconds": total,
+    summary = {"rho": rho, "epochs": epochs, "seeds": seeds, "runs": trained, "rows": rows, "seconds": total,
                "markdown": markdown, "files": [md_path, png_path, json_path]}
     with open(json_path, "w") as f:
         json.dump({k: v for k, v in summary.items() if k != "markdown"}, f, indent=2)

@@ -38,9 +38,11 @@ run replays exactly what the uninterrupted run would have done.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -52,6 +54,8 @@ import numpy as np
 from jaxbias.data.iterators import num_batches, permutation
 from jaxbias.parallel import Layout, to_host
 from jaxbias.types import Batch
+from jaxbias.validation import check_labels
+from jaxbias.workdir import lock as workdir_lock
 
 __all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "choose_feed", "check_train", "epoch_order", "run_epochs",
            "read_history", "write_history", "progress_bar"]
@@ -73,15 +77,22 @@ class Lane:
     data_key: jax.Array
 
 
-def check_train(train: Batch) -> int:
-    """Rows of the training set; raises ``ValueError`` when its fields disagree."""
+def check_train(train: Batch, num_classes: int | None = None) -> int:
+    """Rows of the training set; raises ``ValueError`` when it is empty or its fields disagree.
+
+    Integer labels must be class indices: non-negative, and below ``num_classes`` when given.
+    """
     if train.x is None or train.y is None:
         raise ValueError("train.x and train.y must be arrays")
     n = int(np.shape(train.x)[0])
+    if n == 0:
+        raise ValueError("the training set is empty (train.x has 0 rows)")
     for name in ("y", "bias", "mask"):
         a = getattr(train, name)
         if a is not None and np.shape(a)[0] != n:
             raise ValueError(f"train.{name} has {np.shape(a)[0]} rows, expected {n} (same as train.x)")
+    if np.issubdtype(np.asarray(train.y).dtype, np.integer) and np.ndim(train.y) == 1:
+        check_labels("train.y", np.asarray(train.y), num_classes=num_classes)
     return n
 
 
@@ -131,11 +142,27 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 
 def read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl`` up to epoch ``upto``."""
+    """Rows of ``metrics.jsonl`` up to epoch ``upto``.
+
+    A torn last line (the append cut off: a kill or a full disk) is dropped,
+    since its epoch is past every checkpoint; a bad line before the last
+    names the file and the line.
+    """
     if path is None or not os.path.exists(path):
         return []
     with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if all(not rest.strip() for rest in lines[i + 1:]):  # the last line, torn
+                break
+            raise ValueError(f"{path}, line {i + 1}, is not a JSON row ({line[:60]!r}); the file is damaged "
+                             "before its last line") from None
     return [r for r in rows if r.get("epoch", 0) <= upto]
 
 
@@ -338,11 +365,16 @@ def run_epochs(
                   jnp.asarray(jax.random.key_data(ln.data_key))) for ln in lanes]
     ckpt, metrics_path, start, resumed_from, rows = None, None, 0, None, []
     writer = jax.process_index() == 0  # one writer when several processes share the workdir
+    held = contextlib.ExitStack()
     if workdir is not None:
         from jaxbias.checkpoint import Checkpointer
 
-        os.makedirs(workdir, exist_ok=True)
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+        held.enter_context(workdir_lock(workdir, enabled=writer))
+        try:
+            ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+        except BaseException:
+            held.close()
+            raise
         metrics_path = os.path.join(workdir, "metrics.jsonl")
         try:
             latest = ckpt.latest_epoch()
@@ -351,15 +383,25 @@ def run_epochs(
                     f"workdir {workdir} already holds checkpoints (epoch {latest}); pass resume=True "
                     "(--resume) to continue or choose an empty workdir"
                 )
+            if latest is not None and latest > epochs:
+                raise ValueError(f"the run in workdir {workdir} has already trained {latest} epochs; epochs={epochs} "
+                                 "would contradict its history: resume with epochs >= its epochs")
+            if latest is None and resume and read_history(metrics_path, upto=sys.maxsize):
+                raise FileNotFoundError(
+                    f"resume: workdir {workdir} has no checkpoint left to resume from, but its metrics.jsonl "
+                    "records trained epochs; restore its checkpoints/ folder, or train into an empty workdir")
             if latest is not None:
-                saved = ckpt.read_meta(latest)
-                for k, v in (must_match or {}).items():
-                    if k in saved and saved[k] != _json_safe(v):
-                        raise ValueError(f"{k} differ from those of the run in workdir {workdir} ({saved[k]}); "
-                                         "resume with the same settings or choose an empty workdir")
-                restored, _ = ckpt.restore(pack([ln.state for ln in lanes]))
+                try:
+                    saved = ckpt.read_meta(latest)
+                except Exception:  # noqa: BLE001 - a damaged newest checkpoint: restore() finds the one before
+                    saved = {}
+                _check_saved(saved, must_match, workdir)  # before reading any arrays
+                # the newest checkpoint that reads back whole (damaged newer ones are set aside)
+                restored, saved = ckpt.restore(pack([ln.state for ln in lanes]))
+                _check_saved(saved, must_match, workdir)
                 lanes = [Lane(layout.put(s, "state"), ln.args, ln.data_key)
                          for s, ln in zip(unpack(restored), lanes)]
+                latest = int(saved["epoch"])
                 start = resumed_from = latest
                 rows = read_history(metrics_path, upto=latest)
                 if writer:
@@ -368,14 +410,15 @@ def run_epochs(
                 os.remove(metrics_path)
         except BaseException:
             ckpt.close()
+            held.close()
             raise
 
-    feeder = (_DeviceFeed if kind == "device" else _HostFeed)(step, train, layout, n=n, batch_size=batch_size,
-                                                              drop_last=drop_last)
-    steps_per_epoch = num_batches(n, batch_size, drop_last)
-    epoch_ids = [jnp.asarray(e, jnp.int32) for e in range(start, epochs)]
     losses: list[jax.Array] = []
     try:
+        feeder = (_DeviceFeed if kind == "device" else _HostFeed)(step, train, layout, n=n, batch_size=batch_size,
+                                                                  drop_last=drop_last)
+        steps_per_epoch = num_batches(n, batch_size, drop_last)
+        epoch_ids = [jnp.asarray(e, jnp.int32) for e in range(start, epochs)]
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             bar = progress_bar(steps_per_epoch * len(lanes), f"epoch {epoch + 1}/{epochs}{desc}", progress)
@@ -402,7 +445,15 @@ def run_epochs(
     finally:
         if ckpt is not None:
             ckpt.close()
+        held.close()
     return LoopResult(lanes=lanes, rows=rows, losses=losses, resumed_from=resumed_from)
+
+
+def _check_saved(saved: Mapping[str, Any], must_match: Mapping[str, Any] | None, workdir: Any) -> None:
+    for k, v in (must_match or {}).items():
+        if k in saved and saved[k] != _json_safe(v):
+            raise ValueError(f"{k} differ from those of the run in workdir {workdir} ({saved[k]}); "
+                             "resume with the same settings or choose an empty workdir")
 
 
 def _json_safe(d: Any) -> Any:

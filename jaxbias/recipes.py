@@ -78,11 +78,12 @@ def sweep_model(*, members, workdir: str | None = None, resume: bool = False, pr
     devices, each member's batch over ``data_devices`` of them.
 
     Returns the JSON-able results (``config``, ``members``, ``seconds``,
-    ``resumed_from``, ``traces``) plus ``result`` (the :class:`~jaxbias.sweep.SweepResult`).
+    ``resumed_from``, ``traces``) plus ``result`` (the :class:`~jaxbias.sweep.SweepResult`) and ``sweep``
+    (the :class:`~jaxbias.runs.Sweep`: ``sweep.member(i)`` is member ``i`` as a :class:`~jaxbias.runs.Run`).
     """
-    results, result = runs.sweep(_config({**settings, "members": tuple(members)}), data=data, workdir=workdir,
-                                 resume=resume, progress=progress, log=log)
-    return {**results, "result": result}
+    sw = runs.sweep(_config({**settings, "members": tuple(members)}), data=data, workdir=workdir, resume=resume,
+                    progress=progress, log=log)
+    return {**sw.results, "result": sw.result, "sweep": sw}
 
 
 def restore_workdir(workdir: str) -> runs.Run:

@@ -528,7 +528,7 @@ def fit_sweep(
         raise ValueError("a sweep on a mesh splits the stacked members over devices: it needs vectorize=True")
     if hp is None:
         hp = method.Hparams()
-    n = engine.check_train(train)
+    n = engine.check_train(train, getattr(module, "num_classes", None))
     if drop_last and n < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} samples) with drop_last")
     engine.choose_feed(feed, train)

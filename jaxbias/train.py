@@ -274,7 +274,7 @@ def fit(
         raise ValueError(f"epochs must be ≥ 0, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    n = engine.check_train(train)
+    n = engine.check_train(train, getattr(module, "num_classes", None))
     if drop_last and n < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} samples) with drop_last")
     engine.choose_feed(feed, train)  # a bad name fails before anything is built

@@ -103,3 +103,24 @@ def test_restore_reads_the_state_without_fitting_anything(tmp_path, monkeypatch)
     np.testing.assert_array_equal(np.asarray(back.state.method_state.cav), np.asarray(fixed.state.method_state.cav))
     assert back.config == fixed.config.replace(init_from=str(tmp_path / "base"), data_seed=0)
     assert back.epoch == 1 and [h["epoch"] for h in back.history] == [1]
+
+
+@pytest.mark.usefixtures("fewer_digits")
+def test_a_sweep_member_is_a_run_passed_on_in_memory(tmp_path):
+    """runs.sweep returns a Sweep; member(i) is a Run with its own settings that evaluates and starts a correction."""
+    sw = runs.sweep(RunConfig(dataset="artifact_mnist", channels=(2, 2, 2, 2), batch_size=100, epochs=1,
+                              members=({"lr": 1e-3, "seed": 0}, {"lr": 3e-3, "seed": 1})), progress=False)
+    assert len(sw) == 2 and sw.results["traces"] == 1
+    member = sw.member(1)
+    assert (member.config.lr, member.config.seed, member.config.members) == (3e-3, 1, None)
+    dataset = runs.datasets.get(member.config, None)
+    assert member.evaluate(dataset) == sw.results["members"][1]["eval"]  # the member's own weights
+    assert member.evaluate(dataset) != sw.member(0).evaluate(dataset)
+    with pytest.raises(ValueError, match="member index 2 is out of range for a sweep of 2 members"):
+        sw.member(2)
+    fixed = runs.train(RunConfig(dataset="artifact_mnist", method="rrclarc", init_from=member, epochs=1,
+                                 batch_size=100, trainable=("fc",), hparams={"lam": 1.0}), progress=False)
+    head = lambda run: np.asarray(run.state.params["fc"]["kernel"])  # noqa: E731
+    conv = lambda run: np.asarray(run.state.params["conv1"]["kernel"])  # noqa: E731
+    np.testing.assert_array_equal(conv(fixed), conv(member))  # started from member 1, only its head trained
+    assert not np.array_equal(head(fixed), head(member))

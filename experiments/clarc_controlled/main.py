@@ -19,9 +19,11 @@ import time
 
 import numpy as np
 
+from jaxbias import runs as runs_lib
 from jaxbias.correct import correct
-from jaxbias.recipes import load_dataset, train_model
 from jaxbias.report import markdown_table
+from jaxbias.runs import RunConfig
+from jaxbias.runs import datasets as datasets_lib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import CONFIGS  # noqa: E402
@@ -34,24 +36,22 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
     t0 = time.perf_counter()
     runs = []
     for seed in cfg["seeds"]:
-        data, _, _ = load_dataset("artifact_mnist", seed=seed, source=cfg["source"], artifact=cfg["artifact"],
-                                  artifact_class=cfg["artifact_class"], p=cfg["p"])
-        base_dir = os.path.join(workroot, f"base_s{seed}")
         b = cfg["base"]
-        base = train_model(
-            dataset="artifact_mnist", artifact=cfg["artifact"], artifact_class=cfg["artifact_class"], p=cfg["p"],
-            method="vanilla", epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"],
-            weight_decay=b["weight_decay"], decay_every=b["decay_every"], seed=seed, source=cfg["source"],
-            channels=b["channels"], workdir=base_dir, resume=True, progress=progress, eval_every=b["epochs"], data=data,
-        )
-        base_secs = float(np.median([h["seconds"] for h in base["history"]])) if base["history"] else None
+        config = RunConfig(dataset="artifact_mnist", artifact=cfg["artifact"], artifact_class=cfg["artifact_class"],
+                           p=cfg["p"], source=cfg["source"], epochs=b["epochs"], batch_size=b["batch_size"],
+                           lr=b["lr"], weight_decay=b["weight_decay"], decay_every=b["decay_every"], seed=seed,
+                           channels=tuple(b["channels"]), eval_every=b["epochs"])
+        data = datasets_lib.load(config)  # the base and every correction of a seed see the same images
+        base = runs_lib.train(config, data=data, workdir=os.path.join(workroot, f"base_s{seed}"), resume=True,
+                              progress=progress)
+        base_secs = float(np.median([h["seconds"] for h in base.history])) if base.history else None
         base_added = False
         for label, (method, hp) in cfg["methods"].items():
             if only and label not in only:
                 continue
             c = cfg["correct"]
             epochs = 0 if method == "pclarc" else c["epochs"]
-            res = correct(base=base["run"], method=method, hparams=hp, epochs=epochs, batch_size=c["batch_size"],
+            res = correct(base=base, method=method, hparams=hp, epochs=epochs, batch_size=c["batch_size"],
                           lr=c["lr"], seed=seed, chosen=(cfg["artifact_class"],), progress=progress, data=data,
                           trainable=c.get("trainable"))
             if not base_added:  # the uncorrected model's report, once per seed

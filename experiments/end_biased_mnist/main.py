@@ -17,8 +17,10 @@ import time
 
 import numpy as np
 
-from jaxbias.recipes import load_biased_mnist, train_biased_mnist
+from jaxbias import runs
 from jaxbias.report import markdown_table
+from jaxbias.runs import RunConfig
+from jaxbias.runs import datasets as datasets_lib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import CONFIGS  # noqa: E402
@@ -29,21 +31,21 @@ def run(cfg: dict, *, out_dir: str, name: str, progress: bool, workroot: str | N
     t0 = time.perf_counter()
     for rho in cfg["rhos"]:
         for seed in cfg["seeds"]:
-            data = load_biased_mnist(rho=rho, seed=seed, source=cfg["source"])
+            config = RunConfig(dataset="biased_mnist", rho=rho, source=cfg["source"], epochs=cfg["epochs"],
+                               batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                               decay_every=cfg["decay_every"], seed=seed, channels=tuple(cfg["channels"]),
+                               last_activation=cfg["last_activation"], eval_every=cfg["epochs"])
+            data = datasets_lib.load(config)  # every method of a seed trains on the same coloured digits
             for method, hp in cfg["methods"].items():
                 workdir = None if workroot is None else os.path.join(workroot, f"rho{rho}_{method}_s{seed}")
-                res = train_biased_mnist(
-                    rho=rho, method=method, hparams=hp, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                    lr=cfg["lr"], weight_decay=cfg["weight_decay"], decay_every=cfg["decay_every"], seed=seed,
-                    channels=cfg["channels"], last_activation=cfg["last_activation"], data=data, progress=progress, eval_every=cfg["epochs"],
-                    workdir=workdir, resume=workdir is not None,
-                )
-                ev = res["eval"]
+                run = runs.train(config.replace(method=method, hparams=hp), data=data, progress=progress,
+                                 workdir=workdir, resume=workdir is not None)
+                ev = run.results["eval"]
                 row = {
-                    "rho": rho, "method": method, "seed": seed, "source": res["config"]["source"],
+                    "rho": rho, "method": method, "seed": seed, "source": run.record["source"],
                     "biased": ev["biased"]["accuracy"], "unbiased": ev["unbiased"]["accuracy"],
                     "unbiased_group_mean": ev["unbiased"]["group_mean"],
-                    "conflicting": ev["unbiased"]["conflicting"], "seconds": res["seconds"],
+                    "conflicting": ev["unbiased"]["conflicting"], "seconds": run.seconds,
                 }
                 results.append(row)
                 print(json.dumps(row), flush=True)

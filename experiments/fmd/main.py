@@ -19,11 +19,12 @@ import os
 import sys
 import time
 
-import numpy as np
 
+from jaxbias import runs as runs_lib
 from jaxbias.methods import fmd
-from jaxbias.recipes import load_dataset, train_model
 from jaxbias.report import markdown_table, mean_std_rows
+from jaxbias.runs import RunConfig
+from jaxbias.runs import datasets as datasets_lib
 from jaxbias.unlearn import unlearn_workdir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -50,22 +51,20 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool) ->
             skipped[dname] = f"{d['data_path']} not found"
             continue
         for seed in cfg["seeds"]:
-            data, _, _ = load_dataset(d["dataset"], seed=seed, source=d.get("source", "offline"),
-                                      rho=d.get("rho", 0.99), data_path=d.get("data_path"),
-                                      protected=d.get("protected", "sex"))
             b = d["base"]
-            workdir = os.path.join(workroot, f"{dname}_s{seed}")
-            train_model(dataset=d["dataset"], rho=d.get("rho", 0.99), model="mlp", hidden=b["hidden"],
-                        epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"], weight_decay=b["weight_decay"],
-                        decay_every=None, seed=seed, source=d.get("source", "offline"), data_path=d.get("data_path"),
-                        protected=d.get("protected", "sex"), workdir=workdir, resume=True, progress=progress,
-                        eval_every=b["epochs"], data=data)
+            config = RunConfig(dataset=d["dataset"], rho=d.get("rho", 0.99), source=d.get("source", "offline"),
+                               data_path=d.get("data_path"), protected=d.get("protected", "sex"), model="mlp",
+                               hidden=tuple(b["hidden"]), epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"],
+                               weight_decay=b["weight_decay"], decay_every=None, seed=seed, eval_every=b["epochs"])
+            data = datasets_lib.load(config)  # the base model and every edit of a seed see the same data
+            model = runs_lib.train(config, data=data, workdir=os.path.join(workroot, f"{dname}_s{seed}"),
+                                   resume=True, progress=progress)
             base_row = None
             tuned = set()  # (block, accuracy rule): the baseline runs once per distinct pair
             for label, over in cfg["variants"].items():
                 hp = fmd.Hparams(**over)
                 key = (hp.params, hp.accuracy_on, hp.max_acc_drop)
-                res = unlearn_workdir(workdir, external=cfg["external"], hp=hp, seed=seed, data=data,
+                res = unlearn_workdir(model, external=cfg["external"], hp=hp, seed=seed, data=data,
                                       baseline=key not in tuned)
                 before = res["before"]
                 if base_row is None:
@@ -122,7 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
     p.add_argument("--base-epochs", type=int, default=None, help="override the base models' epochs")
     p.add_argument("--datasets", default=None, help="comma-separated subset of the config's datasets")
-    p.add_argument("--variants", default=None, help="comma-separated subset of the FMD variants")
+    p.add_argument("--variants", nargs="+", default=None, metavar="LABEL",
+                   help="a subset of the FMD variants, by label (labels hold commas: quote each one)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = json.loads(json.dumps(CONFIGS[a.config]))
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
             p.error(f"--datasets: unknown {unknown}; expected some of {sorted(cfg['datasets'])}")
         cfg["datasets"] = {k: v for k, v in cfg["datasets"].items() if k in keep}
     if a.variants:
-        keep = [s.strip() for s in a.variants.split(",")]
+        keep = a.variants
         unknown = sorted(set(keep) - set(cfg["variants"]))
         if unknown:
             p.error(f"--variants: unknown {unknown}; expected some of {sorted(cfg['variants'])}")

@@ -260,6 +260,9 @@ def pixel_map(confidences: Any, locations: Any, *, patch: int, image_size: Any, 
                          f"got {c.shape}")
     if not jnp.issubdtype(c.dtype, jnp.floating):
         c = c.astype(jnp.float32)
+    if not isinstance(c, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(c))):
+        raise ValueError(f"confidences has {int(jnp.sum(~jnp.isfinite(c)))} NaN/inf entries (shape {c.shape}); "
+                         "expected finite patch confidences")
     axes = _grid_axes(loc)
     if axes is not None:  # a product grid: Rᵀ diag(c) C factorises into R_yᵀ · c_grid · R_x, ~(H/g)× fewer products
         ry = _interval_matrix(axes[0], k, hw[0], c.dtype)  # (g_y, H)

@@ -1,6 +1,7 @@
-"""End to end: train a region classifier, calibrate it, write maps and figures (the ``attribute`` command).
+"""End to end: train a region classifier, calibrate it, write maps and figures.
 
-Library functions with typed keyword arguments; the CLI and the
+Library functions with typed keyword arguments on arrays; the run layer
+(:func:`jaxbias.runs.attribute`, the ``attribute`` command) and the
 ``region_attribution`` experiment call them.
 """
 from __future__ import annotations
@@ -16,7 +17,6 @@ from jaxbias.attribution import maps as maps_lib
 from jaxbias.attribution.classifier import RegionClassifier, calibration, specific_maps, train_region_classifier
 from jaxbias.attribution.network import RegionResNet, resnet18, small
 
-DATASETS = ("controlled", "celeba")
 ARCHS = ("small", "resnet18")
 
 
@@ -36,40 +36,6 @@ class AttributionData(NamedTuple):
     map_x: np.ndarray
     region: np.ndarray | None
     name: str
-
-
-def _limit(a: np.ndarray, n: int | None) -> np.ndarray:
-    return a if n is None else a[:n]
-
-
-def load_attribution_data(dataset: str = "controlled", *, seed: int = 0, image_size: int | None = None,
-                          source: str = "offline", data_dir: str | None = None, confounder: str = "Blond_Hair",
-                          style: str = "mark", limit: int | None = None) -> AttributionData:
-    """The region-attribution sets of ``dataset``.
-
-    ``"controlled"``: :func:`jaxbias.data.region_mnist.region_mnist` (64×64 by
-    default, true region known); ``"celeba"``: :func:`jaxbias.data.celeba.load_celeba`
-    (128×128 by default; needs the prepared TFDS dataset). ``limit`` keeps the
-    first ``limit`` images of every set (quick runs).
-
-    Example:
-      >>> data = load_attribution_data("controlled", seed=0, limit=256)
-    """
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    if limit is not None and limit < 2:
-        raise ValueError(f"limit must be ≥ 2 images, got {limit}")
-    if dataset == "controlled":
-        from jaxbias.data.region_mnist import region_mnist
-
-        d = region_mnist(image_size=image_size or 64, style=style, seed=seed, source=source, data_dir=data_dir)
-        return AttributionData(_limit(d.attr_x, limit), _limit(d.attr_c, limit), _limit(d.test_x, limit),
-                               _limit(d.test_c, limit), _limit(d.train_x, limit), d.region, f"controlled ({style})")
-    from jaxbias.data.celeba import load_celeba
-
-    d = load_celeba(confounder, data_dir=data_dir, image_size=image_size or 128, seed=seed)
-    return AttributionData(_limit(d.attr_x, limit), _limit(d.attr_c, limit), _limit(d.val_x, limit),
-                           _limit(d.val_c, limit), _limit(d.train_x, limit), None, f"celeba ({confounder})")
 
 
 def build_module(arch: str, *, num_positions: int, num_classes: int = 2, widths: Sequence[int] = (16, 32, 64),
@@ -124,7 +90,7 @@ def attribute(
       plus ``"classifier"``, ``"specific"`` and ``"general"`` (not in the JSON).
 
     Example:
-      >>> res = attribute(load_attribution_data("controlled"), patch=16, stride=4, out_dir="runs/attr")
+      >>> res = attribute(AttributionData(ax, ac, vx, vc, x, region, "mine"), patch=16, stride=4, out_dir="attr")
       >>> res["iou"], res["ece"]
     """
     maps_lib._check_q(q)

@@ -47,6 +47,24 @@ def check_acts(name: str, acts: Any) -> jax.Array:
     return acts
 
 
+def check_acts_vary(name: str, acts: jax.Array, pool: str) -> None:
+    """Refuse activations that are the same for every sample (up to float rounding) after pooling.
+
+    A saturated or dead layer (tanh at ±1, ReLU all zero) gives such acts; any direction fitted on them
+    is made of rounding noise, whose sign may flip with the constant.
+    """
+    if is_traced(acts):
+        return
+    a = acts if acts.ndim == 2 else (jnp.max(acts, axis=(1, 2)) if pool == "max" else jnp.mean(acts, axis=(1, 2)))
+    spread = float(jnp.max(jnp.max(a, axis=0) - jnp.min(a, axis=0)))
+    scale = float(jnp.max(jnp.abs(a)))
+    if spread <= 1e-6 * scale or scale == 0.0:
+        raise ValueError(
+            f"{name} are the same for all {a.shape[0]} samples (largest spread of a feature {spread:.3g}, "
+            f"magnitude {scale:.3g}): a saturated or dead layer has no concept direction; choose another layer"
+        )
+
+
 def check_concept_labels(name: str, labels: Any, n: int, *, matrix_ok: bool) -> jax.Array:
     """Binary concept labels of shape ``(N,)`` (or ``(C, N)``), both classes in every row."""
     labels = jnp.asarray(labels)

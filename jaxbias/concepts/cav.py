@@ -175,6 +175,7 @@ def fit_cavs(
     _checks.check_n_iter(n_iter)
     _checks.check_bool("balanced", balanced)
     acts = _checks.check_acts("acts", acts)
+    _checks.check_acts_vary("acts", acts, pool)
     labels = _checks.check_concept_labels("labels", labels, acts.shape[0], matrix_ok=True)
     if SOLVERS[method].uses_reg:
         if regs is None:

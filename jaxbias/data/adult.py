@@ -176,6 +176,8 @@ def read_adult(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"Adult data file not found: {file}. Pass path= to a local copy of adult.data, set "
             f"{ENV_VAR}, or call load_adult(download=True) to fetch it from {ADULT_URL}"
         )
+    if file.is_dir():
+        raise ValueError(f"Adult data path {file} is a directory; expected the adult.data file itself")
     numeric = {c: [] for c in NUMERIC}
     categorical = {c: [] for c in CATEGORICAL}
     labels: list[int] = []

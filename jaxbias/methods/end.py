@@ -136,6 +136,9 @@ def _validate(features, targets, biases, alpha, beta, variant, num_biases, num_c
         )
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"features must have a floating dtype; got dtype {dtype} (shape {shape})")
+    if not isinstance(features, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(features))):
+        n_bad = int(jnp.sum(~jnp.isfinite(jnp.asarray(features))))
+        raise ValueError(f"features has {n_bad} NaN/inf entries (shape {shape}); expected finite features")
     _check_labels("targets", targets, shape[0], num_classes, "num_classes")
     _check_labels("biases", biases, shape[0], num_biases, "num_biases")
     _check_weight("alpha", alpha)
@@ -313,7 +316,7 @@ def regularizer(
       Scalar ``R``, float32 (float64 for float64 features).
 
     Raises:
-      ValueError: for features not rank-2 floating, labels not rank-1 integer of
+      ValueError: for features not rank-2 floating or not finite, labels not rank-1 integer of
         length ``B``, negative (or out-of-range) concrete labels, negative
         ``alpha``/``beta``, or an unknown ``variant``.
 

@@ -3,16 +3,20 @@
 - :class:`RunConfig` (:mod:`.config`): the frozen configuration, from keyword
   arguments, a TOML/JSON file or a run's ``config.json``;
 - :mod:`.datasets`: the name -> loader registry and the :class:`Dataset` value;
-- :func:`train`, :func:`sweep`, :func:`restore`, :class:`Run` (:mod:`.run`);
-- :mod:`.measure`: evaluation, artifact report and heatmaps of a run.
+- :func:`train`, :func:`sweep`, :func:`restore`, :class:`Run`, :class:`Sweep` (:mod:`.run`);
+- :mod:`.measure`: evaluation, artifact report and heatmaps of a run;
+- :func:`attribute` (:mod:`.attribution`): region-attribution maps of a dataset as an
+  :class:`Attribution` value, which a training run takes as ``RunConfig(maps=...)``.
 
 Data flows down: the CLI, the demo and the experiments call this layer; it
 calls the engine, the methods, the models and the measurements
 (:mod:`jaxbias.evaluation`), never the other way round.
 """
+from jaxbias.runs.attribution import Attribution, RegionConfig, attribute
 from jaxbias.runs.config import DEMO_CHANNELS, FULL_CHANNELS, MODELS, RunConfig
 from jaxbias.runs.datasets import Dataset
-from jaxbias.runs.run import Prepared, Run, final_eval, fit_method_state, make_module, prepare, restore, sweep, train
+from jaxbias.runs.run import (Prepared, Run, Sweep, final_eval, fit_method_state, make_module, prepare, restore, sweep,
+                             train)
 
-__all__ = ["DEMO_CHANNELS", "FULL_CHANNELS", "MODELS", "Dataset", "Prepared", "Run", "RunConfig", "final_eval",
+__all__ = ["Attribution", "RegionConfig", "attribute", "DEMO_CHANNELS", "FULL_CHANNELS", "MODELS", "Dataset", "Prepared", "Run", "RunConfig", "Sweep", "final_eval",
            "fit_method_state", "make_module", "prepare", "restore", "sweep", "train"]

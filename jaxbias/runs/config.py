@@ -17,6 +17,8 @@ import os
 import typing
 from typing import Any, Mapping, Sequence
 
+from jaxbias.data.celeba import CONFOUNDERS
+
 #: Channels of the ReBias/EnD network; the offline demo uses a narrower one
 #: because XLA:CPU trains 7×7 convolutions at 28×28 slowly (issue "CPU training speed").
 FULL_CHANNELS = (16, 32, 64, 128)
@@ -24,6 +26,7 @@ DEMO_CHANNELS = (4, 8, 16, 32)
 #: Models of the run layer.
 MODELS = ("simple_conv", "mlp")
 FEEDS = ("auto", "device", "host")
+
 #: ``config.json`` keys that describe the data a run saw, written beside the configuration.
 DERIVED = ("input_shape",)
 
@@ -55,6 +58,12 @@ class RunConfig:
       data_path, protected: Adult: the ``adult.data`` file (``None``: ``$JAXBIAS_ADULT``) and protected attribute.
       source, data_dir: where the digits come from (``offline``, ``tfds``, ``auto``) and the TFDS data_dir.
       data_seed: the data's seed (``None``: ``seed``).
+      image_size, style: region_mnist / celeba: the image side (``None``: 64 / 128); region_mnist's
+        confounder (``mark`` or ``hair``).
+      confounder: celeba: the confounding attribute (the target is ``Male``).
+      maps: per-image maps over the training images, put in the training batch's ``mask`` (what
+        targeted noise hides): a workdir of ``jaxbias attribute`` on the same data, or a
+        :class:`jaxbias.runs.Attribution` in memory; ``None``: the dataset's own masks.
       model: ``simple_conv`` (``channels``, ``last_activation``) or ``mlp`` (``hidden``).
       method, hparams: the training method and its hyperparameters (text or values).
       epochs, batch_size, lr, weight_decay, decay_every: Adam(W) with a step decay ×0.1 every ``decay_every`` epochs.
@@ -78,6 +87,10 @@ class RunConfig:
     source: str = "offline"
     data_dir: str | None = None
     data_seed: int | None = None
+    image_size: int | None = None
+    style: str = "mark"
+    confounder: str = "Blond_Hair"
+    maps: Any = None
     model: str = "simple_conv"
     channels: tuple[int, ...] = FULL_CHANNELS
     last_activation: str = "tanh"
@@ -128,6 +141,10 @@ class RunConfig:
         need(is_num(self.rho) and 0 <= self.rho <= 1, "rho", "in [0, 1]")
         need(is_num(self.p) and 0 <= self.p <= 1, "p", "in [0, 1]")
         need(is_int(self.artifact_class), "artifact_class", "an int")
+        need(self.image_size is None or (is_int(self.image_size) and self.image_size >= 48), "image_size",
+             "an int >= 48 or None")
+        need(self.style in ("mark", "hair"), "style", "one of ('mark', 'hair')")
+        need(self.confounder in CONFOUNDERS, "confounder", f"one of {CONFOUNDERS}")
         need(self.model in MODELS, "model", f"one of {MODELS}")
         need(len(self.channels) == 4 and all(is_int(c) and c >= 1 for c in self.channels), "channels",
              "4 positive ints")
@@ -182,8 +199,8 @@ class RunConfig:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name == "init_from" and v is not None and not isinstance(v, (str, os.PathLike)):
-                v = getattr(v, "workdir", None)  # a Run passed in memory: its workdir, if it has one
+            if f.name in ("init_from", "maps") and v is not None and not isinstance(v, (str, os.PathLike)):
+                v = getattr(v, "workdir", None)  # a Run / Attribution passed in memory: its workdir, if it has one
             out[f.name] = _thaw(v)
         out["data_seed"] = self.resolved_data_seed
         out["model"] = self.model_dict()

@@ -46,6 +46,23 @@ class Dataset:
     def source(self) -> str | None:
         return getattr(self.raw, "source", None)
 
+    @property
+    def region(self) -> np.ndarray | None:
+        """``(H, W)`` bool: where the confounder is drawn, when the protocol knows it (``region_mnist``)."""
+        region = getattr(self.raw, "region", None)
+        return None if region is None else np.asarray(region, bool)
+
+    def with_train_mask(self, mask: Any) -> "Dataset":
+        """This dataset with ``train.mask`` replaced (e.g. attribution maps ``(N, H, W)``, one per training image)."""
+        mask = np.asarray(mask)
+        want = tuple(np.shape(self.train.x)[:3])
+        if mask.shape != want:
+            raise ValueError(f"the training masks must be (N, H, W) = {want}, one per training image of "
+                             f"{self.name!r}; got {mask.shape}")
+        train = self.train._replace(mask=mask)
+        concept = train if self.concept is self.train else self.concept
+        return dataclasses.replace(self, train=train, concept=concept)
+
 
 def _biased_mnist(data) -> Dataset:
     train = Batch(data.train_x, data.train_y, data.train_bias)
@@ -76,6 +93,22 @@ def _adult(data) -> Dataset:
     return Dataset("adult", train, {"test": Batch(data.test_x, data.test_y)}, int(np.max(train.y)) + 1, train, data)
 
 
+def _region_mnist(data) -> Dataset:
+    # target = digit < 5, bias = the confounder (mark present); the region classifier's own set is the concept set
+    train = Batch(data.train_x, data.train_y, data.train_c)
+    evals = {"test": Batch(data.test_x, data.test_y, data.test_c)}
+    concept = Batch(data.attr_x, data.attr_y, data.attr_c, data.attr_mark)
+    return Dataset("region_mnist", train, evals, 2, concept, data)
+
+
+def _celeba(data) -> Dataset:
+    # target = Male, bias = the confounder; the concept set is the region classifier's (its label: the confounder)
+    train = Batch(data.train_x, data.train_y, data.train_c)
+    evals = {"test": Batch(data.test_x, data.test_y, data.test_c), "val": Batch(data.val_x, data.val_y, data.val_c)}
+    concept = Batch(data.attr_x, data.attr_c, data.attr_c)
+    return Dataset("celeba", train, evals, 2, concept, data)
+
+
 def _load_biased_mnist(cfg) -> Any:
     from jaxbias.data import biased_mnist
 
@@ -95,20 +128,38 @@ def _load_adult(cfg) -> Any:
     return load_adult(cfg.data_path, protected=cfg.protected, seed=cfg.resolved_data_seed)
 
 
+def _load_region_mnist(cfg) -> Any:
+    from jaxbias.data.region_mnist import region_mnist
+
+    return region_mnist(image_size=cfg.image_size or 64, style=cfg.style, seed=cfg.resolved_data_seed,
+                        source=cfg.source, data_dir=cfg.data_dir)
+
+
+def _load_celeba(cfg) -> Any:
+    from jaxbias.data.celeba import load_celeba
+
+    return load_celeba(cfg.confounder, data_dir=cfg.data_dir, image_size=cfg.image_size or 128,
+                       seed=cfg.resolved_data_seed)
+
+
 #: name -> loader(config) -> the protocol's object.
 LOADERS: dict[str, Callable[[Any], Any]] = {
     "biased_mnist": _load_biased_mnist,
     "artifact_mnist": _load_artifact_mnist,
     "adult": _load_adult,
+    "region_mnist": _load_region_mnist,
+    "celeba": _load_celeba,
 }
 #: name -> the protocol's object -> :class:`Dataset`.
 VIEWS: dict[str, Callable[[Any], Dataset]] = {
     "biased_mnist": _biased_mnist,
     "artifact_mnist": _artifact_mnist,
     "adult": _adult,
+    "region_mnist": _region_mnist,
+    "celeba": _celeba,
 }
 #: Datasets with images (LRP heatmaps, the ClArC family).
-IMAGE_DATASETS = ("biased_mnist", "artifact_mnist")
+IMAGE_DATASETS = ("biased_mnist", "artifact_mnist", "region_mnist", "celeba")
 
 
 def names() -> list[str]:

@@ -29,6 +29,7 @@ from jaxbias.runs.config import RunConfig
 from jaxbias.runs.datasets import Dataset
 from jaxbias.train import TrainState, create_train_state, evaluate, fit, freeze, hp_dict, make_optimizer, make_predict
 from jaxbias.types import Batch, BoundModel
+from jaxbias.workdir import lock as workdir_lock
 
 #: Settings a resumed run may change (how long, on what, fed how); everything else must match config.json.
 RESUMABLE_CHANGES = ("epochs", "devices", "data_devices", "feed", "eval_every")
@@ -146,6 +147,14 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
     dataset = datasets_lib.get(config, data)
+    if config.maps is not None:  # attribution maps as the training masks (what targeted noise hides)
+        from jaxbias.runs import attribution
+
+        dataset = attribution.resolve(config.maps).onto(config, dataset)
+    labels = np.unique(np.asarray(dataset.train.y))
+    if labels.size < 2:
+        raise ValueError(f"every training sample of {config.dataset!r} has the label {labels.tolist()}: a classifier "
+                         "needs at least two classes (check the data file or its label column)")
     record = config.to_dict()
     record["source"] = dataset.source or config.source
     num_classes = dataset.num_classes if base is None else base.record["model"].get("num_classes", 10)
@@ -157,11 +166,19 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
 
 
 def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -> None:
-    """Write ``config.json`` once; a resumed run must have been configured the same way."""
+    """Write ``config.json`` (atomically) once the run may use ``workdir``.
+
+    A workdir that already holds a run is refused unless ``resume``, before
+    anything in it is touched; a resumed run must have been configured the
+    same way (only :data:`RESUMABLE_CHANGES` may differ).
+    """
     if workdir is None:
         return
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
+    if not resume and (os.path.exists(path) or os.path.isdir(os.path.join(workdir, "checkpoints"))):
+        raise FileExistsError(f"workdir {workdir} already holds a run; pass resume=True (--resume) to continue it "
+                              "or choose an empty workdir")
+    os.makedirs(workdir, exist_ok=True)
     if resume and os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
@@ -172,8 +189,10 @@ def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -
             raise ValueError(f"{workdir!r} was configured differently ({', '.join(differ)}: saved "
                              f"{[saved[k] for k in differ]}, now {[record[k] for k in differ]}); resume it with "
                              "its own settings or use a new workdir")
-    with open(path, "w") as f:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         json.dump(record, f, indent=2)
+    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
 
 
 def _tx(config: RunConfig, steps_per_epoch: int, params: Any):
@@ -190,6 +209,12 @@ def train(config: RunConfig, *, data: Any = None, workdir: str | None = None, re
     ``results.json``; ``resume`` continues the newest checkpoint.
     """
     prep = prepare(config, data=data)
+    with workdir_lock(workdir, enabled=jax.process_index() == 0):  # held until results.json is written
+        return _train(prep, workdir, resume, progress, log)
+
+
+def _train(prep: Prepared, workdir: str | None, resume: bool, progress: bool, log) -> Run:
+    config = prep.config
     _own_workdir(workdir, prep.record, resume)
     steps_per_epoch = prep.dataset.train.x.shape[0] // config.batch_size
     tx = _tx(config, steps_per_epoch, None if prep.init_params is None else prep.init_params[0])
@@ -211,9 +236,11 @@ def train(config: RunConfig, *, data: Any = None, workdir: str | None = None, re
 
 
 def _write_results(workdir: str | None, results: Mapping[str, Any]) -> None:
-    if workdir is not None:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
+    if workdir is not None and jax.process_index() == 0:
+        path = os.path.join(workdir, "results.json")
+        with open(f"{path}.tmp{os.getpid()}", "w") as f:
             json.dump(results, f, indent=2)
+        os.replace(f"{path}.tmp{os.getpid()}", path)
 
 
 def final_eval(run: Run, dataset: Dataset) -> dict[str, Any]:
@@ -222,17 +249,65 @@ def final_eval(run: Run, dataset: Dataset) -> dict[str, Any]:
     return last["eval"] if "eval" in last else run.evaluate(dataset)
 
 
+@dataclasses.dataclass
+class Sweep:
+    """A trained sweep: ``K`` members of one configuration, trained as one program.
+
+    Attributes:
+      config: the sweep's :class:`RunConfig` (``members`` set); ``record``: its ``config.json``.
+      module, method: shared by every member.
+      result: the :class:`~jaxbias.sweep.SweepResult` (stacked states, per-member settings,
+        hparams and history, per-step losses).
+      results: the JSON-able summary written as ``results.json`` (``config``, ``members``: per member
+        ``settings``, ``final`` training metrics, ``eval``, ``history``; ``seconds``, ``resumed_from``,
+        ``traces``).
+      workdir: where it lives (``None``: in memory only).
+    """
+
+    config: RunConfig
+    record: dict[str, Any]
+    module: Any
+    method: ModuleType
+    result: Any
+    results: dict[str, Any]
+    workdir: str | None = None
+    seconds: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.result)
+
+    def member(self, i: int) -> Run:
+        """Member ``i`` as a single :class:`Run` (its own ``lr``, ``seed`` and hyperparameters in its config).
+
+        The run is in memory (``workdir=None``): pass it on as ``init_from`` or to
+        :func:`jaxbias.correct.correct`, evaluate or measure it like any other run.
+        """
+        state = self.result.member_state(i)  # checks the index
+        settings = dict(self.result.members[i])
+        lr, seed = settings.pop("lr", self.config.lr), settings.pop("seed", self.config.seed)
+        config = self.config.replace(members=None, lr=lr, seed=seed, hparams={**self.config.hparams, **settings})
+        record = {**self.record, **config.to_dict(), "model": self.record["model"],
+                  "input_shape": self.record["input_shape"], "source": self.record.get("source")}
+        return Run(config=config, record=record, module=self.module, state=state, method=self.method,
+                   hp=self.result.hparams[i], history=self.result.history[i], epoch=self.config.epochs,
+                   results=self.results["members"][i])
+
+
 def sweep(config: RunConfig, *, data: Any = None, workdir: str | None = None, resume: bool = False,
-          progress: bool = True, log: Callable[[list[dict[str, Any]]], None] | None = None):
+          progress: bool = True, log: Callable[[list[dict[str, Any]]], None] | None = None) -> Sweep:
     """Train ``config.members`` as one program (:func:`jaxbias.sweep.fit_sweep`); same preparation as :func:`train`.
 
-    Returns ``(results, SweepResult)``: ``results`` is JSON-able (``config``, ``members``: per member its
-    ``settings``, ``final`` training metrics, ``eval`` and ``history``; ``seconds``, ``resumed_from``,
-    ``traces``: compilations of the step), also written as ``results.json``.
+    Returns the :class:`Sweep`; its ``results`` are also written as ``results.json``.
     """
+    prep = prepare(config, data=data, sweep=True)
+    with workdir_lock(workdir, enabled=jax.process_index() == 0):  # held until results.json is written
+        return _sweep(prep, workdir, resume, progress, log)
+
+
+def _sweep(prep: Prepared, workdir: str | None, resume: bool, progress: bool, log) -> Sweep:
     from jaxbias.sweep import fit_sweep
 
-    prep = prepare(config, data=data, sweep=True)
+    config = prep.config
     _own_workdir(workdir, prep.record, resume)
     t0 = time.perf_counter()
     result = fit_sweep(
@@ -257,7 +332,8 @@ def sweep(config: RunConfig, *, data: Any = None, workdir: str | None = None, re
     results = {"config": prep.record, "hparams": hp_dict(prep.hp), "members": rows, "seconds": seconds,
                "resumed_from": result.resumed_from, "traces": result.traces}
     _write_results(workdir, results)
-    return results, result
+    return Sweep(config=prep.config, record=prep.record, module=prep.module, method=prep.method, result=result,
+                 results=results, workdir=workdir, seconds=seconds)
 
 
 def _template_batch(record: Mapping[str, Any], n: int = 2) -> Batch:
@@ -298,10 +374,10 @@ def restore(workdir: str) -> Run:
     template = jax.eval_shape(fresh_state)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
-        epoch = ckpt.latest_epoch()
-        if epoch is None:
+        if ckpt.latest_epoch() is None:
             raise FileNotFoundError(f"{workdir!r} holds no checkpoint yet")
-        state, _ = ckpt.restore(template)
+        state, meta = ckpt.restore(template)  # the newest that reads back whole
+        epoch = int(meta["epoch"])
     finally:
         ckpt.close()
     return Run(config=config, record=record, module=module, state=state, method=method, hp=hp,

@@ -16,15 +16,18 @@ def test_configs_follow_the_paper_protocol(load_experiment):
 
 
 @pytest.mark.usefixtures("fewer_digits")
-def test_offline_mode_writes_its_table(tmp_path, load_experiment):
+def test_offline_mode_shows_end_beating_vanilla(tmp_path, load_experiment):
+    """On 800 digits at ρ = 0.9 (80 bias-conflicting), 4 epochs, seed 0: Vanilla learns the colour alone (biased
+    test ~1, unbiased test at chance); EnD's regulariser moves it off the colour (measured: unbiased 0.155 vs 0.10)."""
     mod = load_experiment("end_biased_mnist")
-    argv = ["--config", "offline", "--out", str(tmp_path), "--seeds", "1", "--epochs", "1",
-            "--rhos", "0.99", "--alpha", "2", "--no-progress"]
+    argv = ["--config", "offline", "--out", str(tmp_path), "--seeds", "1", "--epochs", "4", "--rhos", "0.9",
+            "--beta", "1", "--no-progress"]
     assert mod.main(argv) == 0
     saved = json.loads((tmp_path / "results_offline.json").read_text())
-    assert saved["config"]["methods"]["end"] == {"alpha": 2.0, "beta": 1.0}
-    assert [(r["method"], r["rho"], r["seed"]) for r in saved["runs"]] == [("vanilla", 0.99, 0), ("end", 0.99, 0)]
-    for r in saved["runs"]:
-        assert 0.0 <= r["unbiased"] <= 1.0 and 0.0 <= r["biased"] <= 1.0
+    assert saved["config"]["methods"]["end"] == {"alpha": 5.0, "beta": 1.0}
+    assert [(r["method"], r["rho"], r["seed"]) for r in saved["runs"]] == [("vanilla", 0.9, 0), ("end", 0.9, 0)]
+    vanilla, end = saved["runs"]
+    assert vanilla["biased"] >= 0.95 and vanilla["unbiased"] <= 0.12  # the shortcut: colour decides
+    assert end["unbiased"] >= vanilla["unbiased"] + 0.03 and end["conflicting"] > vanilla["conflicting"]
     md = (tmp_path / "results_offline.md").read_text()
-    assert "| 0.990 | Vanilla |" in md and "| 0.990 | EnD |" in md
+    assert "| 0.900 | Vanilla |" in md and "| 0.900 | EnD |" in md

@@ -1,0 +1,204 @@
+"""Region attribution on the run layer: a dataset in, an :class:`Attribution` value out.
+
+:func:`attribute` trains the region classifier on a run dataset's concept
+set (its images and confounder labels), calibrates it on the dataset's
+validation set (``val``, else ``test``) and maps every training image. The
+:class:`Attribution` it returns carries the per-image maps, in the order of
+the dataset's training set, and the data settings they were made on; a
+training run takes it (or its workdir) as ``RunConfig(maps=...)`` and finds
+the maps in its training batch's ``mask``, which is what targeted noise
+hides::
+
+    data = RunConfig(dataset="region_mnist", seed=0)
+    att = attribute(data, RegionConfig(patch=16, stride=4), workdir="attr")
+    run = train(data.replace(method="targeted_noise", hparams={"map": "specific"}, maps=att))
+
+The computation itself is :func:`jaxbias.attribution.pipeline.attribute`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from jaxbias.runs import datasets as datasets_lib
+from jaxbias.runs.config import RunConfig
+from jaxbias.runs.datasets import Dataset
+
+#: The ``RunConfig`` fields that decide which images a dataset's training set holds.
+DATA_FIELDS = ("dataset", "rho", "artifact", "artifact_class", "p", "data_path", "protected", "source", "data_seed",
+               "image_size", "style", "confounder")
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionConfig:
+    """The region classifier and its maps (``jaxbias attribute``'s flags).
+
+    Attributes:
+      patch, stride: the grid of patches (the paper: 32 / 2 on 128×128); the stride must tile the image.
+      arch, widths, blocks, stem: the classifier (``small``: these widths/blocks; ``resnet18``).
+      epochs, batch_size, lr, label_smoothing: its training (Adam, constant rate).
+      seed: initialisation, shuffling and patch sampling (``None``: the data configuration's seed).
+      measure: the patch confidence behind a map (``top``, ``margin``, ``entropy``).
+      q: quantile of a map's top region (its IoU with the true region, when known).
+      n_bins: reliability bins of the calibration.
+    """
+
+    patch: int = 16
+    stride: int = 4
+    arch: str = "small"
+    widths: tuple[int, ...] = (8, 16, 32)
+    blocks: tuple[int, ...] = (1, 1, 1)
+    stem: str | None = None
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 2e-3
+    label_smoothing: float = 0.1
+    seed: int | None = None
+    measure: str = "top"
+    q: float = 0.7
+    n_bins: int = 15
+
+    def __post_init__(self):
+        object.__setattr__(self, "widths", tuple(self.widths))
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        for name in ("patch", "stride", "epochs", "batch_size", "n_bins"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "epochs" else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name == 'epochs' else 'positive'} int; "
+                                 f"got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RegionConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown region settings {unknown}; expected some of {sorted(known)}")
+        return cls(**d)
+
+
+@dataclasses.dataclass(eq=False)  # a value passed on, compared by identity (it holds arrays)
+class Attribution:
+    """A trained region classifier's maps of one dataset's training images.
+
+    Attributes:
+      data: the data settings (:data:`DATA_FIELDS` of the :class:`RunConfig`) the maps were made on.
+      region: the :class:`RegionConfig`.
+      specific: ``(N, H, W)`` per-image maps, min-max normalised, in the training set's order.
+      general: ``(H, W)`` their mean map.
+      summary: ``attribution.json`` (calibration, IoU with the true region when known, seconds, files).
+      classifier: the :class:`~jaxbias.attribution.classifier.RegionClassifier` (``None`` when restored).
+      workdir: where it lives (``None``: in memory only).
+    """
+
+    data: dict[str, Any]
+    region: RegionConfig
+    specific: np.ndarray
+    general: np.ndarray
+    summary: dict[str, Any]
+    classifier: Any = None
+    workdir: str | None = None
+
+    def onto(self, config: RunConfig, dataset: Dataset) -> Dataset:
+        """``dataset`` with these maps as its training masks; refuses other data than the maps were made on."""
+        mine = data_settings(config)
+        differ = [k for k in DATA_FIELDS if self.data.get(k) != mine.get(k)]
+        if differ:
+            where = self.workdir or "the attribution"
+            raise ValueError(f"maps from {where} were made on other data ({', '.join(differ)}: "
+                             f"{[self.data.get(k) for k in differ]}, this run {[mine.get(k) for k in differ]})")
+        return dataset.with_train_mask(self.specific)
+
+
+def data_settings(config: RunConfig) -> dict[str, Any]:
+    """The data part of ``config`` as ``config.json`` writes it."""
+    d = config.to_dict()
+    return {k: d[k] for k in DATA_FIELDS}
+
+
+def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: Any = None, workdir: str | None = None,
+              limit: int | None = None, n_figure: int = 8, progress: bool = False,
+              log: Callable[[dict], None] | None = None) -> Attribution:
+    """Train the region classifier of ``config``'s dataset and map its training images.
+
+    Args:
+      config: the data settings (``dataset`` must have a concept set with confounder labels:
+        ``region_mnist``, ``celeba``, or any other whose concept set is labelled).
+      region: the classifier and map settings (default :class:`RegionConfig`).
+      data: the dataset already loaded (``None``: loaded from ``config``).
+      workdir: writes ``attribution.json`` (with ``data`` and ``region`` beside the summary),
+        ``specific_maps.npy`` (float16), ``general_map.npy``, ``maps.png``, ``reliability.png``; a
+        workdir that already holds an attribution is refused.
+      limit: keep the first ``limit`` images of every set (quick runs; the maps then cover only
+        those training images, and a training run on the full set refuses them).
+    """
+    from jaxbias.attribution.pipeline import AttributionData
+    from jaxbias.attribution.pipeline import attribute as run_attribution
+
+    region = region or RegionConfig()
+    if workdir is not None and os.path.exists(os.path.join(workdir, "attribution.json")):
+        raise FileExistsError(f"workdir {workdir} already holds an attribution; choose an empty workdir")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
+        raise ValueError(f"limit must be an int >= 2 images, got {limit!r}")
+    dataset = datasets_lib.get(config, data)
+    if dataset.concept.bias is None:
+        raise ValueError(f"dataset {dataset.name!r} has no confounder labels in its concept set to train a region "
+                         "classifier on")
+    calib = dataset.evals.get("val", dataset.evals.get("test"))
+    if calib is None or calib.bias is None:
+        raise ValueError(f"dataset {dataset.name!r} needs a 'val' or 'test' set with confounder labels (calibration)")
+
+    def cut(a):
+        return np.asarray(a) if limit is None else np.asarray(a)[:limit]
+
+    inputs = AttributionData(cut(dataset.concept.x), cut(dataset.concept.bias), cut(calib.x), cut(calib.bias),
+                             cut(dataset.train.x), dataset.region, dataset.name)
+    settings = region.to_dict()
+    settings["seed"] = config.seed if region.seed is None else region.seed
+    res = run_attribution(inputs, **settings, out_dir=workdir, n_figure=n_figure, progress=progress, log=log)
+    summary = {k: v for k, v in res.items() if k not in ("classifier", "specific", "general")}
+    # the maps a run uses are those the workdir keeps (float16): in memory and through the disk alike
+    specific = np.asarray(res["specific"]).astype(np.float16).astype(np.float32)
+    att = Attribution(data=data_settings(config), region=RegionConfig.from_dict(settings), specific=specific,
+                      general=res["general"], summary=summary, classifier=res["classifier"], workdir=workdir)
+    if limit is not None:
+        att.data["limit"] = limit
+    if workdir is not None:  # the summary with what the maps were made on, so a run can check its data
+        summary.update(data=att.data, region=att.region.to_dict())
+        tmp = os.path.join(workdir, f"attribution.json.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, os.path.join(workdir, "attribution.json"))
+    return att
+
+
+def load(workdir: str) -> Attribution:
+    """The :class:`Attribution` of a ``jaxbias attribute`` workdir (maps and settings; no classifier)."""
+    path = os.path.join(workdir, "attribution.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir!r} holds no attribution (no attribution.json): run `jaxbias attribute "
+                                f"--out {workdir}` first")
+    with open(path) as f:
+        summary = json.load(f)
+    if "data" not in summary:
+        raise ValueError(f"{path} does not say which data its maps were made on (written by an older jaxbias): "
+                         "run `jaxbias attribute` again")
+    specific = np.load(os.path.join(workdir, "specific_maps.npy")).astype(np.float32)
+    general = np.load(os.path.join(workdir, "general_map.npy"))
+    return Attribution(data=summary["data"], region=RegionConfig.from_dict(summary["region"]), specific=specific,
+                       general=general, summary=summary, workdir=workdir)
+
+
+def resolve(maps: Any) -> Attribution:
+    """``RunConfig.maps`` (a workdir or an :class:`Attribution`) as an :class:`Attribution`."""
+    return maps if isinstance(maps, Attribution) else load(os.fspath(maps))
+
+
+__all__: Sequence[str] = ("DATA_FIELDS", "Attribution", "RegionConfig", "attribute", "data_settings", "load",
+                          "resolve")

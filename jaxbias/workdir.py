@@ -1,0 +1,74 @@
+"""A run directory's lock: one process trains into a workdir at a time.
+
+:func:`lock` takes an exclusive ``flock`` on ``<workdir>/.lock`` for as
+long as the run holds the directory. The kernel drops the lock when the
+process ends in any way (``kill -9`` included), so a killed run never
+leaves a stale lock behind, and ``--resume`` can take it again at once. A
+second run into the same workdir (another shell, a second ``jaxbias train``
+a few seconds later) is refused with the holder's pid instead of mixing its
+checkpoints and ``metrics.jsonl`` with the first's.
+
+The lock is re-entrant within a process (:func:`jaxbias.runs.train` holds it
+around :func:`jaxbias.train.fit`, which takes it as well), and only process
+0 of a multi-process run takes it (the others write nothing there).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from typing import Iterator
+
+_HELD: dict[str, tuple[int, int]] = {}  # realpath -> (fd, depth) of the locks this process holds
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another live process holds the workdir."""
+
+
+@contextlib.contextmanager
+def lock(workdir: str | os.PathLike | None, *, enabled: bool = True) -> Iterator[None]:
+    """Hold ``workdir`` exclusively (creating it) for the ``with`` block; ``None`` or ``enabled=False``: no-op.
+
+    Raises:
+      WorkdirBusyError: another process holds it (its pid and host in the message).
+      PermissionError: the workdir cannot be written (named in the message).
+    """
+    if workdir is None or not enabled:
+        yield
+        return
+    path = os.path.realpath(os.fspath(workdir))
+    if path in _HELD:
+        fd, depth = _HELD[path]
+        _HELD[path] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _HELD[path]
+            _HELD[path] = (fd, depth - 1)
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:
+        raise PermissionError(f"workdir {os.fspath(workdir)} is not writable: choose another --workdir") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise WorkdirBusyError(f"workdir {os.fspath(workdir)} is in use by {holder}: wait for that run to end, "
+                               "or choose another workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _HELD[path] = (fd, 1)
+    try:
+        yield
+    finally:
+        fd, depth = _HELD[path]
+        if depth > 1:
+            _HELD[path] = (fd, depth - 1)
+        else:
+            del _HELD[path]
+            os.close(fd)  # releases the flock (the file stays; its content is only informative)
