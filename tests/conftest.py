@@ -38,15 +38,9 @@ LONGEST_FIRST = (
     "tests/methods/test_end.py",
     "tests/test_influence.py",
     "tests/test_correct.py",
-    "tests/experiments/test_end_biased_mnist.py",
-    "tests/test_cli.py",
-    "tests/experiments/test_region_attribution.py",
-    "tests/experiments/test_clarc_controlled.py",
-    "tests/test_runs.py",
     "tests/explain/test_lrp.py",
     "tests/methods/test_contract.py",
-    "tests/test_unlearn.py",
-    "tests/experiments/test_fmd_experiment.py",
+    "tests/experiments/test_clarc_controlled.py",
     "tests/models/test_imagenet_models.py",
 )
 

@@ -15,6 +15,9 @@ def test_configs_follow_the_paper_protocol(load_experiment):
     assert set(mod.CONFIGS["offline"]["methods"]) == {"vanilla", "end"}
 
 
+# slow: the same data, budget and claim as tests/test_cli.py::test_demo_writes_its_report_and_end_beats_vanilla,
+# which runs in the default suite (kept under 15 minutes on 2 cores); `-m slow` runs this one through the script
+@pytest.mark.slow
 @pytest.mark.usefixtures("fewer_digits")
 def test_offline_mode_shows_end_beating_vanilla(tmp_path, load_experiment):
     """On 800 digits at ρ = 0.9 (80 bias-conflicting), 4 epochs, seed 0: Vanilla learns the colour alone (biased
