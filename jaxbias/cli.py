@@ -415,11 +415,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_attribute(args: argparse.Namespace) -> int:
     from jaxbias.data.sources import DatasetUnavailableError
     from jaxbias.report import markdown_table
-    from jaxbias.runs import RegionConfig, attribute
+    from jaxbias.runs import RegionConfig, RunConfig, attribute
 
     name = "region_mnist" if args.dataset == "controlled" else args.dataset
-    from jaxbias.runs import RunConfig
-
     data = RunConfig(dataset=name, seed=args.seed, image_size=args.image_size, source=args.source,
                      data_dir=args.data_dir, confounder=args.confounder, style=args.style)
     region = RegionConfig(patch=args.patch, stride=args.stride, arch=args.arch, widths=args.widths,

@@ -91,8 +91,9 @@ def check_train(train: Batch, num_classes: int | None = None) -> int:
         a = getattr(train, name)
         if a is not None and np.shape(a)[0] != n:
             raise ValueError(f"train.{name} has {np.shape(a)[0]} rows, expected {n} (same as train.x)")
-    if np.issubdtype(np.asarray(train.y).dtype, np.integer) and np.ndim(train.y) == 1:
-        check_labels("train.y", np.asarray(train.y), num_classes=num_classes)
+    y = np.asarray(train.y)
+    if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
+        check_labels("train.y", y, num_classes=num_classes)
     return n
 
 
@@ -365,13 +366,13 @@ def run_epochs(
                   jnp.asarray(jax.random.key_data(ln.data_key))) for ln in lanes]
     ckpt, metrics_path, start, resumed_from, rows = None, None, 0, None, []
     writer = jax.process_index() == 0  # one writer when several processes share the workdir
-    held = contextlib.ExitStack()
+    held = contextlib.ExitStack()  # the workdir's lock and checkpointer, closed together however the loop ends
     if workdir is not None:
         from jaxbias.checkpoint import Checkpointer
 
         held.enter_context(workdir_lock(workdir, enabled=writer))
         try:
-            ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+            ckpt = held.enter_context(contextlib.closing(Checkpointer(os.path.join(workdir, "checkpoints"))))
         except BaseException:
             held.close()
             raise
@@ -409,7 +410,6 @@ def run_epochs(
             elif os.path.exists(metrics_path) and writer:
                 os.remove(metrics_path)
         except BaseException:
-            ckpt.close()
             held.close()
             raise
 
@@ -443,8 +443,6 @@ def run_epochs(
             if log is not None:
                 log(new)
     finally:
-        if ckpt is not None:
-            ckpt.close()
         held.close()
     return LoopResult(lanes=lanes, rows=rows, losses=losses, resumed_from=resumed_from)
 

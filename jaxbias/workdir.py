@@ -1,4 +1,4 @@
-"""A run directory's lock: one process trains into a workdir at a time.
+"""A run directory's lock (one process trains into a workdir at a time) and its atomic JSON files.
 
 :func:`lock` takes an exclusive ``flock`` on ``<workdir>/.lock`` for as
 long as the run holds the directory. The kernel drops the lock when the
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
-from typing import Iterator
+from typing import Any, Iterator
 
 _HELD: dict[str, tuple[int, int]] = {}  # realpath -> (fd, depth) of the locks this process holds
 
@@ -72,3 +73,12 @@ def lock(workdir: str | os.PathLike | None, *, enabled: bool = True) -> Iterator
         else:
             del _HELD[path]
             os.close(fd)  # releases the flock (the file stays; its content is only informative)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically: a reader sees the old file or the new one, never half of one."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)

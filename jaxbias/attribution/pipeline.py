@@ -6,7 +6,6 @@ Library functions with typed keyword arguments on arrays; the run layer
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -75,6 +74,7 @@ def attribute(
     map_batch_size: int = 32,
     progress: bool = False,
     log: Callable[[dict], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the region classifier on ``data.attr_*``, calibrate on ``data.val_*``, map ``data.map_x``.
 
@@ -82,6 +82,7 @@ def attribute(
     ``general_map.npy`` ``(H, W)``, ``specific_maps.npy`` ``(N, H, W)`` float16,
     ``maps.png`` (``n_figure`` images with their specific maps and the general
     map; the true region outlined when known) and ``reliability.png``.
+    ``extra`` entries join the summary (e.g. the run layer's data settings).
 
     Returns:
       the summary (``ece``, patch ``accuracy``, ``iou`` of the top-``(1−q)``
@@ -133,8 +134,10 @@ def attribute(
         summary["iou"] = maps_lib.iou(top, data.region)
         summary["region_coverage"] = float(np.logical_and(top, data.region).sum() / max(int(data.region.sum()), 1))
         summary["true_region_fraction"] = float(np.mean(data.region))
+    summary.update(extra or {})
     if out_dir is not None:
         from jaxbias import report
+        from jaxbias.workdir import write_json
 
         os.makedirs(out_dir, exist_ok=True)
         files = {}
@@ -151,6 +154,5 @@ def attribute(
             title=f"region classifier, {cal['patches']} patches")
         files["summary"] = os.path.join(out_dir, "attribution.json")
         summary["files"] = files
-        with open(files["summary"], "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(files["summary"], summary)
     return {**summary, "classifier": clf, "specific": specific, "general": general}

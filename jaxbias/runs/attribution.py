@@ -161,20 +161,15 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
                              cut(dataset.train.x), dataset.region, dataset.name)
     settings = region.to_dict()
     settings["seed"] = config.seed if region.seed is None else region.seed
-    res = run_attribution(inputs, **settings, out_dir=workdir, n_figure=n_figure, progress=progress, log=log)
+    made_on = {**data_settings(config), **({} if limit is None else {"limit": limit})}
+    # attribution.json says what the maps were made on, so that a training run can check its data
+    res = run_attribution(inputs, **settings, out_dir=workdir, n_figure=n_figure, progress=progress, log=log,
+                          extra={"data": made_on, "region": settings})
     summary = {k: v for k, v in res.items() if k not in ("classifier", "specific", "general")}
     # the maps a run uses are those the workdir keeps (float16): in memory and through the disk alike
     specific = np.asarray(res["specific"]).astype(np.float16).astype(np.float32)
-    att = Attribution(data=data_settings(config), region=RegionConfig.from_dict(settings), specific=specific,
+    att = Attribution(data=made_on, region=RegionConfig.from_dict(settings), specific=specific,
                       general=res["general"], summary=summary, classifier=res["classifier"], workdir=workdir)
-    if limit is not None:
-        att.data["limit"] = limit
-    if workdir is not None:  # the summary with what the maps were made on, so a run can check its data
-        summary.update(data=att.data, region=att.region.to_dict())
-        tmp = os.path.join(workdir, f"attribution.json.tmp{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, os.path.join(workdir, "attribution.json"))
     return att
 
 

@@ -30,6 +30,7 @@ from jaxbias.runs.datasets import Dataset
 from jaxbias.train import TrainState, create_train_state, evaluate, fit, freeze, hp_dict, make_optimizer, make_predict
 from jaxbias.types import Batch, BoundModel
 from jaxbias.workdir import lock as workdir_lock
+from jaxbias.workdir import write_json
 
 #: Settings a resumed run may change (how long, on what, fed how); everything else must match config.json.
 RESUMABLE_CHANGES = ("epochs", "devices", "data_devices", "feed", "eval_every")
@@ -189,10 +190,7 @@ def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -
             raise ValueError(f"{workdir!r} was configured differently ({', '.join(differ)}: saved "
                              f"{[saved[k] for k in differ]}, now {[record[k] for k in differ]}); resume it with "
                              "its own settings or use a new workdir")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+    write_json(path, record)
 
 
 def _tx(config: RunConfig, steps_per_epoch: int, params: Any):
@@ -237,10 +235,7 @@ def _train(prep: Prepared, workdir: str | None, resume: bool, progress: bool, lo
 
 def _write_results(workdir: str | None, results: Mapping[str, Any]) -> None:
     if workdir is not None and jax.process_index() == 0:
-        path = os.path.join(workdir, "results.json")
-        with open(f"{path}.tmp{os.getpid()}", "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(f"{path}.tmp{os.getpid()}", path)
+        write_json(os.path.join(workdir, "results.json"), results)
 
 
 def final_eval(run: Run, dataset: Dataset) -> dict[str, Any]:
