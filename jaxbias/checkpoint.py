@@ -15,6 +15,7 @@ warning, and the previous one is used instead.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from typing import Any
@@ -26,7 +27,7 @@ import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
-    """No readable checkpoint is left in the directory."""
+    """No readable checkpoint is left in the directory, or one could not be written."""
 
 
 @jax.jit
@@ -68,11 +69,31 @@ class Checkpointer:
     def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
         """Write the checkpoint of ``epoch`` (with the state's fingerprint) and wait until it is on disk."""
         meta = {**meta, "fingerprint": fingerprint(state)}
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        )
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(
+                epoch,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            )
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore report a full disk in several ways
+            self._settle()
+            kept = self.latest_epoch()
+            code = re.search(r"os_error_code='?(\d+)", str(e))  # tensorstore's way of passing errno on
+            first = (f"{os.strerror(int(code.group(1)))}, errno {code.group(1)}" if code else
+                     (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+            raise CheckpointError(
+                f"could not write the checkpoint of epoch {epoch} in {self.directory} ({first}); is the disk full? "
+                + (f"The checkpoint of epoch {kept} is kept: resume from it once the disk has room"
+                   if kept is not None else "No earlier checkpoint exists")) from e
+
+    def _settle(self) -> None:
+        """After a failed save: let orbax's other writer threads fail too, before the error is reported."""
+        for _ in range(3):
+            try:
+                self._manager.wait_until_finished()
+                return
+            except Exception:  # noqa: BLE001 - the first failure is the one reported
+                continue
 
     def restore(self, target: Any, epoch: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restore into the structure of ``target`` (arrays or ``jax.ShapeDtypeStruct``s).

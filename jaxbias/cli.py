@@ -5,8 +5,11 @@ Every sub-command has ``--help``; commands that print results take ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
+import threading
 from typing import Any, Sequence
 
 
@@ -205,6 +208,16 @@ def run_config(args: argparse.Namespace, **extra: Any):
     method = given.get("method", base.method)
     hparams = {**(base.hparams if method == base.method else {}), **_method_overrides(args, method)}
     return base.replace(**given, **extra, hparams=hparams)
+
+
+def _add_resume_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", dest="resume", action="store_const", const=True, default=False,
+                       help="continue the run in --workdir from its newest checkpoint (refused when the workdir "
+                       "holds no run, or one configured differently)")
+    group.add_argument("--auto-resume", dest="resume", action="store_const", const="auto",
+                       help="resume when --workdir holds a run, else start it (for a job script that re-runs one "
+                       "command after a preemption)")
 
 
 def _err(*parts: Any) -> None:
@@ -467,7 +480,8 @@ def _quantile(text: str) -> float:
 #: Exit codes: bad flags, files or settings (argparse's own code) vs a run that started and failed.
 USAGE_ERROR = 2
 RUN_FAILED = 1
-EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings); 1 the run failed (e.g. the loss diverged). "
+EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings); 1 the run failed (e.g. the loss diverged); "
+          "130 interrupted. A failure ends in one line on standard error (--debug: with the traceback). "
           "Results go to standard output (--json: JSON alone), progress and logs to standard error.")
 
 
@@ -478,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).",
                                      epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"jaxbias {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on a failure, print the traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="offline: Vanilla vs EnD on Biased MNIST, table + bar chart")
@@ -492,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model with a method; checkpoints every epoch")
     _add_train_args(p)
     p.add_argument("--workdir", required=True, help="folder for checkpoints, metrics.jsonl, results.json")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+    _add_resume_args(p)
     p.add_argument("--devices", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="data parallelism over the first N devices (the batch size must divide by N; "
                    "default: one device). On a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N")
@@ -524,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --devices: also split each member's batch over M devices")
     p.add_argument("--workdir", default=None, help="folder for checkpoints, metrics.jsonl (a row per member and "
                    "epoch), results.json")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+    _add_resume_args(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_sweep)
 
@@ -541,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="checkpoints of the corrected model (resumable)")
-    p.add_argument("--resume", action="store_true")
+    _add_resume_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_correct)
@@ -610,21 +625,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_attribute)
+    for p in sub.choices.values():  # --debug also after the command's name
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on a failure, print the traceback too")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines() or [""]
+    return lines[0] + (" [more with --debug]" if len(lines) > 1 else "")
+
+
+def failure(e: Exception) -> tuple[int, str]:
+    """The exit code and the one line a failed command ends with."""
+    if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
+        return USAGE_ERROR, f"error: {_one_line(e)}"
+    if isinstance(e, (FloatingPointError, RuntimeError, OSError, MemoryError)):
+        return RUN_FAILED, f"the run failed: {type(e).__name__}: {_one_line(e)}"
+    return RUN_FAILED, (f"internal error: {type(e).__name__}: {_one_line(e)} (a bug in jaxbias: rerun with --debug "
+                        "for the traceback and report it)")
+
+
+@contextlib.contextmanager
+def _quiet_background(enabled: bool):
+    """Silence what library threads print about a failure we already report in one line.
+
+    orbax logs its writer threads' failures (absl, with tracebacks), and tensorstore's late callbacks
+    into orbax's closed event loops end as unraisable exceptions or thread exceptions.
+    """
+    absl = logging.getLogger("absl")
+    saved = absl.level, sys.unraisablehook, threading.excepthook
+    if enabled:
+        absl.setLevel(logging.CRITICAL)
+        sys.unraisablehook = lambda unraisable: None
+        threading.excepthook = lambda args: None
+    try:
+        yield
+    finally:
+        absl.setLevel(saved[0])
+        sys.unraisablehook, threading.excepthook = saved[1:]
+
+
+def main(argv: Sequence[str] | None = None, *, _quiet_until_exit: bool = False) -> int:
+    """Run the command; a failure ends in one line on stderr (the traceback too with ``--debug``).
+
+    The ``jaxbias`` console script (:func:`entry`) keeps library threads quiet until the process ends:
+    orbax's writer threads can still fail after a failed checkpoint has been reported.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet = contextlib.ExitStack()
+    quiet.enter_context(_quiet_background(not args.debug))
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"jaxbias {args.command}: error: {e}", file=sys.stderr)
-        return USAGE_ERROR
-    except (FloatingPointError, RuntimeError, OSError) as e:
-        print(f"jaxbias {args.command}: the run failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return RUN_FAILED
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"jaxbias {args.command}: interrupted (a run keeps its last checkpoint: --resume continues it)",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure ends in one line
+        if args.debug:
+            raise
+        code, line = failure(e)
+        print(f"jaxbias {args.command}: {line}", file=sys.stderr)
+        return code
+    finally:
+        if not _quiet_until_exit:
+            quiet.close()
+
+
+def entry() -> None:
+    """The ``jaxbias`` console script."""
+    sys.exit(main(_quiet_until_exit=True))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

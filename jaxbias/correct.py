@@ -30,7 +30,7 @@ def correct(
     seed: int = 0,
     chosen: Sequence[int] | None = None,
     workdir: str | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     log=None,
     data=None,

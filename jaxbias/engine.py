@@ -56,6 +56,7 @@ from jaxbias.parallel import Layout, to_host
 from jaxbias.types import Batch
 from jaxbias.validation import check_labels
 from jaxbias.workdir import lock as workdir_lock
+from jaxbias.workdir import write_text
 
 __all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "choose_feed", "check_train", "epoch_order", "run_epochs",
            "read_history", "write_history", "progress_bar"]
@@ -145,9 +146,9 @@ def progress_bar(total: int, desc: str, enabled: bool):
 def read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
     """Rows of ``metrics.jsonl`` up to epoch ``upto``.
 
-    A torn last line (the append cut off: a kill or a full disk) is dropped,
-    since its epoch is past every checkpoint; a bad line before the last
-    names the file and the line.
+    A torn last line (the append cut off: a kill or a full disk) is dropped
+    with a warning on stderr, since its epoch is past every checkpoint; a bad
+    line before the last names the file and the line.
     """
     if path is None or not os.path.exists(path):
         return []
@@ -161,6 +162,8 @@ def read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
             rows.append(json.loads(line))
         except ValueError:
             if all(not rest.strip() for rest in lines[i + 1:]):  # the last line, torn
+                print(f"warning: {path}: ignored its last line, cut off ({len(line)} characters, not a whole JSON "
+                      "row: the append was interrupted); the rows before it are kept", file=sys.stderr, flush=True)
                 break
             raise ValueError(f"{path}, line {i + 1}, is not a JSON row ({line[:60]!r}); the file is damaged "
                              "before its last line") from None
@@ -169,13 +172,8 @@ def read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
 
 def write_history(path: str | None, rows: list[dict[str, Any]]) -> None:
     """Replace ``metrics.jsonl`` by ``rows`` atomically (another process may be reading it)."""
-    if path is None:
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    if path is not None:
+        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 # --------------------------------------------------------------------------- #
@@ -387,7 +385,10 @@ def run_epochs(
             if latest is not None and latest > epochs:
                 raise ValueError(f"the run in workdir {workdir} has already trained {latest} epochs; epochs={epochs} "
                                  "would contradict its history: resume with epochs >= its epochs")
-            if latest is None and resume and read_history(metrics_path, upto=sys.maxsize):
+            # rows of the epoch after the newest checkpoint are normal (the run stopped while saving it);
+            # rows of later epochs mean checkpoints that were written are gone
+            if latest is None and resume and any(r.get("epoch", 0) > 1 for r in read_history(metrics_path,
+                                                                                            upto=sys.maxsize)):
                 raise FileNotFoundError(
                     f"resume: workdir {workdir} has no checkpoint left to resume from, but its metrics.jsonl "
                     "records trained epochs; restore its checkpoints/ folder, or train into an empty workdir")
@@ -435,9 +436,7 @@ def run_epochs(
             new = records(epoch, sums_host, steps, lanes, time.perf_counter() - t0)
             rows.extend(new)
             if metrics_path is not None and writer:
-                with open(metrics_path, "a") as f:
-                    for r in new:
-                        f.write(json.dumps(r) + "\n")
+                write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in new), append=True)
             if ckpt is not None:
                 ckpt.save(epoch + 1, pack([ln.state for ln in lanes]), {"epoch": epoch + 1, **_json_safe(meta or {})})
             if log is not None:

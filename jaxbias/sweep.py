@@ -223,6 +223,12 @@ def _plan(method: ModuleType, hp: Any, members: Any, *, lr: float, seed: int) ->
         values[f] = np.asarray(col, np.int32 if integral else np.float32)
     for s, h in zip(settings, hparams):
         s.update({f: _py(getattr(h, f)) for f in fields})
+    seen: dict[tuple, int] = {}
+    for i, s in enumerate(settings):  # two equal members would train the same model twice
+        j = seen.setdefault(tuple(sorted(s.items())), i)
+        if j != i:
+            raise ValueError(f"members[{j}] and members[{i}] have the same settings {s}: each member must differ "
+                             "(e.g. --seeds 0,0 names one seed twice)")
     return _Plan(settings, hparams, fields, values)
 
 

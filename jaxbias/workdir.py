@@ -1,4 +1,4 @@
-"""A run directory's lock (one process trains into a workdir at a time) and its atomic JSON files.
+"""A run directory's lock (one process trains into a workdir at a time) and how its files are written.
 
 :func:`lock` takes an exclusive ``flock`` on ``<workdir>/.lock`` for as
 long as the run holds the directory. The kernel drops the lock when the
@@ -75,10 +75,24 @@ def lock(workdir: str | os.PathLike | None, *, enabled: bool = True) -> Iterator
             os.close(fd)  # releases the flock (the file stays; its content is only informative)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically: a reader sees the old file or the new one, never half of one."""
+def write_text(path: str | os.PathLike, text: str, *, append: bool = False) -> None:
+    """Write ``text`` to ``path``: atomically (a reader sees the old file or the new one, never half of one),
+    or appended. A failure (a full disk, a file-size limit) raises ``OSError`` naming ``path``, and leaves no
+    temporary file behind."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    tmp = path if append else f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "a" if append else "w") as f:
+            f.write(text)
+        if not append:
+            os.replace(tmp, path)
+    except OSError as e:
+        if not append:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from e
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (:func:`write_text`)."""
+    write_text(path, json.dumps(obj, indent=2))

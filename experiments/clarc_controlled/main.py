@@ -42,7 +42,7 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
                            lr=b["lr"], weight_decay=b["weight_decay"], decay_every=b["decay_every"], seed=seed,
                            channels=tuple(b["channels"]), eval_every=b["epochs"])
         data = datasets_lib.load(config)  # the base and every correction of a seed see the same images
-        base = runs_lib.train(config, data=data, workdir=os.path.join(workroot, f"base_s{seed}"), resume=True,
+        base = runs_lib.train(config, data=data, workdir=os.path.join(workroot, f"base_s{seed}"), resume="auto",
                               progress=progress)
         base_secs = float(np.median([h["seconds"] for h in base.history])) if base.history else None
         base_added = False

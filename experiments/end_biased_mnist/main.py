@@ -39,7 +39,7 @@ def run(cfg: dict, *, out_dir: str, name: str, progress: bool, workroot: str | N
             for method, hp in cfg["methods"].items():
                 workdir = None if workroot is None else os.path.join(workroot, f"rho{rho}_{method}_s{seed}")
                 run = runs.train(config.replace(method=method, hparams=hp), data=data, progress=progress,
-                                 workdir=workdir, resume=workdir is not None)
+                                 workdir=workdir, resume="auto")
                 ev = run.results["eval"]
                 row = {
                     "rho": rho, "method": method, "seed": seed, "source": run.record["source"],

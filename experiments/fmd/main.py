@@ -58,7 +58,7 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool) ->
                                weight_decay=b["weight_decay"], decay_every=None, seed=seed, eval_every=b["epochs"])
             data = datasets_lib.load(config)  # the base model and every edit of a seed see the same data
             model = runs_lib.train(config, data=data, workdir=os.path.join(workroot, f"{dname}_s{seed}"),
-                                   resume=True, progress=progress)
+                                   resume="auto", progress=progress)
             base_row = None
             tuned = set()  # (block, accuracy rule): the baseline runs once per distinct pair
             for label, over in cfg["variants"].items():

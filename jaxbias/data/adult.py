@@ -184,7 +184,12 @@ def read_adult(path: str | os.PathLike) -> dict[str, np.ndarray]:
     seen_content = False
     n_fields = len(ADULT_COLUMNS)
     with open(file, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+        try:
+            lines = fh.readlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{file} is not a text file (byte {e.start} is not UTF-8): expected the "
+                             "comma-separated adult.data") from None
+        for lineno, line in enumerate(lines, start=1):
             text = line.strip()
             if not text or text.startswith("|"):
                 continue
@@ -338,7 +343,10 @@ def load_adult(
     file = _resolve(path, download=bool(download), cache_dir=cache_dir)
     columns = read_adult(file)
     labels = columns["label"]
-    train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
+    try:
+        train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
+    except ValueError as e:
+        raise ValueError(f"{file} holds only {labels.shape[0]} records: {e}") from None
 
     n = labels.shape[0]
     blocks: list[np.ndarray] = []

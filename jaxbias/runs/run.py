@@ -156,6 +156,12 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
     if labels.size < 2:
         raise ValueError(f"every training sample of {config.dataset!r} has the label {labels.tolist()}: a classifier "
                          "needs at least two classes (check the data file or its label column)")
+    n_train = int(np.shape(dataset.train.x)[0])
+    if n_train < config.batch_size:
+        where = f" (from {config.data_path})" if config.data_path else ""
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {n_train} training samples of "
+                         f"{config.dataset!r}{where}: an epoch would have no full batch; lower batch_size "
+                         "(--batch-size) or use more data")
     record = config.to_dict()
     record["source"] = dataset.source or config.source
     num_classes = dataset.num_classes if base is None else base.record["model"].get("num_classes", 10)
@@ -164,6 +170,29 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
     module = make_module(record["model"])
     method_state = None if base is None else fit_method_state(method, hp, base, dataset)
     return Prepared(config, record, dataset, module, method, hp, base, method_state, mesh)
+
+
+def holds_run(workdir: str | os.PathLike) -> bool:
+    """Whether ``workdir`` holds a run: its ``config.json`` or a ``checkpoints/`` folder."""
+    return os.path.exists(os.path.join(workdir, "config.json")) or os.path.isdir(os.path.join(workdir, "checkpoints"))
+
+
+def resolve_resume(workdir: str | os.PathLike | None, resume: bool | str) -> bool:
+    """``resume`` as a bool: ``"auto"`` resumes a workdir that holds a run and starts an empty one.
+
+    ``True`` is strict: the workdir must hold a run (a typo in ``--workdir`` would otherwise start a
+    new run silently). A run whose ``config.json`` exists but which was stopped before its first
+    checkpoint resumes from epoch 0, which loses nothing (its settings are still checked).
+    """
+    if not (isinstance(resume, bool) or resume == "auto"):
+        raise ValueError(f"resume must be True, False or 'auto'; got {resume!r}")
+    if resume == "auto":
+        return workdir is not None and holds_run(workdir)
+    if resume and (workdir is None or not holds_run(workdir)):
+        raise FileNotFoundError(f"resume: {'no workdir was given' if workdir is None else f'workdir {workdir} holds no run'}"
+                                " (no config.json, no checkpoints/); drop --resume to start a new run, or pass "
+                                "--auto-resume (resume='auto') to resume when there is a run and start otherwise")
+    return bool(resume)
 
 
 def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -> None:
@@ -176,7 +205,7 @@ def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -
     if workdir is None:
         return
     path = os.path.join(workdir, "config.json")
-    if not resume and (os.path.exists(path) or os.path.isdir(os.path.join(workdir, "checkpoints"))):
+    if not resume and holds_run(workdir):
         raise FileExistsError(f"workdir {workdir} already holds a run; pass resume=True (--resume) to continue it "
                               "or choose an empty workdir")
     os.makedirs(workdir, exist_ok=True)
@@ -199,13 +228,16 @@ def _tx(config: RunConfig, steps_per_epoch: int, params: Any):
     return freeze(tx, params, config.trainable) if config.trainable is not None else tx
 
 
-def train(config: RunConfig, *, data: Any = None, workdir: str | None = None, resume: bool = False,
+def train(config: RunConfig, *, data: Any = None, workdir: str | None = None, resume: bool | str = False,
           progress: bool = True, log: Callable[[dict[str, Any]], None] | None = None) -> Run:
     """Train one model as ``config`` says (:func:`jaxbias.train.fit`) and return the :class:`Run`.
 
     With ``workdir``: ``config.json`` (once), a checkpoint per epoch, ``metrics.jsonl``,
-    ``results.json``; ``resume`` continues the newest checkpoint.
+    ``results.json``. ``resume=True`` continues the run in ``workdir`` from its newest checkpoint (and
+    refuses a workdir that holds no run); ``resume="auto"`` does so when it holds one and starts the run
+    otherwise (:func:`resolve_resume`).
     """
+    resume = resolve_resume(workdir, resume)  # before the data are loaded: a wrong workdir fails fast
     prep = prepare(config, data=data)
     with workdir_lock(workdir, enabled=jax.process_index() == 0):  # held until results.json is written
         return _train(prep, workdir, resume, progress, log)
@@ -288,12 +320,13 @@ class Sweep:
                    results=self.results["members"][i])
 
 
-def sweep(config: RunConfig, *, data: Any = None, workdir: str | None = None, resume: bool = False,
+def sweep(config: RunConfig, *, data: Any = None, workdir: str | None = None, resume: bool | str = False,
           progress: bool = True, log: Callable[[list[dict[str, Any]]], None] | None = None) -> Sweep:
     """Train ``config.members`` as one program (:func:`jaxbias.sweep.fit_sweep`); same preparation as :func:`train`.
 
     Returns the :class:`Sweep`; its ``results`` are also written as ``results.json``.
     """
+    resume = resolve_resume(workdir, resume)  # before the data are loaded: a wrong workdir fails fast
     prep = prepare(config, data=data, sweep=True)
     with workdir_lock(workdir, enabled=jax.process_index() == 0):  # held until results.json is written
         return _sweep(prep, workdir, resume, progress, log)
@@ -354,7 +387,9 @@ def restore(workdir: str) -> Run:
     with open(path) as f:
         record = json.load(f)
     if record.get("members"):
-        raise ValueError(f"{workdir!r} is a sweep's workdir: restore a single run (`jaxbias train`)")
+        raise ValueError(f"{workdir!r} is the workdir of a sweep ({len(record['members'])} members), not of one run: "
+                         "evaluate, unlearn --from and correct --from take a `jaxbias train` workdir; a sweep's "
+                         "members are scored in its results.json (in Python: runs.sweep(...).member(i))")
     config = RunConfig.from_dict(record)
     module = make_module(record["model"])
     method = methods_lib.get(config.method)
