@@ -89,18 +89,35 @@ def _finite_scores(name: str, s: Any) -> np.ndarray:
     return arr
 
 
-def tcav(s: Any) -> float:
-    """TCAV score: the fraction of positive directional derivatives, ``mean[s > 0]``.
+def tcav(s: Any, *, zeros: str = "exclude") -> float:
+    """TCAV score: the fraction of positive directional derivatives.
 
     ``s`` holds ``∇_a f_c(a(x)) · h`` per artifact sample (and per spatial
     position for conv layers), any shape. An unbiased model gives ≈ 0.5; a model
     that relies on the concept gives ≈ 1 (or ≈ 0 for a negative influence).
 
+    ``zeros`` says what an ``s`` of exactly 0 (a dead unit, a masked position)
+    counts as: ``"exclude"`` (the default, as the RR-ClArC release computes it:
+    ``#(s > 0) / #(s ≠ 0)``, and 0 when every ``s`` is 0, its ``pos / (pos + neg + ε)``)
+    or ``"count"`` (``#(s > 0) / #s``, as tf/tcav and captum do: a zero counts as
+    not positive).
+
     Example:
       >>> tcav(np.array([0.3, -0.1, 0.2, 0.5]))
       0.75
+      >>> tcav(np.array([0.3, 0.0, -0.2, 0.0]))  # the zeros left out
+      0.5
+      >>> tcav(np.array([0.3, 0.0, -0.2, 0.0]), zeros="count")
+      0.25
     """
-    return float(np.mean(_finite_scores("s", s) > 0))
+    if zeros not in ("exclude", "count"):
+        raise ValueError(f"zeros must be 'exclude' or 'count'; got {zeros!r}")
+    v = _finite_scores("s", s)
+    pos = int(np.sum(v > 0))
+    if zeros == "count":
+        return pos / v.size
+    nonzero = pos + int(np.sum(v < 0))
+    return pos / nonzero if nonzero else 0.0
 
 
 def tcav_sens(s: Any) -> float:
@@ -343,39 +360,67 @@ def _image_stack(name: str, value: Any) -> np.ndarray:
     return a.astype(np.float64)
 
 
-def gaussian_blur(x: Any, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur over the last two (spatial) axes, zero padding outside the image.
+#: Padding of :func:`gaussian_blur`: torchvision's ``"reflect"`` (the edge pixel is not repeated:
+#: scipy's ``"mirror"``) or ``"zeros"``.
+BLUR_PADDINGS = {"reflect": "mirror", "zeros": "constant"}
 
-    The kernel is ``exp(-t² / 2σ²)`` on the integer offsets ``|t| ≤ int(4σ + 0.5)``
-    (truncated at 4σ), normalised to sum 1:
-    ``scipy.ndimage.gaussian_filter(x, sigma, mode="constant", cval=0, truncate=4.0)``
-    with the inputs checked. A leading batch axis is not blurred.
+
+def blur_kernel_size(sigma: float) -> int:
+    """The default taps of :func:`gaussian_blur`: ``2·int(2.5σ + 0.5) + 1`` (41 at σ = 8, the RR-ClArC release's)."""
+    return 2 * int(2.5 * float(sigma) + 0.5) + 1
+
+
+def gaussian_blur(x: Any, sigma: float, *, kernel_size: int | None = None, padding: str = "reflect") -> np.ndarray:
+    """Separable Gaussian blur over the last two (spatial) axes, as torchvision's ``GaussianBlur`` computes it.
+
+    The kernel is ``exp(-t² / 2σ²)`` on the integer offsets ``|t| ≤ kernel_size // 2``,
+    normalised to sum 1, correlated along H and then W; outside the image the
+    values are mirrored about the edge pixels (``padding="reflect"``, torch's
+    reflect padding) or zero (``"zeros"``). The RR-ClArC release blurs its
+    masks with ``GaussianBlur(kernel_size=41, sigma=8)``: that is
+    ``gaussian_blur(x, 8)`` (the default ``kernel_size`` truncates at 2.5σ,
+    :func:`blur_kernel_size`). Unlike torch, an image smaller than the kernel's
+    radius is reflected again (periodically) instead of refused. A leading batch
+    axis is not blurred.
 
     Args:
       x: ``(H, W)`` or ``(B, H, W)`` real, finite array (bool allowed).
       sigma: standard deviation in pixels, a finite number > 0.
+      kernel_size: odd number of taps (default :func:`blur_kernel_size`).
+      padding: ``"reflect"`` or ``"zeros"``.
 
     Returns:
       float64 NumPy array of the shape of ``x``.
 
     Raises:
-      ValueError: wrong ndim, empty axes, non-real dtype, NaN/inf, or ``sigma <= 0``.
+      ValueError: wrong ndim, empty axes, non-real dtype, NaN/inf, ``sigma <= 0``,
+      an even or non-positive ``kernel_size``, an unknown ``padding``.
     """
     sigma = _positive_number("sigma", sigma)
+    if padding not in BLUR_PADDINGS:
+        raise ValueError(f"padding must be one of {tuple(BLUR_PADDINGS)}; got {padding!r}")
+    if kernel_size is None:
+        kernel_size = blur_kernel_size(sigma)
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1 \
+            or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd positive int; got {kernel_size!r}")
     a = _image_stack("x", x)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"x contains NaN or inf (shape {a.shape})")
     from scipy import ndimage
 
-    sigmas = (0.0,) * (a.ndim - 2) + (sigma, sigma)
-    return ndimage.gaussian_filter(a, sigmas, mode="constant", cval=0.0, truncate=4.0)
+    return ndimage.gaussian_filter(a, sigma, mode=BLUR_PADDINGS[padding], cval=0.0, radius=int(kernel_size) // 2,
+                                   axes=(-2, -1))
 
 
-def postprocess_mask(mask: Any, *, low: float = 0.1, sigma: float = 2.0, high: float = 0.3) -> np.ndarray:
+def postprocess_mask(mask: Any, *, low: float = 0.1, sigma: float = 8.0, high: float = 0.3,
+                     kernel_size: int | None = None, padding: str = "reflect") -> np.ndarray:
     """RR-ClArC mask post-processing: threshold, Gaussian blur, threshold again — per sample.
 
     For each sample: ``m1 = mask >= low · max(mask)``; ``b = gaussian_blur(m1, sigma)``;
-    ``m2 = b >= high · max(b)``. The thresholds are relative to each sample's
+    ``m2 = b >= high · max(b)``. The defaults are the release's, made for
+    224×224 images: σ = 8 with 41 taps and reflect padding (torchvision's
+    ``GaussianBlur(41, 8)``); on smaller images scale ``sigma`` down. The thresholds are relative to each sample's
     maximum, so the scale of ``mask`` does not matter. A sample whose mask is
     all zero stays all False (no artifact found).
 
@@ -386,6 +431,7 @@ def postprocess_mask(mask: Any, *, low: float = 0.1, sigma: float = 2.0, high: f
       low: first threshold as a fraction of the maximum, in (0, 1].
       sigma: Gaussian standard deviation in pixels, > 0.
       high: second threshold as a fraction of the blurred maximum, in (0, 1].
+      kernel_size, padding: of the blur (:func:`gaussian_blur`).
 
     Returns:
       bool NumPy array of the shape of ``mask``.
@@ -404,7 +450,7 @@ def postprocess_mask(mask: Any, *, low: float = 0.1, sigma: float = 2.0, high: f
     peak = m3.max(axis=(1, 2), keepdims=True)
     nonzero = peak > 0
     m1 = (m3 >= low * peak) & nonzero  # an all-zero sample stays empty
-    blurred = gaussian_blur(m1, sigma)
+    blurred = gaussian_blur(m1, sigma, kernel_size=kernel_size, padding=padding)
     bpeak = blurred.max(axis=(1, 2), keepdims=True)
     m2 = (blurred >= high * bpeak) & nonzero
     return m2[0] if single else m2

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from jaxbias import metrics, report
 
@@ -119,39 +118,66 @@ def test_relevance_mass_accuracy_edge_cases():
 
 # --- gaussian_blur / postprocess_mask -----------------------------------------------------------------
 
-def _separable_blur(x, sigma):
-    """The formula by hand: the normalised kernel exp(-t²/2σ²), |t| ≤ int(4σ + 0.5), correlated along H then W."""
-    r = int(4.0 * sigma + 0.5)
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+def _separable_blur(x, sigma, kernel_size=None, padding="reflect"):
+    """torchvision's GaussianBlur by hand: kernel exp(-t²/2σ²) on linspace(-r, r, 2r + 1), normalised,
+    correlated along H then W over a reflect-padded (edge not repeated) or zero-padded image."""
+    r = (kernel_size // 2) if kernel_size is not None else int(2.5 * sigma + 0.5)
+    k = np.exp(-0.5 * (np.linspace(-r, r, 2 * r + 1) / sigma) ** 2)
     k /= k.sum()
     out = np.asarray(x, np.float64)
     for axis in (-2, -1):
         n = out.shape[axis]
         pad = [(0, 0)] * out.ndim
         pad[axis] = (r, r)
-        padded = np.pad(out, pad)
+        padded = np.pad(out, pad, mode="reflect" if padding == "reflect" else "constant")
         out = sum(w * np.take(padded, np.arange(i, i + n), axis=axis) for i, w in enumerate(k))
     return out
 
 
-@pytest.mark.parametrize("sigma", [0.4, 1.0, 2.0, 3.7, 12.0])
-def test_gaussian_blur_is_the_truncated_normalised_kernel(sigma):
-    x = np.random.default_rng(2).uniform(size=(9, 13))
-    np.testing.assert_allclose(metrics.gaussian_blur(x, sigma), _separable_blur(x, sigma), atol=1e-12, rtol=0)
-    xb = np.random.default_rng(3).uniform(size=(3, 9, 13))  # the batch axis is not blurred
-    np.testing.assert_allclose(metrics.gaussian_blur(xb, sigma), _separable_blur(xb, sigma), atol=1e-12, rtol=0)
-    # mass is kept away from the border (the kernel sums to 1)
+@pytest.mark.parametrize("padding", ["reflect", "zeros"])
+@pytest.mark.parametrize("sigma", [0.4, 1.0, 2.0, 3.7])
+def test_gaussian_blur_is_torchvisions_kernel(sigma, padding):
+    x = np.random.default_rng(2).uniform(size=(11, 13))
+    got = metrics.gaussian_blur(x, sigma, padding=padding)
+    np.testing.assert_allclose(got, _separable_blur(x, sigma, padding=padding), atol=1e-12, rtol=0)
+    xb = np.random.default_rng(3).uniform(size=(3, 11, 13))  # the batch axis is not blurred
+    np.testing.assert_allclose(metrics.gaussian_blur(xb, sigma, padding=padding),
+                               _separable_blur(xb, sigma, padding=padding), atol=1e-12, rtol=0)
+    # an explicit kernel size
+    np.testing.assert_allclose(metrics.gaussian_blur(x, sigma, kernel_size=5, padding=padding),
+                               _separable_blur(x, sigma, 5, padding), atol=1e-12, rtol=0)
+    # reflect padding keeps the mass of any image (the kernel sums to 1 and the image is mirrored)
+    if padding == "reflect":
+        assert got.mean() == pytest.approx(x.mean(), rel=0.05)
     point = np.zeros((101, 101))
     point[50, 50] = 1.0
-    assert metrics.gaussian_blur(point, sigma).sum() == pytest.approx(1.0, abs=1e-12)
+    assert metrics.gaussian_blur(point, sigma, padding=padding).sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_release_blur_is_41_taps_sigma_8_reflect():
+    """The default kernel at σ = 8 is torchvision's GaussianBlur(41, 8); a corner box (where the ImageNet
+    timestamp sits) shows the difference from the zero-padded, 4σ-truncated blur used before."""
+    assert metrics.blur_kernel_size(8.0) == 41
+    box = np.zeros((224, 224))
+    box[196:220, 150:222] = 1.0  # the lower-right corner, 2 px from the edges
+    got = metrics.gaussian_blur(box, 8.0)
+    np.testing.assert_allclose(got, _separable_blur(box, 8.0, 41), atol=1e-12, rtol=0)
+    old = metrics.gaussian_blur(box, 8.0, kernel_size=65, padding="zeros")
+    assert np.abs(got - old).max() > 0.1  # reflect padding keeps the corner's mass in
+    # after the release's thresholds the two masks differ on several percent of the mask's pixels
+    new_mask = metrics.postprocess_mask(box)
+    old_mask = metrics.postprocess_mask(box, kernel_size=65, padding="zeros")
+    assert np.sum(new_mask != old_mask) > 0.02 * new_mask.sum()
+    ref = _separable_blur(box, 8.0, 41)
+    np.testing.assert_array_equal(new_mask, ref >= 0.3 * ref.max())
 
 
 def _reference_postprocess(m, low, sigma, high):
-    """The three RR-ClArC steps for one (H, W) mask, blur by scipy; returns (result, blurred, threshold)."""
+    """The three RR-ClArC steps for one (H, W) mask, blurred by hand; returns (result, blurred, threshold)."""
     if m.max() == 0:
         return np.zeros(m.shape, bool), None, None
     m1 = (m >= low * m.max()).astype(np.float64)
-    bl = ndimage.gaussian_filter(m1, sigma, mode="constant", cval=0, truncate=4.0)
+    bl = _separable_blur(m1, sigma)
     return bl >= high * bl.max(), bl, high * bl.max()
 
 
@@ -177,7 +203,7 @@ def test_postprocess_mask_matches_reference(low, sigma, high):
 def test_postprocess_single_pixel_grows_into_blob():
     m = np.zeros((21, 21))
     m[10, 10] = 1.0
-    out = metrics.postprocess_mask(m)  # low=0.1, sigma=2, high=0.3
+    out = metrics.postprocess_mask(m, sigma=2.0)  # low=0.1, high=0.3
     assert out[10, 10] and out.sum() > 1
     ys, xs = np.nonzero(out)
     d2 = (ys - 10) ** 2 + (xs - 10) ** 2
@@ -260,6 +286,10 @@ def test_gaussian_blur_rejects_bad_input():
         metrics.gaussian_blur(np.ones((3, 3)), 0)
     with pytest.raises(ValueError, match="x"):
         metrics.gaussian_blur(np.ones(3), 1.0)
+    with pytest.raises(ValueError, match="kernel_size must be an odd positive int; got 4"):
+        metrics.gaussian_blur(np.ones((3, 3)), 1.0, kernel_size=4)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        metrics.gaussian_blur(np.ones((3, 3)), 1.0, padding="edge")
 
 
 # --- figures ----------------------------------------------------------------------------------------

@@ -67,6 +67,19 @@ def test_tcav_scores_against_loops():
     assert tcav(s) == sum(1 for v in flat if v > 0) / len(flat)
     assert abs(tcav_sens(s) - sum(abs(v) for v in flat) / len(flat)) < 1e-12
     assert tcav(np.zeros(4)) == 0.0  # zero derivative is not a positive influence
+    # with zeros (dead units, a ReLU cut off): the release's pos / (pos + neg + 1e-8), loop by loop
+    z = s.copy()
+    z[:, 0, :] = 0.0
+    pos = neg = 0
+    for v in z.ravel().tolist():
+        pos += v > 0
+        neg += v < 0
+    assert tcav(z) == pytest.approx(pos / (pos + neg + 1e-8), abs=1e-9)
+    assert tcav(z, zeros="count") == sum(1 for v in z.ravel().tolist() if v > 0) / z.size
+    assert tcav(z) > tcav(z, zeros="count")  # a third of the positions are zero
+    assert tcav(np.zeros(4), zeros="count") == 0.0
+    with pytest.raises(ValueError, match="zeros must be"):
+        tcav(s, zeros="drop")
     for bad in (np.array([]), np.array([0.1, np.nan])):
         with pytest.raises(ValueError, match="s"):
             tcav(bad)

@@ -298,14 +298,18 @@ def general_map(maps: Any) -> Array:
     return minmax(maps.mean(axis=0))
 
 
-def top_region(maps: Any, q: float) -> Array:
+def top_region(maps: Any, q: float, *, inclusive: bool = False) -> Array:
     """Pixels above the ``q`` quantile of each map (jittable; ``q`` is static).
 
-    ``R = {u : m_u > Q_q(m)}``, per ``(H, W)`` map.
+    ``R = {u : m_u > Q_q(m)}``, per ``(H, W)`` map; ``inclusive=True`` takes the
+    pixels at the quantile too, ``m_u ≥ Q_q(m)`` (they differ where the map has
+    ties at its quantile, e.g. maps on a stride-2 grid, whose pixels come in
+    2×2 blocks).
 
     Args:
       maps: ``(H, W)`` or ``(..., H, W)``.
       q: quantile in [0, 1]; 0.7 keeps the top 30 %.
+      inclusive: ``≥`` instead of ``>``.
     Returns:
       bool, same shape as ``maps``.
 
@@ -317,8 +321,8 @@ def top_region(maps: Any, q: float) -> Array:
     maps = jnp.asarray(maps)
     if maps.ndim < 2:
         raise ValueError(f"maps must be (H, W) or (..., H, W), got shape {maps.shape}")
-    thr = jnp.quantile(maps.reshape(maps.shape[:-2] + (-1,)), q, axis=-1)
-    return maps > thr[..., None, None]
+    thr = jnp.quantile(maps.reshape(maps.shape[:-2] + (-1,)), q, axis=-1)[..., None, None]
+    return maps >= thr if inclusive else maps > thr
 
 
 def iou(a: Any, b: Any) -> float:

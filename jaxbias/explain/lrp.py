@@ -8,8 +8,12 @@ activations and pooling passing relevance through. Rules, for a linear layer
 
 - epsilon: ``R_j = a_j Σ_k w_jk R_k / (z_k + ε·sign(z_k))`` (sign(0) = +1);
 - z⁺: only positive contributions, ``R_j = Σ_k (a_j⁺ w_jk⁺ + a_j⁻ w_jk⁻) R_k / z⁺_k``
-  with ``z⁺_k = Σ_j (a_j⁺ w_jk⁺ + a_j⁻ w_jk⁻)`` (+ε), biases ignored — for the
-  non-negative inputs after a ReLU this is the classic ``a_j w_jk⁺ / Σ a w⁺``;
+  with ``z⁺_k = Σ_j (a_j⁺ w_jk⁺ + a_j⁻ w_jk⁻) + b_k⁺`` (+ε): the positive part
+  of the bias stays in the denominator (and absorbs its share of ``R_k``), as
+  zennit's ``ZPlus`` (inside its EpsilonPlusFlat, which the RR-ClArC
+  evaluation uses) computes it; ``zplus_bias=False`` drops it (the textbook
+  ``a_j w_jk⁺ / Σ a w⁺`` for the non-negative inputs after a ReLU, which
+  conserves relevance);
 - flat: every input of ``k``'s receptive field gets an equal share,
   ``R_j = Σ_k R_k / n_k`` (``n_k`` inputs feed ``k``);
 - average pooling (and global average pooling) is linear: the epsilon rule;
@@ -67,13 +71,16 @@ def _epsilon(layer, a, r, eps):
     return a * vjp(r / _stab(z, eps))[0]
 
 
-def _zplus(layer, a, r, eps):
+def _zplus(layer, a, r, eps, bias=True):
     pos, neg = _linear_part(layer, kernel=jnp.maximum(layer.kernel, 0)), _linear_part(
         layer, kernel=jnp.minimum(layer.kernel, 0))
     ap, an = jnp.maximum(a, 0), jnp.minimum(a, 0)
     zp, vjp_p = jax.vjp(pos, ap)
     zn, vjp_n = jax.vjp(neg, an)
-    s = r / (zp + zn + eps)  # z⁺ ≥ 0
+    z = zp + zn
+    if bias and layer.bias is not None:
+        z = z + jnp.maximum(layer.bias, 0)  # zennit's ZPlus: b⁺ joins the positive part
+    s = r / (z + eps)  # z⁺ ≥ 0
     return ap * vjp_p(s)[0] + an * vjp_n(s)[0]
 
 
@@ -111,7 +118,8 @@ def composite_rules(graph: Sequence[Layer], *, first: str = "flat", conv: str = 
     return rule
 
 
-def _propagate(graph: Sequence[Layer], x: Array, r: Array, rule: Callable[[Layer], str], eps: float) -> Array:
+def _propagate(graph: Sequence[Layer], x: Array, r: Array, rule: Callable[[Layer], str], eps: float,
+               zplus_bias: bool = True) -> Array:
     inputs = []
     h = x
     for layer in graph:
@@ -119,7 +127,9 @@ def _propagate(graph: Sequence[Layer], x: Array, r: Array, rule: Callable[[Layer
         h = apply_layer(layer, h)
     for layer, a in zip(reversed(graph), reversed(inputs)):
         if isinstance(layer, LINEAR):
-            r = {"epsilon": _epsilon, "zplus": _zplus, "flat": _flat}[rule(layer)](layer, a, r, eps)
+            name = rule(layer)
+            r = (_zplus(layer, a, r, eps, zplus_bias) if name == "zplus"
+                 else {"epsilon": _epsilon, "flat": _flat}[name](layer, a, r, eps))
         elif isinstance(layer, (BatchNorm, AvgPool, GlobalAvgPool)):
             r = _epsilon(layer, a, r, eps)
         elif isinstance(layer, MaxPool):
@@ -132,7 +142,8 @@ def _propagate(graph: Sequence[Layer], x: Array, r: Array, rule: Callable[[Layer
         elif isinstance(layer, Residual):
             fb, fs = forward(layer.body, a), forward(layer.shortcut, a)
             s = r / _stab(fb + fs, eps)
-            r = _propagate(layer.body, a, fb * s, rule, eps) + _propagate(layer.shortcut, a, fs * s, rule, eps)
+            r = (_propagate(layer.body, a, fb * s, rule, eps, zplus_bias)
+                 + _propagate(layer.shortcut, a, fs * s, rule, eps, zplus_bias))
         else:  # check_graph has rejected everything else
             raise ValueError(f"no LRP rule for layer {layer!r}")
     return r
@@ -162,6 +173,7 @@ def lrp(
     conv: str = "zplus",
     dense: str = "epsilon",
     fold: bool = True,
+    zplus_bias: bool = True,
 ) -> Array:
     """Relevance of the ``target`` logit for every input element, shape of ``x``.
 
@@ -174,10 +186,14 @@ def lrp(
       epsilon: the stabiliser of the epsilon rule (and of z⁺/flat denominators).
       first, conv, dense: rules of the composite (default EpsilonPlusFlat).
       fold: fold batch-norm into the preceding linear layers first.
+      zplus_bias: keep the positive part of each bias in the z⁺ denominator
+        (zennit's ZPlus, as in the RR-ClArC evaluation); ``False`` drops the
+        biases from z⁺ (the textbook rule, relevance-conserving).
 
     Returns:
-      ``(B, ...)`` relevance; with zero biases and ``ε → 0`` it sums to the
-      explained logit per sample (conservation).
+      ``(B, ...)`` relevance; with zero biases (or ``zplus_bias=False`` and no
+      epsilon-rule biases) and ``ε → 0`` it sums to the explained logit per
+      sample (conservation).
 
     Raises:
       ValueError: a layer without an LRP rule (named), or a bad ``target``.
@@ -196,7 +212,7 @@ def lrp(
     if logits.ndim != 2:
         raise ValueError(f"the graph must end in (B, classes) logits; got shape {logits.shape}")
     r = logits * _target_onehot(logits, target)
-    return _propagate(g, x, r, rule, epsilon)
+    return _propagate(g, x, r, rule, epsilon, zplus_bias)
 
 
 def make_lrp(graph: Sequence[Layer], **kwargs) -> Callable[[Array, Array | None], Array]:

@@ -23,7 +23,7 @@ paper          here
 ``h``          ``state.cav`` (unit, ``(C,)``), fitted by :func:`init`
 ``m``          ``hp.criterion`` (and ``hp.classes``), see below
 ``λ``          ``hp.lam``
-``f̃``          logits, or log-softmax for ``criterion="logprobs"``
+``f̃``          logits, or log-probabilities for the ``"logprobs*"`` criteria
 ``B'``         samples that are penalised (all, or those whose label is in
                ``hp.classes``)
 =============  ============================================================
@@ -31,7 +31,11 @@ paper          here
 ``criterion``: ``"random"`` (``m ∈ {±1}^k`` drawn per sample from the step's
 key — the published default), ``"all"`` (``m = 1``), ``"target"`` (one-hot of
 the sample's label), ``"max"`` (one-hot of the predicted class), ``"logprobs"``
-(``m = 1`` on the log-probabilities), ``"class"`` (``m`` = indicator of
+(the mean over the classes of ``log(softmax_k + 1e-5)``, as the RR-ClArC
+release protects it: ``m = 1/k`` on ``f̃ = log(ŷ + 1e-5)``),
+``"logprobs_sum"`` (``Σ_k log softmax_k``: ``m = 1`` on the log-softmax; the
+same direction, ``s`` k times larger, so the penalty ≈ k² times the released
+one and λ means something else), ``"class"`` (``m`` = indicator of
 ``hp.classes``). With ``hp.classes`` set, only samples whose label is in it
 are penalised (class-specific correction). ``form``: ``"l2"`` (``s²``, the
 paper), ``"l1"`` (``|s|``) or ``"cosine"`` (``cos(∇_a, h)²``, scale-free).
@@ -66,7 +70,7 @@ Array = jax.Array
 #: Corrects a trained model: ``init`` fits the CAV on it.
 KIND = Kind(fits_on_model=True)
 
-CRITERIA = ("random", "all", "target", "max", "logprobs", "class")
+CRITERIA = ("random", "all", "target", "max", "logprobs", "logprobs_sum", "class")
 FORMS = ("l2", "l1", "cosine")
 
 __all__ = ["KIND", "CRITERIA", "FORMS", "Hparams", "State", "init", "loss", "penalty"]
@@ -122,8 +126,10 @@ def _weights(logits: Array, labels: Array, key: Array, hp: Hparams) -> Array:
     k = logits.shape[-1]
     if hp.criterion == "random":
         m = jax.random.rademacher(key, logits.shape, dtype=logits.dtype)
-    elif hp.criterion in ("all", "logprobs"):
+    elif hp.criterion in ("all", "logprobs_sum"):
         m = jnp.ones_like(logits)
+    elif hp.criterion == "logprobs":
+        m = jnp.full_like(logits, 1.0 / k)  # the mean over the classes
     elif hp.criterion == "target":
         m = jax.nn.one_hot(labels, k, dtype=logits.dtype)
     elif hp.criterion == "max":
@@ -140,7 +146,9 @@ def _selected(labels: Array, hp: Hparams) -> Array:
 
 
 def _outputs(logits: Array, hp: Hparams) -> Array:
-    return jax.nn.log_softmax(logits) if hp.criterion == "logprobs" else logits
+    if hp.criterion == "logprobs":
+        return jnp.log(jax.nn.softmax(logits) + 1e-5)
+    return jax.nn.log_softmax(logits) if hp.criterion == "logprobs_sum" else logits
 
 
 def _check_classes(k: int, hp: Hparams) -> None:

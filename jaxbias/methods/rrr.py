@@ -10,10 +10,16 @@ differentiable models by constraining their explanations.* IJCAI 2017
 
 ``variant="cosine"`` (the form timed in the RR-ClArC paper)::
 
-    L = CE + λ₁ · mean_{n: M_n ≠ 0} cos(|Σ_c g_n|, M_n),
+    L = CE + λ₁ · (1/B) Σ_n cos(|Σ_c g_n|, M_n),
     g = ∂/∂x Σ_n mean_k log(ŷ_nk + 1e-5)
 
-with the term exactly 0 when no sample of the batch has a non-empty mask.
+where a sample without a mask contributes 0, so the term is exactly 0 when no
+sample of the batch has a non-empty mask. ``reduce="batch"`` (the default)
+divides by the batch size B as the RR-ClArC release's ``RRR_ExpLogSum`` and
+SPEC §3 do; ``reduce="masked"`` divides by the number of samples that carry a
+mask instead (the penalty then does not shrink when fewer samples of a batch
+carry the artifact; on a batch where half the samples have a mask it is twice
+the released one).
 
 Symbols → arguments:
 
@@ -50,8 +56,9 @@ Array = jax.Array
 KIND = Kind()
 
 VARIANTS = ("l2", "cosine")
+REDUCTIONS = ("batch", "masked")
 
-__all__ = ["KIND", "VARIANTS", "Hparams", "State", "init", "input_gradient", "penalty", "loss"]
+__all__ = ["KIND", "VARIANTS", "REDUCTIONS", "Hparams", "State", "init", "input_gradient", "penalty", "loss"]
 
 
 @dataclass(frozen=True)
@@ -63,15 +70,22 @@ class Hparams:
         cross-entropy have similar size; 1000 suits 28×28 images in [0, 1].
       l2: ``λ₂`` (explicit ``||θ||²`` in the loss).
       variant: ``"l2"`` or ``"cosine"``.
+      reduce: how the ``"cosine"`` term averages over the batch: ``"batch"``
+        (over all B samples, unmasked ones counting 0: the RR-ClArC release) or
+        ``"masked"`` (over the samples that carry a mask). The ``"l2"`` term is
+        a sum and ignores it.
     """
 
     lam: float = 1000.0
     l2: float = 0.0
     variant: str = "l2"
+    reduce: str = "batch"
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {self.variant!r}")
+        if self.reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}; got {self.reduce!r}")
         for name in ("lam", "l2"):
             if not (float(getattr(self, name)) >= 0):
                 raise ValueError(f"{name} must be a non-negative number; got {getattr(self, name)!r}")
@@ -145,7 +159,8 @@ def penalty(params: Params, state: State, batch: Batch, key: Array, *, model: Bo
 
 
 def loss(params: Params, state: State, batch: Batch, key: Array, *, model: BoundModel, hp: Hparams) -> tuple[Array, Aux]:
-    """``L = CE + λ₁ · term + λ₂ ||θ||²`` (term: sum over the batch for ``"l2"``, mean over masked samples for ``"cosine"``).
+    """``L = CE + λ₁ · term + λ₂ ||θ||²`` (term: sum over the batch for ``"l2"``; for ``"cosine"`` the mean over
+    the batch, or over the masked samples with ``reduce="masked"``).
 
     Returns:
       ``(L, Aux(metrics={"ce", "rrr"}, state))`` with ``rrr`` the unweighted term.
@@ -157,6 +172,8 @@ def loss(params: Params, state: State, batch: Batch, key: Array, *, model: Bound
     per, has, out = _penalty_and_output(params, batch, model, hp)
     if hp.variant == "l2":
         term = jnp.sum(per)
+    elif hp.reduce == "batch":
+        term = jnp.sum(per) / per.shape[0]
     else:
         term = jnp.sum(per) / jnp.maximum(jnp.sum(has), 1)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out.logits, batch.y))

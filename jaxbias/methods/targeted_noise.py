@@ -9,10 +9,16 @@ of the map get Gaussian noise or are replaced by a constant, freshly for
 every batch (on the fly, inside the jitted step), so the network cannot use
 them; the loss is then plain cross-entropy::
 
-    R_n = {u : M_n[u] > Q_q(M_n)},
+    R_n = {u : M_n[u] > Q_q(M_n)}  ("noise"),  {u : M_n[u] ≥ Q_q(M_n)}  ("mask")
     x̃_n = x_n + σ·ε·1[R_n]      ("noise", ε ~ N(0, I) per pixel and channel)
     x̃_n = x_n·1[¬R_n] + v·1[R_n] ("mask")
     L = (1/B) Σ_n CE(f(x̃_n), y_n)
+
+The two modes treat the pixels exactly at the quantile as the authors'
+release does: its mask keeps ``M < Q`` (hides ``≥``), its noise adds to
+``M > Q``. They differ on maps with ties at the quantile (the paper's stride-2
+grid gives maps in 2×2 blocks). ``hp.at_quantile`` picks another reading:
+``"hide"`` (``≥`` for both) or ``"keep"`` (``>`` for both).
 
 Symbols → arguments:
 
@@ -49,8 +55,9 @@ KIND = Kind()
 
 MODES = ("noise", "mask")
 MAPS = ("general", "specific")
+AT_QUANTILE = ("release", "hide", "keep")
 
-__all__ = ["KIND", "MAPS", "MODES", "Hparams", "State", "init", "apply", "transform", "loss"]
+__all__ = ["KIND", "MAPS", "MODES", "AT_QUANTILE", "Hparams", "State", "init", "apply", "transform", "loss"]
 
 
 def _check_q(q: Any) -> float:
@@ -85,6 +92,9 @@ class Hparams:
       mode: ``"noise"`` or ``"mask"``.
       map: ``"general"`` (one map for all images) or ``"specific"`` (per image, ``batch.mask``).
       fill: the value written by ``mode="mask"``.
+      at_quantile: pixels exactly at the quantile: ``"release"`` (hidden by
+        ``"mask"``, kept by ``"noise"``, as the authors' code), ``"hide"`` or
+        ``"keep"`` (for both modes).
     """
 
     q: float = 0.7
@@ -92,8 +102,11 @@ class Hparams:
     mode: str = "noise"
     map: str = "general"
     fill: float = 0.0
+    at_quantile: str = "release"
 
     def __post_init__(self):
+        if self.at_quantile not in AT_QUANTILE:
+            raise ValueError(f"at_quantile must be one of {AT_QUANTILE}, got {self.at_quantile!r}")
         _check_q(self.q)
         _check_sigma(self.sigma)
         _check_mode(self.mode)
@@ -134,16 +147,17 @@ def init(model: BoundModel | None = None, params: Params | None = None, batch: B
 
 
 def apply(x: Array, maps: Array, key: Array, *, q: float = 0.7, sigma: float = 0.5, mode: str = "noise",
-          fill: float = 0.0) -> Array:
+          fill: float = 0.0, at_quantile: str = "release") -> Array:
     """Noise or mask the pixels above the ``q`` quantile of the map (pure, jittable; ``q``/``mode`` static).
 
-    ``x̃ = x + σ·ε·1[R]`` or ``x·1[¬R] + fill·1[R]``, ``R = {u : M[u] > Q_q(M)}`` per map.
+    ``x̃ = x + σ·ε·1[R]`` or ``x·1[¬R] + fill·1[R]``, ``R = {u : M[u] > Q_q(M)}`` per map
+    (``≥`` for ``mode="mask"`` or ``at_quantile="hide"``; see the module docstring).
 
     Args:
       x: ``(B, H, W, C)`` images.
       maps: ``(H, W)`` (general) or ``(B, H, W)`` (specific).
       key: typed key for the noise.
-      q, sigma, mode, fill: as in :class:`Hparams`.
+      q, sigma, mode, fill, at_quantile: as in :class:`Hparams`.
     Returns:
       ``(B, H, W, C)``.
 
@@ -157,7 +171,10 @@ def apply(x: Array, maps: Array, key: Array, *, q: float = 0.7, sigma: float = 0
         raise ValueError(f"x must be (B, H, W, C) images, got shape {x.shape}")
     if maps.shape not in (x.shape[1:3], x.shape[:3]):
         raise ValueError(f"maps must be (H, W) = {x.shape[1:3]} or (B, H, W) = {x.shape[:3]}, got {maps.shape}")
-    region = top_region(maps, q)[..., None]
+    if at_quantile not in AT_QUANTILE:
+        raise ValueError(f"at_quantile must be one of {AT_QUANTILE}, got {at_quantile!r}")
+    inclusive = at_quantile == "hide" or (at_quantile == "release" and mode == "mask")
+    region = top_region(maps, q, inclusive=inclusive)[..., None]
     if mode == "mask":
         return jnp.where(region, jnp.asarray(fill, x.dtype), x)
     noise = sigma * jax.random.normal(key, x.shape, x.dtype)
@@ -180,7 +197,7 @@ def transform(batch: Batch, state: State, key: Array, *, hp: Hparams) -> Batch:
         maps = state.general_map
         if maps.size == 0:
             raise ValueError("map='general' needs a fitted State: method_state=init(hp=hp, general_map=G)")
-    x = apply(batch.x, maps, key, q=hp.q, sigma=hp.sigma, mode=hp.mode, fill=hp.fill)
+    x = apply(batch.x, maps, key, q=hp.q, sigma=hp.sigma, mode=hp.mode, fill=hp.fill, at_quantile=hp.at_quantile)
     return batch._replace(x=x)
 
 

@@ -128,7 +128,7 @@ def np_redistribute(links, a, r_out, rule, bias=None):
     def contrib(src, wt):
         if rule == "epsilon":
             return a[src] * wt
-        if rule == "zplus":
+        if rule.startswith("zplus"):
             return max(a[src], 0) * max(wt, 0) + min(a[src], 0) * min(wt, 0)
         return 1.0  # flat
 
@@ -139,8 +139,12 @@ def np_redistribute(links, a, r_out, rule, bias=None):
         if bias is not None:
             denom = denom + bias
         denom = stab(denom)
+    elif rule.startswith("zplus"):
+        if rule == "zplus" and bias is not None:  # zennit's ZPlus: the bias's positive part joins z⁺
+            denom = denom + np.maximum(bias, 0)
+        denom = denom + EPS
     else:
-        denom = denom + EPS if rule == "zplus" else np.maximum(denom, EPS)
+        denom = np.maximum(denom, EPS)
     r_in = np.zeros(a.shape)
     for src, dst, wt in links:
         r_in[src] += contrib(src, wt) / denom[dst] * r_out[dst]
@@ -189,7 +193,7 @@ def np_lrp_graph(graph, x, r, rules):
     return r
 
 
-def np_lrp(graph, x, target):
+def np_lrp(graph, x, target, zplus="zplus"):
     g = np_fold(graph)
     linear = []
 
@@ -202,7 +206,7 @@ def np_lrp(graph, x, target):
                 walk(layer.shortcut)
 
     walk(g)
-    rules = {id(layer): ("epsilon" if isinstance(layer, Dense) else "zplus") for layer in linear}
+    rules = {id(layer): ("epsilon" if isinstance(layer, Dense) else zplus) for layer in linear}
     rules[id(linear[0])] = "flat"
     out = []
     for n in range(x.shape[0]):
@@ -260,16 +264,20 @@ def residual_net(rng, zero_bias=False):
     ]
 
 
+@pytest.mark.parametrize("zplus_bias", [True, False])
 @pytest.mark.parametrize("make,shape", [(conv_net, (2, 8, 8, 3)), (residual_net, (2, 6, 6, 2))])
-def test_lrp_matches_numpy_redistribution(make, shape):
+def test_lrp_matches_numpy_redistribution(make, shape, zplus_bias):
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         graph = make(rng)
         x = jnp.asarray(rng.uniform(0, 1, shape))
         target = np.array([1, 2])
-        got = np.asarray(explain.lrp(graph, x, target=jnp.asarray(target), epsilon=EPS))
-        want = np_lrp(graph, np.asarray(x), target)
+        got = np.asarray(explain.lrp(graph, x, target=jnp.asarray(target), epsilon=EPS, zplus_bias=zplus_bias))
+        want = np_lrp(graph, np.asarray(x), target, zplus="zplus" if zplus_bias else "zplus_nobias")
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+        if make is conv_net:  # biases with positive parts: the two readings differ
+            other = np_lrp(graph, np.asarray(x), target, zplus="zplus_nobias" if zplus_bias else "zplus")
+            assert np.max(np.abs(other - want)) > 1e-3 * np.max(np.abs(want))
         # the NumPy forward pass (folded) is the network too
         np.testing.assert_allclose(np_forward(np_fold(graph), np.asarray(x[0])),
                                    np.asarray(explain.forward(graph, x))[0], rtol=1e-6, atol=1e-9)
@@ -298,8 +306,13 @@ def test_zplus_gives_non_negative_relevance_and_flat_spreads_uniformly():
     a = jnp.asarray(rng.uniform(0, 1, (2, 5, 5, 2)))
     r = jnp.asarray(rng.uniform(0, 1, (2, 5, 5, 4)))
     assert float(jnp.min(_zplus(conv, a, r, 1e-9))) >= 0.0
-    # and it conserves what it receives (no bias in z⁺)
-    np.testing.assert_allclose(float(jnp.sum(_zplus(conv, a, r, 1e-12))), float(jnp.sum(r)), rtol=1e-5)
+    # without the bias in z⁺ it conserves what it receives; zennit's reading keeps b⁺'s share back
+    np.testing.assert_allclose(float(jnp.sum(_zplus(conv, a, r, 1e-12, bias=False))), float(jnp.sum(r)), rtol=1e-5)
+    assert float(jnp.max(conv.bias)) > 0
+    assert float(jnp.sum(_zplus(conv, a, r, 1e-12))) < float(jnp.sum(r)) * (1 - 1e-3)
+    # a conv whose biases are all ≤ 0 gives the same map either way (only b⁺ enters)
+    neg = conv._replace(bias=-jnp.abs(conv.bias))
+    np.testing.assert_array_equal(np.asarray(_zplus(neg, a, r, 1e-9)), np.asarray(_zplus(neg, a, r, 1e-9, bias=False)))
     dense = Dense(_rand(rng, 7, 3), _rand(rng, 3), "d")
     rd = jnp.asarray(rng.normal(size=(2, 3)))
     flat = _flat(dense, jnp.asarray(rng.normal(size=(2, 7))), rd, 1e-12)

@@ -37,14 +37,21 @@ def _state(c, seed=1):
     return State(h, jnp.float32(0.7), jnp.float32(-0.2))
 
 
-def _reference_s(model, params, batch, h, layer, m, *, logprobs=False):
-    """Explicit latent gradient of Σ_n m_n·f̃_n w.r.t. the layer, spatial mean, dot h."""
+def _reference_s(model, params, batch, h, layer, m, *, logprobs=None):
+    """Explicit latent gradient of Σ_n m_n·f̃_n w.r.t. the layer, spatial mean, dot h.
+
+    ``logprobs="mean"``: the released RR-ClArC criterion, ``Σ_n mean_k log(softmax_k + 1e-5)``
+    (``m`` unused); ``"sum"``: ``Σ_n Σ_k log softmax_k``.
+    """
     shape = model(params, batch.x).acts[layer].shape
 
     def f(p):
         logits = model(params, batch.x, perturb={layer: p}).logits
-        out = jax.nn.log_softmax(logits) if logprobs else logits
-        return jnp.sum(m * out)
+        if logprobs == "mean":
+            return jnp.sum(jnp.mean(jnp.log(jax.nn.softmax(logits) + 1e-5), axis=-1))
+        if logprobs == "sum":
+            return jnp.sum(jax.nn.log_softmax(logits))
+        return jnp.sum(m * logits)
 
     g = jax.grad(f)(jnp.zeros(shape))
     g = jnp.mean(g, axis=(1, 2)) if g.ndim == 4 else g
@@ -58,7 +65,7 @@ def _m(criterion, logits, y, key, classes=()):
 
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("layer", ["block4", "features"])
-@pytest.mark.parametrize("criterion", ["random", "all", "target", "max", "logprobs", "class"])
+@pytest.mark.parametrize("criterion", ["random", "all", "target", "max", "logprobs", "logprobs_sum", "class"])
 def test_penalty_equals_explicit_latent_gradient(net, train, layer, criterion):
     module, params, ms, batch = net
     model = models.bind(module, ms, train=train)
@@ -70,11 +77,25 @@ def test_penalty_equals_explicit_latent_gradient(net, train, layer, criterion):
     got = rrclarc.penalty(params, state, batch, key, model=model, hp=hp)
     logits = model(params, batch.x).logits
     m = _m(criterion, logits, batch.y, key, classes)
-    s_ref, _ = _reference_s(model, params, batch, state.cav, layer, m, logprobs=criterion == "logprobs")
+    s_ref, _ = _reference_s(model, params, batch, state.cav, layer, m,
+                            logprobs={"logprobs": "mean", "logprobs_sum": "sum"}.get(criterion))
     assert float(jnp.max(jnp.abs(s_ref))) > 1e-4  # the reference is not trivially zero
     if classes:
         s_ref = jnp.where(jnp.isin(batch.y, jnp.asarray(classes)), s_ref, 0.0)
     np.testing.assert_allclose(got, s_ref**2, rtol=1e-5, atol=1e-10)
+
+
+def test_logprobs_is_the_released_mean_and_the_sum_is_k_squared_larger(net):
+    """``"logprobs"`` protects ``mean_k log(softmax_k + 1e-5)`` (the release); the sum reading is ≈ k² larger."""
+    module, params, ms, batch = net
+    model = models.bind(module, ms, train=True)
+    state = _state(6)
+    mean = rrclarc.penalty(params, state, batch, None, model=model, hp=rrclarc.Hparams(criterion="logprobs"))
+    total = rrclarc.penalty(params, state, batch, None, model=model, hp=rrclarc.Hparams(criterion="logprobs_sum"))
+    k = 5
+    # softmax ≫ 1e-5 here, so the ε barely matters: s differs by the factor k, the penalty by k²
+    assert float(jnp.min(jax.nn.softmax(model(params, batch.x).logits))) > 1e-3
+    np.testing.assert_allclose(np.asarray(total), k**2 * np.asarray(mean), rtol=1e-2)
 
 
 def test_below_batchnorm_in_evaluation_mode(net):

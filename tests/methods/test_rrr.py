@@ -98,8 +98,22 @@ def test_cosine_variant_against_numpy(mlp):
     hp = rrr.Hparams(variant="cosine", lam=2.0)
     got = rrr.penalty(params, rrr.State(), batch, None, model=model, hp=hp)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-8)
+    # the released RRR_ExpLogSum: a loop over the batch adding each masked sample's cosine, divided by B
+    released = 0.0
+    for n in range(B):
+        if mm[n].sum() > 0:
+            released += sal[n] @ mm[n] / (np.linalg.norm(sal[n]) * np.linalg.norm(mm[n]))
+    released /= B
     value, aux = rrr.loss(params, rrr.State(), batch, None, model=model, hp=hp)
-    np.testing.assert_allclose(aux.metrics["rrr"], ref[[0, 1, 3]].mean(), rtol=1e-5)  # masked samples only
+    np.testing.assert_allclose(aux.metrics["rrr"], released, rtol=1e-5)  # sample 2 (no mask) counts 0
+    _, aux = rrr.loss(params, rrr.State(), batch, None, model=model, hp=rrr.Hparams(variant="cosine", reduce="masked"))
+    np.testing.assert_allclose(aux.metrics["rrr"], ref[[0, 1, 3]].mean(), rtol=1e-5)  # the masked samples only
+    # half the batch masked: the "masked" reading is twice the released one
+    half = batch._replace(mask=batch.mask.at[1].set(False))
+    _, a = rrr.loss(params, rrr.State(), half, None, model=model, hp=hp)
+    _, m = rrr.loss(params, rrr.State(), half, None, model=model, hp=rrr.Hparams(variant="cosine", reduce="masked"))
+    np.testing.assert_allclose(float(m.metrics["rrr"]), 2 * float(a.metrics["rrr"]), rtol=1e-6)
+    np.testing.assert_allclose(float(a.metrics["rrr"]), (ref[0] + ref[3]) / B, rtol=1e-5)
     empty = batch._replace(mask=jnp.zeros_like(batch.mask))
     value, aux = rrr.loss(params, rrr.State(), empty, None, model=model, hp=hp)
     assert float(aux.metrics["rrr"]) == 0.0 and np.isfinite(float(value))

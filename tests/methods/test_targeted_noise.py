@@ -37,7 +37,7 @@ def test_mask_writes_the_fill_value_on_specific_regions():
     x, _, s = _setup()
     out = np.asarray(tn.apply(x, s, jax.random.key(0), q=0.9, mode="mask", fill=0.5))
     for b in range(x.shape[0]):
-        region = np.asarray(s[b]) > np.quantile(np.asarray(s[b]), 0.9)
+        region = np.asarray(s[b]) >= np.quantile(np.asarray(s[b]), 0.9)
         assert abs(region.mean() - 0.1) < 2e-3
         np.testing.assert_array_equal(out[b][region], 0.5)
         np.testing.assert_array_equal(out[b][~region], np.asarray(x[b])[~region])
@@ -49,7 +49,40 @@ def test_quantile_ends():
     x, g, _ = _setup()
     np.testing.assert_array_equal(np.asarray(tn.apply(x, g, jax.random.key(0), q=1.0)), np.asarray(x))  # nothing
     masked = np.asarray(tn.apply(x, g, jax.random.key(0), q=0.0, mode="mask"))
-    assert (masked == 0).mean() == pytest.approx(1 - 1 / (32 * 32))  # all but the minimum pixel
+    assert (masked == 0).mean() == 1.0  # the mask hides ≥ the quantile: the minimum pixel too
+    kept = np.asarray(tn.apply(x, g, jax.random.key(0), q=0.0, mode="mask", at_quantile="keep"))
+    assert (kept == 0).mean() == pytest.approx(1 - 1 / (32 * 32))  # all but the minimum pixel
+
+
+def test_ties_at_the_quantile_follow_the_release():
+    """A map on the paper's stride-2 grid comes in 2×2 blocks, so pixels sit exactly at the quantile.
+
+    The released mask keeps ``map < Q`` (hides ``≥``), the released noise adds to ``map > Q``: a loop over
+    the pixels with NumPy's quantile decides each one."""
+    rng = np.random.default_rng(7)
+    blocks = rng.permutation(64).astype(np.float32).reshape(8, 8)  # distinct block values
+    g = np.kron(blocks, np.ones((2, 2), np.float32))  # (16, 16), every value 4 times
+    x = jnp.asarray(rng.uniform(0.1, 1.0, size=(2, 16, 16, 3)), jnp.float32)
+    q = 0.7
+    thr = np.quantile(g, q)
+    assert np.sum(g == thr) == 4  # the quantile falls on a block: 4 tied pixels
+    hide, noise = np.zeros(g.shape, bool), np.zeros(g.shape, bool)
+    for i in range(16):
+        for j in range(16):
+            hide[i, j] = not (g[i, j] < thr)  # the release's mask: keep map < Q
+            noise[i, j] = g[i, j] > thr  # the release's noise: map > Q
+    masked = np.asarray(tn.apply(x, jnp.asarray(g), jax.random.key(0), q=q, mode="mask", fill=0.0))
+    np.testing.assert_array_equal(masked[..., 0] == 0, np.broadcast_to(hide, (2, 16, 16)))
+    noised = np.asarray(tn.apply(x, jnp.asarray(g), jax.random.key(0), q=q, mode="noise"))
+    np.testing.assert_array_equal(noised[..., 0] != np.asarray(x)[..., 0], np.broadcast_to(noise, (2, 16, 16)))
+    assert hide.sum() == noise.sum() + 4
+    # the other readings, named
+    both = np.asarray(tn.apply(x, jnp.asarray(g), jax.random.key(0), q=q, mode="noise", at_quantile="hide"))
+    np.testing.assert_array_equal(both[..., 0] != np.asarray(x)[..., 0], np.broadcast_to(hide, (2, 16, 16)))
+    kept = np.asarray(tn.apply(x, jnp.asarray(g), jax.random.key(0), q=q, mode="mask", at_quantile="keep"))
+    np.testing.assert_array_equal(kept[..., 0] == 0, np.broadcast_to(noise, (2, 16, 16)))
+    with pytest.raises(ValueError, match="at_quantile must be one of"):
+        tn.Hparams(at_quantile="ties")
 
 
 def test_loss_uses_the_general_map_from_init_and_the_specific_maps_from_the_batch():
