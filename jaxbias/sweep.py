@@ -85,6 +85,7 @@ __all__ = [
     "RESERVED",
     "SweepResult",
     "grid",
+    "check_members",
     "zipped",
     "schedule_optimizer",
     "with_values",
@@ -230,6 +231,12 @@ def _plan(method: ModuleType, hp: Any, members: Any, *, lr: float, seed: int) ->
             raise ValueError(f"members[{j}] and members[{i}] have the same settings {s}: each member must differ "
                              "(e.g. --seeds 0,0 names one seed twice)")
     return _Plan(settings, hparams, fields, values)
+
+
+def check_members(method: ModuleType, hp: Any, members: Any, *, lr: float, seed: int) -> None:
+    """Refuse ``members`` that :func:`fit_sweep` would refuse (unknown or static fields, a bad lr or seed, two
+    equal members), without training: the run layer calls it before it writes the workdir."""
+    _plan(method, hp, members, lr=lr, seed=seed)
 
 
 def with_values(hp: Any, values: Mapping[str, Any]) -> Any:

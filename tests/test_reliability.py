@@ -3,6 +3,7 @@ damaged checkpoints), and degenerate data get one clear line instead of a silent
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -158,3 +159,224 @@ def test_adult_data_with_one_label_or_a_directory_is_refused(tmp_path):
         runs.prepare(RunConfig(dataset="adult", model="mlp", data_path=str(path)))
     with pytest.raises(ValueError, match="is a directory; expected the adult.data file"):
         runs.prepare(RunConfig(dataset="adult", model="mlp", data_path=str(tmp_path)))
+
+
+# --------------------------------------------------------------------------- #
+# Issue 32: a refused run leaves nothing behind, every failure ends in one line
+# --------------------------------------------------------------------------- #
+
+def _adult_file(path, n=200, seed=0):
+    """Synthetic Adult records (both labels, both sexes): a few hundred rows train in a second."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        sex = "Male" if i % 3 else "Female"
+        edu = int(rng.integers(1, 17))
+        rec = [int(rng.integers(17, 90)), "Private", int(rng.integers(1e4, 1e6)), "Bachelors", edu, "Divorced",
+               "Sales", "Husband", "White", sex, 0, 0, int(rng.integers(10, 60)), "United-States"]
+        lines.append(", ".join(str(v) for v in rec) + (", >50K" if edu > 8 else ", <=50K"))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def adult(tmp_path_factory):
+    return _adult_file(tmp_path_factory.mktemp("adult") / "adult.data")
+
+
+def _train_argv(data_path, workdir, *more):
+    """The issue's ``A``: a small MLP on an Adult file."""
+    return ["train", "--dataset", "adult", "--data-path", str(data_path), "--model", "mlp", "--hidden", "16,8",
+            "--batch-size", "64", "--decay-every", "0", "--epochs", "1", "--no-progress", "--workdir", str(workdir),
+            *more]
+
+
+def _one_error_line(err):
+    """The failure's line: stderr holds it alone (no traceback), after the epochs' progress lines if any."""
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("epoch ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_the_workdir_is_written(tmp_path, capfd, adult):
+    from jaxbias import cli
+
+    wd = tmp_path / "run"
+    assert cli.main(_train_argv(adult, wd, "--batch-size", "100000")) == cli.USAGE_ERROR
+    line = _one_error_line(capfd.readouterr().err)
+    assert "batch_size 100000 is larger than the" in line and "--batch-size" in line
+    assert not wd.exists()  # absent before, absent after
+    wd.mkdir()
+    (wd / "notes.txt").write_text("mine")
+    assert cli.main(_train_argv(adult, wd, "--batch-size", "100000")) == cli.USAGE_ERROR
+    assert sorted(p.name for p in wd.iterdir()) == ["notes.txt"]  # an existing folder is left as it was
+    capfd.readouterr()
+    assert cli.main(_train_argv(adult, wd)) == 0  # the same workdir then takes the corrected run
+
+
+def test_resume_is_strict_and_auto_resume_starts_or_resumes(tmp_path, capfd, adult):
+    from jaxbias import cli
+
+    wd = tmp_path / "run"
+    for where in (wd, tmp_path):  # a missing workdir, an empty one
+        assert cli.main(_train_argv(adult, where, "--resume")) == cli.USAGE_ERROR
+        line = _one_error_line(capfd.readouterr().err)
+        assert f"workdir {where} holds no run" in line and "--auto-resume" in line
+    assert not wd.exists() and list(tmp_path.iterdir()) == []
+    assert cli.main(_train_argv(adult, wd, "--auto-resume", "--json")) == 0  # nothing there: starts
+    assert json.loads(capfd.readouterr().out)["resumed_from"] in (None, 0)
+    assert cli.main(_train_argv(adult, wd, "--auto-resume", "--json", "--epochs", "2")) == 0  # a run there: resumes
+    second = json.loads(capfd.readouterr().out)
+    assert second["resumed_from"] == 1 and [h["epoch"] for h in second["history"]] == [1, 2]
+    with pytest.raises(SystemExit):  # one or the other
+        cli.main(_train_argv(adult, wd, "--resume", "--auto-resume"))
+    assert "not allowed with argument" in capfd.readouterr().err
+
+
+def test_a_failure_is_one_line_and_debug_gives_the_traceback(tmp_path, capfd, adult):
+    from jaxbias import cli
+
+    missing = tmp_path / "nope.data"
+    assert cli.main(_train_argv(missing, tmp_path / "w")) == cli.USAGE_ERROR
+    line = _one_error_line(capfd.readouterr().err)
+    assert line.startswith("jaxbias train: error:") and "nope.data" in line
+    with pytest.raises(FileNotFoundError):
+        cli.main(["--debug", *_train_argv(missing, tmp_path / "w")])
+    with pytest.raises(FileNotFoundError):  # also after the command's name
+        cli.main([*_train_argv(missing, tmp_path / "w"), "--debug"])
+    # the exit code and line of each kind of failure
+    assert cli.failure(ValueError("bad\nmore"))[0] == cli.USAGE_ERROR
+    assert cli.failure(ValueError("bad\nmore"))[1] == "error: bad [more with --debug]"
+    assert cli.failure(OSError(28, "No space left on device"))[0] == cli.RUN_FAILED
+    code, text = cli.failure(KeyError("x"))
+    assert code == cli.RUN_FAILED and "internal error: KeyError" in text and "--debug" in text
+
+
+def test_interrupted_train_exits_130_in_one_line_and_resumes(tmp_path, adult):
+    import signal
+    import time
+
+    wd = tmp_path / "run"
+    argv = _train_argv(adult, wd, "--epochs", "1000")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "jaxbias.cli", *argv], stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL, env=env,
+                            # pytest-xdist workers (and background shell jobs) ignore SIGINT: the child must not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not (wd / "checkpoints" / "2").exists():  # a few epochs on disk
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    line = _one_error_line(err)
+    assert "interrupted" in line and "--resume" in line
+    from jaxbias import cli
+
+    kept = max(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    assert cli.main(_train_argv(adult, wd, "--epochs", str(kept + 1), "--resume")) == 0
+    rows = [json.loads(r) for r in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, kept + 2))
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temp_file(tmp_path, capfd, adult, monkeypatch):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    from jaxbias import cli
+
+    wd = tmp_path / "run"
+    assert cli.main(_train_argv(adult, wd)) == 0  # epoch 1 on disk
+    capfd.readouterr()
+    real = ocp.CheckpointManager.save
+
+    def full(self, step, *a, **kw):
+        if step >= 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, step, *a, **kw)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    assert cli.main(_train_argv(adult, wd, "--epochs", "3", "--resume")) == cli.RUN_FAILED
+    line = _one_error_line(capfd.readouterr().err)
+    assert "could not write the checkpoint of epoch 2" in line and str(wd / "checkpoints") in line
+    assert "No space left on device" in line and "epoch 1 is kept" in line
+    assert not [p for p in wd.rglob("*") if ".tmp" in p.name]
+    monkeypatch.undo()
+    assert cli.main(_train_argv(adult, wd, "--epochs", "3", "--resume")) == 0  # once the disk has room
+
+
+def test_an_atomic_write_that_fails_names_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+    import io
+
+    from jaxbias import workdir
+
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open = open
+
+    def fake_open(path, mode="r", *a, **kw):
+        real_open(path, mode, *a, **kw).close()  # the temp file is created, then the write fails
+        return Full()
+
+    target = tmp_path / "config.json"
+    target.write_text("{}")
+    monkeypatch.setattr("builtins.open", fake_open)
+    with pytest.raises(OSError, match=f"could not write {target}: No space left on device") as e:
+        workdir.write_json(target, {"a": 1})
+    monkeypatch.undo()
+    assert e.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"] and target.read_text() == "{}"
+
+
+def test_duplicate_sweep_members_are_refused(tmp_path, capfd, adult):
+    from jaxbias import cli
+
+    wd = tmp_path / "sweep"
+    argv = ["sweep", "--dataset", "adult", "--data-path", str(adult), "--model", "mlp", "--hidden", "8",
+            "--batch-size", "64", "--epochs", "1", "--no-progress", "--workdir", str(wd)]
+    assert cli.main([*argv, "--seeds", "0,0"]) == cli.USAGE_ERROR
+    line = _one_error_line(capfd.readouterr().err)
+    assert "members[0] and members[1] have the same settings" in line and "--seeds 0,0" in line
+    assert not wd.exists()
+    assert cli.main([*argv, "--lrs", "0.001,0.001"]) == cli.USAGE_ERROR
+    assert "same settings" in capfd.readouterr().err
+    code = cli.main([*argv, "--lrs", "nan,0.001"])  # refused before the workdir is written too
+    assert code == cli.USAGE_ERROR and "positive finite" in _one_error_line(capfd.readouterr().err)
+    assert not wd.exists()
+
+
+def test_a_binary_or_tiny_adult_file_is_named(tmp_path, capfd, adult):
+    from jaxbias import cli
+
+    binary = tmp_path / "adult.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert cli.main(_train_argv(binary, tmp_path / "w")) == cli.USAGE_ERROR
+    line = _one_error_line(capfd.readouterr().err)
+    assert f"{binary} is not a text file" in line and "not UTF-8" in line
+    tiny = tmp_path / "tiny.data"
+    tiny.write_text("".join(adult.read_text().splitlines(keepends=True)[:5]))
+    assert cli.main(_train_argv(tiny, tmp_path / "w")) == cli.USAGE_ERROR
+    line = _one_error_line(capfd.readouterr().err)
+    assert f"{tiny} holds only 5 records" in line and "np.str_" not in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, capfd):
+    from jaxbias.engine import read_history
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "lo')
+    assert [r["epoch"] for r in read_history(str(path), upto=10)] == [1, 2]
+    err = capfd.readouterr().err
+    assert "warning:" in err and str(path) in err and "ignored its last line" in err
+    path.write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    assert len(read_history(str(path), upto=10)) == 2 and capfd.readouterr().err == ""

@@ -147,6 +147,10 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
                                 hidden=bc.hidden)
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
+    if sweep:  # the members' settings (equal members, a NaN lr) before the data, and before any workdir is written
+        from jaxbias.sweep import check_members
+
+        check_members(method, hp, config.members, lr=config.lr, seed=config.seed)
     dataset = datasets_lib.get(config, data)
     if config.maps is not None:  # attribution maps as the training masks (what targeted noise hides)
         from jaxbias.runs import attribution
