@@ -259,10 +259,11 @@ def test_interrupted_train_exits_130_in_one_line_and_resumes(tmp_path, adult):
     wd = tmp_path / "run"
     argv = _train_argv(adult, wd, "--epochs", "1000")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "jaxbias.cli", *argv], stderr=subprocess.PIPE, text=True,
-                            stdout=subprocess.DEVNULL, env=env,
-                            # pytest-xdist workers (and background shell jobs) ignore SIGINT: the child must not
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # pytest-xdist workers (and background shell jobs) ignore SIGINT, which a child inherits: restore it first
+    start = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "runpy.run_module('jaxbias.cli', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", start, *argv], stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 60
         while not (wd / "checkpoints" / "2").exists():  # a few epochs on disk
