@@ -25,10 +25,11 @@ def _channels(text: str) -> tuple[int, ...]:
 
 def _widths(text: str) -> tuple[int, ...]:
     try:
-        out = tuple(int(s) for s in text.split(",") if s.strip())
+        out = tuple(int(s) for s in text.split(","))  # an empty element (16,,8) is refused, not dropped
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden expects comma-separated integers, got {text!r}") from None
-    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden expects comma-separated integers (no empty element), got "
+                                         f"{text!r}") from None
+    if min(out) < 1:
         raise argparse.ArgumentTypeError(f"--hidden expects positive widths, got {text!r}")
     return out
 
@@ -190,7 +191,14 @@ def _method_overrides(args: argparse.Namespace, method: str) -> dict[str, Any]:
                                  f"not of method "
                                  f"{method!r}")
             hp[field] = value
-    hp.update(dict(args.hp))
+    from jaxbias import methods
+
+    for key, value in args.hp:  # checked here to name the flag; the text is kept (make_hparams casts it)
+        try:
+            methods.parse_value(methods.get(method), key, value)
+        except ValueError as e:
+            raise ValueError(f"--hp {key}={value}: {e}") from None
+        hp[key] = value
     return hp
 
 
@@ -638,7 +646,10 @@ def _one_line(e: BaseException) -> str:
 
 def failure(e: Exception) -> tuple[int, str]:
     """The exit code and the one line a failed command ends with."""
-    if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
+    from jaxbias.data.sources import DatasetUnavailableError  # data not given or not prepared: a usage error
+
+    if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                      DatasetUnavailableError)):
         return USAGE_ERROR, f"error: {_one_line(e)}"
     if isinstance(e, (FloatingPointError, RuntimeError, OSError, MemoryError)):
         return RUN_FAILED, f"the run failed: {type(e).__name__}: {_one_line(e)}"

@@ -58,7 +58,7 @@ from jaxbias.validation import check_labels
 from jaxbias.workdir import lock as workdir_lock
 from jaxbias.workdir import write_text
 
-__all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "choose_feed", "check_train", "epoch_order", "run_epochs",
+__all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "choose_feed", "check_eval_sets", "check_train", "epoch_order", "run_epochs",
            "read_history", "write_history", "progress_bar"]
 
 FEEDS = ("auto", "host", "device")
@@ -93,9 +93,16 @@ def check_train(train: Batch, num_classes: int | None = None) -> int:
         if a is not None and np.shape(a)[0] != n:
             raise ValueError(f"train.{name} has {np.shape(a)[0]} rows, expected {n} (same as train.x)")
     y = np.asarray(train.y)
-    if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
+    if y.ndim == 1:  # class indices (an integer dtype: float labels would reach the loss's TypeError)
         check_labels("train.y", y, num_classes=num_classes)
     return n
+
+
+def check_eval_sets(sets: Any, num_classes: int) -> None:
+    """Each evaluation set's labels are class indices of the model, or a ``ValueError`` naming the set."""
+    for name, data in (sets or {}).items():
+        check_labels(f"the labels (y) of evaluation set {name!r}", data.y, n=int(np.shape(data.x)[0]),
+                     against="its x", num_classes=num_classes)
 
 
 def _nbytes(train: Batch) -> int:

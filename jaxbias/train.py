@@ -185,7 +185,9 @@ def evaluate(
 
     report = {}
     for name, data in sets.items():
-        pred = predict_in_batches(predict, params, model_state, data.x, batch_size=batch_size).argmax(-1)
+        logits = predict_in_batches(predict, params, model_state, data.x, batch_size=batch_size)
+        engine.check_eval_sets({name: data}, num_classes=int(logits.shape[-1]))  # before any accuracy is computed
+        pred = logits.argmax(-1)
         if data.bias is not None:
             report[name] = metrics.bias_report(pred, np.asarray(data.y), np.asarray(data.bias), num_biases=num_biases)
         else:

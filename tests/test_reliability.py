@@ -381,3 +381,48 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, capfd):
     assert "warning:" in err and str(path) in err and "ignored its last line" in err
     path.write_text('{"epoch": 1}\n{"epoch": 2}\n')
     assert len(read_history(str(path), upto=10)) == 2 and capfd.readouterr().err == ""
+
+
+def test_bad_flags_and_labels_are_refused_in_one_line_naming_them(tmp_path, capfd, adult, monkeypatch):
+    from jaxbias import cli, train
+
+    wd = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:  # an empty width is not dropped
+        cli.main(_train_argv(adult, wd, "--hidden", "16,,8"))
+    assert e.value.code == cli.USAGE_ERROR and "--hidden" in capfd.readouterr().err
+    for more, words in ((["--method", "end", "--hp", "alpha=abc"], ["--hp alpha=abc", "expects float"]),
+                        (["--hp", "alpha=1"], ["--hp alpha=1", "method 'vanilla'", "has none"]),
+                        (["--config", str(tmp_path)], [f"{tmp_path}' is a directory", "expected a TOML"]),
+                        (["--method", "end", "--num-biases", "1"], ["--num-biases", "bias labels up to 1"])):
+        assert cli.main(_train_argv(adult, wd, *more)) == cli.USAGE_ERROR, more
+        line = _one_error_line(capfd.readouterr().err)
+        assert all(w in line for w in words), line
+    monkeypatch.delenv("JAXBIAS_ADULT", raising=False)  # no --data-path: a usage error, as a missing file is
+    argv = _train_argv(adult, wd)
+    del argv[3:5]
+    assert cli.main(argv) == cli.USAGE_ERROR and "--data-path" in _one_error_line(capfd.readouterr().err)
+    assert not wd.exists()
+    # labels of an evaluation set outside the model's classes, float labels: named, not computed with
+    x = np.zeros((14, 8), np.float32)
+    with pytest.raises(ValueError, match=r"evaluation set 'test'.* \[0, 1\], got range \[0, 6\]"):
+        train.evaluate(lambda p, ms, x: np.zeros((x.shape[0], 2), np.float32), None, None,
+                       {"test": Batch(x, np.arange(14) % 7)})
+    with pytest.raises(ValueError, match="train.y must have an integer dtype, got float32"):
+        fit(module=MLP, method=vanilla, hp=vanilla.Hparams(), train=Batch(x, np.zeros(14, np.float32)), epochs=1,
+            batch_size=7, tx=make_optimizer(lr=1e-2, steps_per_epoch=2, decay_every=None), progress=False)
+
+
+def test_resume_takes_the_same_data_file_however_its_path_is_spelled(tmp_path, capfd, adult, monkeypatch):
+    from jaxbias import cli
+
+    wd = tmp_path / "run"
+    assert cli.main(_train_argv(adult, wd)) == 0  # an absolute path
+    capfd.readouterr()
+    (tmp_path / "link.data").symlink_to(adult)
+    monkeypatch.chdir(adult.parent)
+    for epochs, path in ((2, adult.name), (3, tmp_path / "link.data")):  # relative, then a symlink
+        assert cli.main(_train_argv(path, wd, "--epochs", str(epochs), "--resume", "--json")) == 0, capfd.readouterr()
+        assert json.loads(capfd.readouterr().out)["resumed_from"] == epochs - 1
+    other = _adult_file(tmp_path / "other.data", seed=1)  # another file is still another run
+    assert cli.main(_train_argv(other, wd, "--epochs", "4", "--resume")) == cli.USAGE_ERROR
+    assert "configured differently (data_path" in _one_error_line(capfd.readouterr().err)

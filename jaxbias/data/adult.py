@@ -267,7 +267,7 @@ def _resolve(path: Any, *, download: bool, cache_dir: Any) -> Path:
     if download:
         return _download(_check_path("cache_dir", cache_dir) if cache_dir is not None else _DEFAULT_CACHE.expanduser())
     raise DatasetUnavailableError(
-        "no Adult data file given: pass path= to a local copy of adult.data, set the environment variable "
+        "no Adult data file given: pass path= (--data-path) to a local copy of adult.data, set the environment variable "
         f"{ENV_VAR} to one, or call load_adult(download=True) to fetch {ADULT_URL} "
         "(cached under cache_dir, default ~/.cache/jaxbias)"
     )

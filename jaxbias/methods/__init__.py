@@ -154,8 +154,9 @@ def parse_value(method: ModuleType, name: str, text: str) -> Any:
     """
     hints = field_types(method)
     if name not in hints:
-        raise ValueError(f"{name!r} is not a hyperparameter of method {name_of(method)!r}: "
-                         f"{[f.name for f in fields(method)]}")
+        known = [f.name for f in fields(method)]
+        raise ValueError(f"{name!r} is not a hyperparameter of method {name_of(method)!r} "
+                         + (f"(its hyperparameters: {', '.join(known)})" if known else "(it has none)"))
     base, optional = _base_types(hints[name])
     if optional and text.strip().lower() == "none":
         return None

@@ -242,6 +242,9 @@ class RunConfig:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"config file {path!r} not found")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"config file {path!r} is a directory; expected a TOML (.toml) or JSON file of "
+                                    "run settings")
         try:
             if path.endswith(".toml"):
                 import tomllib

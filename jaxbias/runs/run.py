@@ -27,6 +27,7 @@ from jaxbias import models as models_lib
 from jaxbias.runs import datasets as datasets_lib
 from jaxbias.runs.config import RunConfig
 from jaxbias.runs.datasets import Dataset
+from jaxbias.engine import check_eval_sets
 from jaxbias.train import TrainState, create_train_state, evaluate, fit, freeze, hp_dict, make_optimizer, make_predict
 from jaxbias.types import Batch, BoundModel
 from jaxbias.workdir import lock as workdir_lock
@@ -34,6 +35,8 @@ from jaxbias.workdir import write_json
 
 #: Settings a resumed run may change (how long, on what, fed how); everything else must match config.json.
 RESUMABLE_CHANGES = ("epochs", "devices", "data_devices", "feed", "eval_every")
+#: Settings that may name a file or folder (Adult's ``source`` is its file): compared by the path they resolve to.
+PATH_SETTINGS = ("data_path", "data_dir", "maps", "init_from", "source")
 
 
 @dataclasses.dataclass
@@ -170,6 +173,13 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
     record["source"] = dataset.source or config.source
     num_classes = dataset.num_classes if base is None else base.record["model"].get("num_classes", 10)
     record["model"]["num_classes"] = num_classes
+    check_eval_sets(dataset.evals, num_classes)
+    for field, what, labels in (("num_classes", "class", dataset.train.y), ("num_biases", "bias", dataset.train.bias)):
+        count = getattr(hp, field, None)  # a method's label-range setting (EnD's one-hot codes) against the data
+        if isinstance(count, int) and labels is not None and np.size(labels) and int(np.max(labels)) >= count:
+            raise ValueError(f"{field}={count} (--{field.replace('_', '-')}) but the training data of "
+                             f"{config.dataset!r} have {what} labels up to {int(np.max(labels))}: set it to at least "
+                             f"{int(np.max(labels)) + 1}")
     record["input_shape"] = [int(d) for d in np.shape(dataset.train.x)[1:]]
     module = make_module(record["model"])
     method_state = None if base is None else fit_method_state(method, hp, base, dataset)
@@ -199,6 +209,13 @@ def resolve_resume(workdir: str | os.PathLike | None, resume: bool | str) -> boo
     return bool(resume)
 
 
+def _same(key: str, saved: Any, now: Any) -> bool:
+    """Whether a setting is unchanged; a path is the same file however it is spelled (relative, a symlink)."""
+    if key in PATH_SETTINGS and isinstance(saved, str) and isinstance(now, str):
+        return os.path.realpath(saved) == os.path.realpath(now)
+    return saved == now
+
+
 def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -> None:
     """Write ``config.json`` (atomically) once the run may use ``workdir``.
 
@@ -218,7 +235,7 @@ def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -
             saved = json.load(f)
         keys = (set(saved) | set(record)) - set(RESUMABLE_CHANGES)
         # runs written before these settings existed lack them: compare only what both record
-        differ = sorted(k for k in keys if k in saved and k in record and saved[k] != record[k])
+        differ = sorted(k for k in keys if k in saved and k in record and not _same(k, saved[k], record[k]))
         if differ:
             raise ValueError(f"{workdir!r} was configured differently ({', '.join(differ)}: saved "
                              f"{[saved[k] for k in differ]}, now {[record[k] for k in differ]}); resume it with "
