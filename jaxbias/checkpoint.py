@@ -95,11 +95,13 @@ class Checkpointer:
             except Exception:  # noqa: BLE001 - the first failure is the one reported
                 continue
 
-    def restore(self, target: Any, epoch: int | None = None) -> tuple[Any, dict[str, Any]]:
+    def restore(self, target: Any, epoch: int | None = None, *, set_aside: bool = True) -> tuple[Any, dict[str, Any]]:
         """Restore into the structure of ``target`` (arrays or ``jax.ShapeDtypeStruct``s).
 
         Without ``epoch``: the newest checkpoint that reads back whole; newer ones that
-        do not are then moved aside (with a warning on stderr). ``meta["epoch"]`` says which.
+        do not are then moved aside (with a warning on stderr), or with ``set_aside=False``
+        (a reader such as ``evaluate``: the directory is left as it is) only named in the
+        warning. ``meta["epoch"]`` says which.
 
         Raises:
           FileNotFoundError: no checkpoint at all. CheckpointError: none is readable.
@@ -126,7 +128,11 @@ class Checkpointer:
             # only now, with an older checkpoint of the same structure read back whole, are the newer ones
             # known to be damaged (not a run of another shape): set them aside so that saving goes on
             for bad, why in zip(damaged, problems):
-                self._set_aside(bad, why)
+                if set_aside:
+                    self._set_aside(bad, why)
+                else:
+                    print(f"warning: the checkpoint of epoch {bad} in {self.directory} is damaged ({why}); left it "
+                          f"in place and used the checkpoint of epoch {step}", file=sys.stderr, flush=True)
             meta.setdefault("epoch", step)
             return state, meta
         raise CheckpointError(f"no checkpoint in {self.directory} reads back into this run's state: "

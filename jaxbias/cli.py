@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 from typing import Any, Sequence
@@ -380,6 +381,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from jaxbias.report import markdown_table
 
     results = evaluate_workdir(args.workdir)
+    _err(f"evaluated the checkpoint of epoch {results['epoch']} in {args.workdir}")
     if args.heatmaps:
         from jaxbias.recipes import heatmaps_workdir
 
@@ -644,6 +646,16 @@ def _one_line(e: BaseException) -> str:
     return lines[0] + (" [more with --debug]" if len(lines) > 1 else "")
 
 
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted training command leaves: the epoch of its newest complete checkpoint."""
+    workdir = getattr(args, "workdir", None) if hasattr(args, "resume") else None
+    folder = os.path.join(workdir, "checkpoints") if workdir else None
+    epochs = [int(n) for n in os.listdir(folder) if n.isdigit()] if folder and os.path.isdir(folder) else []
+    if epochs:  # orbax renames a checkpoint's folder to its epoch only once it is complete
+        return f"; the checkpoint of epoch {max(epochs)} in {folder} is kept: --resume continues from it"
+    return "; no checkpoint was written yet" if workdir else ""
+
+
 def failure(e: Exception) -> tuple[int, str]:
     """The exit code and the one line a failed command ends with."""
     from jaxbias.data.sources import DatasetUnavailableError  # data not given or not prepared: a usage error
@@ -692,8 +704,7 @@ def main(argv: Sequence[str] | None = None, *, _quiet_until_exit: bool = False) 
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"jaxbias {args.command}: interrupted (a run keeps its last checkpoint: --resume continues it)",
-              file=sys.stderr)
+        print(f"jaxbias {args.command}: interrupted{_kept(args)}", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - every failure ends in one line
         if args.debug:

@@ -150,12 +150,13 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
+def read_history(path: str | None, *, upto: int, strict: bool = True) -> list[dict[str, Any]]:
     """Rows of ``metrics.jsonl`` up to epoch ``upto``.
 
     A torn last line (the append cut off: a kill or a full disk) is dropped
-    with a warning on stderr, since its epoch is past every checkpoint; a bad
-    line before the last names the file and the line.
+    with a warning on stderr; a bad line before the last names the file and the
+    line: a ``ValueError`` (a run about to append to the file), or with
+    ``strict=False`` (a reader such as ``evaluate``) a warning, the line skipped.
     """
     if path is None or not os.path.exists(path):
         return []
@@ -172,8 +173,11 @@ def read_history(path: str | None, *, upto: int) -> list[dict[str, Any]]:
                 print(f"warning: {path}: ignored its last line, cut off ({len(line)} characters, not a whole JSON "
                       "row: the append was interrupted); the rows before it are kept", file=sys.stderr, flush=True)
                 break
-            raise ValueError(f"{path}, line {i + 1}, is not a JSON row ({line[:60]!r}); the file is damaged "
-                             "before its last line") from None
+            message = f"{path}, line {i + 1}, is not a JSON row ({line[:60]!r}); the file is damaged before its last " \
+                      "line"
+            if strict:
+                raise ValueError(message) from None
+            print(f"warning: {message}: skipped it", file=sys.stderr, flush=True)
     return [r for r in rows if r.get("epoch", 0) <= upto]
 
 
@@ -413,6 +417,11 @@ def run_epochs(
                 latest = int(saved["epoch"])
                 start = resumed_from = latest
                 rows = read_history(metrics_path, upto=latest)
+                lost = sorted(set(range(1, latest + 1)) - {r.get("epoch") for r in rows})
+                if lost:  # e.g. the last row torn after its checkpoint was written: its training metrics are gone
+                    print(f"warning: {metrics_path} has lost the row of epoch(s) {', '.join(map(str, lost))} (a line "
+                          f"cut off or removed) although the checkpoint of epoch {latest} is kept: training resumes "
+                          "from it and the history goes on without that row", file=sys.stderr, flush=True)
                 if writer:
                     write_history(metrics_path, rows)  # drop rows of an epoch that was cut off
             elif os.path.exists(metrics_path) and writer:

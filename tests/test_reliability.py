@@ -276,10 +276,10 @@ def test_interrupted_train_exits_130_in_one_line_and_resumes(tmp_path, adult):
             proc.kill()
     assert proc.returncode == 130
     line = _one_error_line(err)
-    assert "interrupted" in line and "--resume" in line
     from jaxbias import cli
 
     kept = max(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    assert "interrupted" in line and "--resume" in line and f"the checkpoint of epoch {kept} in" in line
     assert cli.main(_train_argv(adult, wd, "--epochs", str(kept + 1), "--resume")) == 0
     rows = [json.loads(r) for r in (wd / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, kept + 2))
@@ -426,3 +426,44 @@ def test_resume_takes_the_same_data_file_however_its_path_is_spelled(tmp_path, c
     other = _adult_file(tmp_path / "other.data", seed=1)  # another file is still another run
     assert cli.main(_train_argv(other, wd, "--epochs", "4", "--resume")) == cli.USAGE_ERROR
     assert "configured differently (data_path" in _one_error_line(capfd.readouterr().err)
+
+
+def _rows(wd):
+    return [json.loads(r)["epoch"] for r in (wd / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_lost_row_of_a_kept_epoch_is_named_and_a_damaged_middle_row_does_not_stop_evaluate(tmp_path, capfd, adult):
+    from jaxbias import cli
+
+    wd = tmp_path / "run"
+    assert cli.main(_train_argv(adult, wd, "--epochs", "3")) == 0
+    metrics = wd / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-40])  # the row of epoch 3, whose checkpoint is kept, torn
+    capfd.readouterr()
+    assert cli.main(_train_argv(adult, wd, "--epochs", "5", "--resume")) == 0
+    err = capfd.readouterr().err
+    assert f"warning: {metrics} has lost the row of epoch(s) 3" in err and "checkpoint of epoch 3 is kept" in err
+    assert _rows(wd) == [1, 2, 4, 5]
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], lines[1][:30], *lines[2:]]) + "\n")  # a damaged middle line
+    assert cli.main(["evaluate", "--workdir", str(wd), "--json"]) == 0
+    assert json.loads(capfd.readouterr().out)["epoch"] == 5
+
+
+def test_evaluate_leaves_a_damaged_checkpoint_in_place_and_names_the_epoch_it_used(tmp_path, capfd, adult):
+    from jaxbias import cli
+
+    wd = tmp_path / "run"
+    assert cli.main(_train_argv(adult, wd, "--epochs", "2")) == 0
+    target = max((p for p in (wd / "checkpoints" / "2").rglob("*") if p.is_file() and "state" in p.parts),
+                 key=lambda p: p.stat().st_size)
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 3])
+    before = {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()}
+    capfd.readouterr()
+    assert cli.main(["evaluate", "--workdir", str(wd), "--json"]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["epoch"] == 1
+    assert "the checkpoint of epoch 2" in err and "is damaged" in err and "left it in place" in err
+    assert f"evaluated the checkpoint of epoch 1 in {wd}" in err and "resumed" not in err
+    assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()} == before  # the workdir as it was
+    assert not (wd / "checkpoints.damaged").exists()

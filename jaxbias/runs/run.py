@@ -427,9 +427,10 @@ def restore(workdir: str) -> Run:
     try:
         if ckpt.latest_epoch() is None:
             raise FileNotFoundError(f"{workdir!r} holds no checkpoint yet")
-        state, meta = ckpt.restore(template)  # the newest that reads back whole
+        state, meta = ckpt.restore(template, set_aside=False)  # the newest that reads back whole; a reader moves nothing
         epoch = int(meta["epoch"])
     finally:
         ckpt.close()
     return Run(config=config, record=record, module=module, state=state, method=method, hp=hp,
-               history=read_history(os.path.join(workdir, "metrics.jsonl"), upto=epoch), epoch=epoch, workdir=workdir)
+               history=read_history(os.path.join(workdir, "metrics.jsonl"), upto=epoch, strict=False), epoch=epoch,
+               workdir=workdir)
