@@ -43,7 +43,10 @@ def bar_chart(
             raise ValueError(f"series {name!r} has {len(vals)} values, expected {len(categories)} (one per category)")
     x = np.arange(len(categories))
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(categories), 3.6))
+    ncols = min(max(len(series), 1), 3)  # legend columns; its rows get headroom below
+    legend_rows = -(-max(len(series), 1) // ncols)
+    width = max(1.8 + 1.6 * len(categories), 1.4 + 0.42 * len(categories) * len(series), 1.6 * ncols + 1.2)
+    fig, ax = plt.subplots(figsize=(width, 3.4 + 0.2 * legend_rows))
     for i, (name, vals) in enumerate(series.items()):
         err = None if errors is None else errors.get(name)
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, yerr=err, capsize=3, label=name)
@@ -52,11 +55,11 @@ def bar_chart(
     ax.set_ylabel(ylabel)
     if ylim is not None:
         # headroom above the top so the value labels and the legend never cover a bar
-        ax.set_ylim(ylim[0], ylim[1] + 0.25 * (ylim[1] - ylim[0]))
+        ax.set_ylim(ylim[0], ylim[1] + (0.15 + 0.1 * legend_rows) * (ylim[1] - ylim[0]))
         ax.set_yticks([t for t in ax.get_yticks() if ylim[0] <= t <= ylim[1]])
     if title:
         ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8, ncols=max(len(series), 1))
+    ax.legend(loc="upper right", fontsize=8, ncols=ncols)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -290,22 +293,47 @@ def heatmaps_before_after(
       ValueError: bad shapes or values, mismatched N, H or W, ``labels`` not two
         strings, wrong number of ``titles``, ``alpha`` outside [0, 1].
     """
-    img = _images(images)
-    n = img.shape[0]
-    hw = tuple(img.shape[1:3])
-    rb = _relevance_maps("before", before, n, hw)
-    ra = _relevance_maps("after", after, n, hw)
     if (
         isinstance(labels, str)
         or not hasattr(labels, "__len__")
         or len(labels) != 2
         or not all(isinstance(s, str) for s in labels)
+        or labels[0] == labels[1]
     ):
-        raise ValueError(f"labels is {labels!r}, expected two strings (for before and after)")
+        raise ValueError(f"labels is {labels!r}, expected two different strings (for before and after)")
+    return heatmap_rows(images, {labels[0]: before, labels[1]: after}, path, titles=titles, alpha=alpha)
+
+
+def heatmap_rows(
+    images: Any,
+    rows: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.6,
+) -> str:
+    """Several models' relevance of the same samples, one row per model, one colour scale per sample; PNG.
+
+    The image row, then one heatmap row per entry of ``rows`` (label → ``(N, H, W)``
+    or ``(N, H, W, C)`` relevance), one column per sample. Every row of a sample
+    shares the symmetric limits ``±max_rows max|R|``, so the colours compare
+    across models (see :func:`heatmaps_before_after`, the two-row case).
+
+    Raises:
+      ValueError: bad shapes or values, mismatched N, H or W, no rows, a label
+        that is not a string, wrong number of ``titles``, ``alpha`` outside [0, 1].
+    """
+    img = _images(images)
+    n = img.shape[0]
+    hw = tuple(img.shape[1:3])
+    if not isinstance(rows, Mapping) or not rows or not all(isinstance(k, str) for k in rows):
+        raise ValueError(f"rows must map at least one label (str) to relevance maps; got {type(rows).__name__} "
+                         f"with keys {list(rows) if isinstance(rows, Mapping) else None}")
+    maps = [(label, _relevance_maps(label, rel, n, hw)) for label, rel in rows.items()]
     names = _titles(titles, n)
     a = _alpha(alpha)
-    limits = np.array([_limit(rb[i], ra[i]) for i in range(n)])
-    return _heatmap_grid(path, img, [(labels[0], rb), (labels[1], ra)], limits, names, n, a)
+    limits = np.array([_limit(*(m[i] for _, m in maps)) for i in range(n)])
+    return _heatmap_grid(path, img, maps, limits, names, n, a)
 
 
 # --- region attribution (SPEC §6): reliability diagrams and attribution maps -------------------------
