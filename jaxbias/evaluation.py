@@ -79,6 +79,7 @@ def tcav_test(
     key: Array | int = 0,
     method: str = "signal",
     pool: str = "max",
+    zeros: str = "exclude",
 ) -> dict[str, Any]:
     """TCAV of the concept CAV and its t-test against CAVs of random splits (SPEC §2).
 
@@ -87,7 +88,9 @@ def tcav_test(
     of the same labels (same class sizes) — all ``n_random + 1`` in one vmapped
     call. One latent gradient of the target logit on ``x`` serves every CAV
     (``s = ∇_a f_c · H^T``). The test is :func:`jaxbias.metrics.tcav_significance`
-    with the single concept score against the random ones.
+    with the single concept score against the random ones. Every score is
+    :func:`jaxbias.metrics.tcav` with ``zeros`` (default: the release's
+    ``#(s > 0) / #(s ≠ 0)``).
 
     Returns:
       ``{"tcav", "tcav_sens", "random_tcav" (list), "p_value", "t", ...}``.
@@ -102,10 +105,10 @@ def tcav_test(
     labels = jnp.concatenate([concept[None], perms], axis=0)
     cavs = fit_cavs(jnp.asarray(acts), labels, method=method, pool=pool)  # (1 + n_random, C)
     g = latent_gradient(model, params, x, layer=layer, target=target)
-    s = g.reshape(-1, g.shape[-1]) @ cavs.T  # (B·H·W, 1 + n_random)
-    scores = np.asarray(jnp.mean(s > 0, axis=0), np.float64)
+    s = np.asarray(g.reshape(-1, g.shape[-1]) @ cavs.T)  # (B·H·W, 1 + n_random)
+    scores = np.array([metrics.tcav(s[:, k], zeros=zeros) for k in range(s.shape[1])], np.float64)
     out = metrics.tcav_significance(scores[0], scores[1:])
-    return {"tcav": float(scores[0]), "tcav_sens": float(jnp.mean(jnp.abs(s[:, 0]))),
+    return {"tcav": float(scores[0]), "tcav_sens": metrics.tcav_sens(s[:, 0]),
             "random_tcav": scores[1:].tolist(), **out}
 
 
