@@ -307,7 +307,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temp_file(tmp
     assert cli.main(_train_argv(adult, wd, "--epochs", "3", "--resume")) == cli.RUN_FAILED
     line = _one_error_line(capfd.readouterr().err)
     assert "could not write the checkpoint of epoch 2" in line and str(wd / "checkpoints") in line
-    assert "No space left on device" in line and "epoch 1 is kept" in line
+    assert "No space left on device, errno 28): the disk is full" in line and "epoch 1 is kept" in line
     assert not [p for p in wd.rglob("*") if ".tmp" in p.name]
     monkeypatch.undo()
     assert cli.main(_train_argv(adult, wd, "--epochs", "3", "--resume")) == 0  # once the disk has room
@@ -512,6 +512,41 @@ def _first_seen(proc, folder, until, timeout=120.0):
             return time.monotonic()
         time.sleep(0.001)
     return None
+
+
+def _with_file_size_limit(argv, limit):
+    """``jaxbias`` in a child whose files cannot grow past ``limit`` bytes (``ulimit -f``): a write past it fails
+    with EFBIG (SIGXFSZ ignored), as one on a full disk fails with ENOSPC."""
+    start = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); from jaxbias.cli import entry; entry()")
+    return subprocess.run([sys.executable, "-c", start, *argv], capture_output=True, text=True, env=_child_env(),
+                          timeout=300)
+
+
+def test_a_file_size_limit_is_one_line_exit_1_leaves_no_temp_file_and_resumes(tmp_path, adult):
+    wd = tmp_path / "run"
+    argv = _train_argv(adult, wd, "--epochs", "2")
+    # 4 KB: config.json (< 1 KB) and the metrics row are written; the checkpoint's arrays and metadata are not
+    done = _with_file_size_limit(argv, 4096)
+    assert done.returncode == 1, done.stderr  # a run that started and failed
+    line = _one_error_line(done.stderr)
+    assert line == done.stderr.strip().splitlines()[-1] and "absl" not in done.stderr and "WARNING" not in done.stderr
+    assert line.startswith("jaxbias train: the run failed:")
+    assert f"could not write the checkpoint of epoch 1 in {wd / 'checkpoints'}" in line
+    assert "File too large, errno 27" in line and "file-size limit" in line and "No earlier checkpoint" in line
+    assert (wd / "config.json").is_file() and _kept_epochs(wd) == []
+    assert not [p for p in wd.rglob("*") if "tmp" in p.name]  # orbax's temporary folder removed
+    resumed = subprocess.run([sys.executable, "-m", "jaxbias.cli", *argv, "--resume"], capture_output=True,
+                             text=True, env=_child_env(), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr  # without the limit
+    assert _kept_epochs(wd) == [1, 2] and _rows(wd) == [1, 2]
+    # a limit below config.json's size: the file is named, nothing half-written is left
+    other = tmp_path / "other"
+    done = _with_file_size_limit(_train_argv(adult, other), 256)
+    assert done.returncode == 1, done.stderr
+    line = _one_error_line(done.stderr)
+    assert f"could not write {other / 'config.json'}: File too large" in line
+    assert not [p for p in other.rglob("*") if "tmp" in p.name or p.name == "config.json"]
 
 
 @pytest.mark.slow
