@@ -14,6 +14,8 @@ warning, and the previous one is used instead.
 """
 from __future__ import annotations
 
+import errno
+import glob
 import os
 import re
 import shutil
@@ -24,6 +26,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes a checkpoint into <epoch><suffix> and renames it when complete
+
+
+def _errno(e: BaseException) -> int | None:
+    """The errno of ``e`` or of the exceptions it was raised from (tensorstore passes it on in its message)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return e.errno
+        code = re.search(r"os_error_code='?(\d+)", str(e))
+        if code:
+            return int(code.group(1))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class CheckpointError(RuntimeError):
@@ -77,14 +96,22 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore report a full disk in several ways
             self._settle()
+            self._remove_partial(epoch)
             kept = self.latest_epoch()
-            code = re.search(r"os_error_code='?(\d+)", str(e))  # tensorstore's way of passing errno on
-            first = (f"{os.strerror(int(code.group(1)))}, errno {code.group(1)}" if code else
+            code = _errno(e)
+            first = (f"{os.strerror(code)}, errno {code}" if code else
                      (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+            why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EFBIG: "a file-size limit (ulimit -f) is reached"}.get(code, "is the disk full?")
             raise CheckpointError(
-                f"could not write the checkpoint of epoch {epoch} in {self.directory} ({first}); is the disk full? "
-                + (f"The checkpoint of epoch {kept} is kept: resume from it once the disk has room"
-                   if kept is not None else "No earlier checkpoint exists")) from e
+                f"could not write the checkpoint of epoch {epoch} in {self.directory} ({first}): {why}. "
+                + (f"The checkpoint of epoch {kept} is kept: resume from it once there is room"
+                   if kept is not None else "No earlier checkpoint exists: resuming starts the run again")) from e
+
+    def _remove_partial(self, epoch: int) -> None:
+        """Remove what a failed save left: orbax's temporary folder of ``epoch`` (it is renamed only when complete)."""
+        for path in glob.glob(os.path.join(glob.escape(self.directory), f"{epoch}{_TMP_SUFFIX}*")):
+            shutil.rmtree(path, ignore_errors=True)
 
     def _settle(self) -> None:
         """After a failed save: let orbax's other writer threads fail too, before the error is reported."""

@@ -2,6 +2,7 @@
 damaged checkpoints), and degenerate data get one clear line instead of a silently wrong result."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -306,7 +307,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temp_file(tmp
     assert cli.main(_train_argv(adult, wd, "--epochs", "3", "--resume")) == cli.RUN_FAILED
     line = _one_error_line(capfd.readouterr().err)
     assert "could not write the checkpoint of epoch 2" in line and str(wd / "checkpoints") in line
-    assert "No space left on device" in line and "epoch 1 is kept" in line
+    assert "No space left on device, errno 28): the disk is full" in line and "epoch 1 is kept" in line
     assert not [p for p in wd.rglob("*") if ".tmp" in p.name]
     monkeypatch.undo()
     assert cli.main(_train_argv(adult, wd, "--epochs", "3", "--resume")) == 0  # once the disk has room
@@ -467,3 +468,160 @@ def test_evaluate_leaves_a_damaged_checkpoint_in_place_and_names_the_epoch_it_us
     assert f"evaluated the checkpoint of epoch 1 in {wd}" in err and "resumed" not in err
     assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()} == before  # the workdir as it was
     assert not (wd / "checkpoints.damaged").exists()
+
+
+# --------------------------------------------------------------------------- #
+# Fault injection: SIGKILL at random moments, a real file-size limit
+# --------------------------------------------------------------------------- #
+
+def _child_env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+
+
+def _kept_epochs(wd):
+    folder = wd / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def _launch(argv, log):
+    with open(log, "w") as err:  # a file, not a pipe: nothing blocks a child that is about to be killed
+        return subprocess.Popen([sys.executable, "-m", "jaxbias.cli", *argv], stdout=subprocess.DEVNULL, stderr=err,
+                                env=_child_env())
+
+
+def _entries(folder):
+    """``{(name, inode, ctime)}`` of ``folder``: a temporary folder left by a killed write that orbax removes and
+    makes again (perhaps with the same inode number) is a new entry."""
+    out = set()
+    with contextlib.suppress(FileNotFoundError):
+        for e in os.scandir(folder):
+            with contextlib.suppress(FileNotFoundError):
+                out.add((e.name, e.inode(), e.stat(follow_symlinks=False).st_ctime_ns))
+    return out
+
+
+def _first_seen(proc, folder, until, timeout=120.0):
+    """Poll ``folder`` (every ~1 ms) until a new entry whose name satisfies ``until`` appears; the moment, or
+    ``None`` if ``proc`` ended first."""
+    import time
+
+    before, deadline = _entries(folder), time.monotonic() + timeout
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "the run made no progress"
+        if any(until(name) for name, *_ in _entries(folder) - before):
+            return time.monotonic()
+        time.sleep(0.001)
+    return None
+
+
+def _with_file_size_limit(argv, limit):
+    """``jaxbias`` in a child whose files cannot grow past ``limit`` bytes (``ulimit -f``): a write past it fails
+    with EFBIG (SIGXFSZ ignored), as one on a full disk fails with ENOSPC."""
+    start = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); from jaxbias.cli import entry; entry()")
+    return subprocess.run([sys.executable, "-c", start, *argv], capture_output=True, text=True, env=_child_env(),
+                          timeout=300)
+
+
+def test_a_file_size_limit_is_one_line_exit_1_leaves_no_temp_file_and_resumes(tmp_path, adult):
+    wd = tmp_path / "run"
+    argv = _train_argv(adult, wd, "--epochs", "2")
+    # 4 KB: config.json (< 1 KB) and the metrics row are written; the checkpoint's arrays and metadata are not
+    done = _with_file_size_limit(argv, 4096)
+    assert done.returncode == 1, done.stderr  # a run that started and failed
+    line = _one_error_line(done.stderr)
+    assert line == done.stderr.strip().splitlines()[-1] and "absl" not in done.stderr and "WARNING" not in done.stderr
+    assert line.startswith("jaxbias train: the run failed:")
+    assert f"could not write the checkpoint of epoch 1 in {wd / 'checkpoints'}" in line
+    assert "File too large, errno 27" in line and "file-size limit" in line and "No earlier checkpoint" in line
+    assert (wd / "config.json").is_file() and _kept_epochs(wd) == []
+    assert not [p for p in wd.rglob("*") if "tmp" in p.name]  # orbax's temporary folder removed
+    resumed = subprocess.run([sys.executable, "-m", "jaxbias.cli", *argv, "--resume"], capture_output=True,
+                             text=True, env=_child_env(), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr  # without the limit
+    assert _kept_epochs(wd) == [1, 2] and _rows(wd) == [1, 2]
+    # a limit below config.json's size: the file is named, nothing half-written is left
+    other = tmp_path / "other"
+    done = _with_file_size_limit(_train_argv(adult, other), 256)
+    assert done.returncode == 1, done.stderr
+    line = _one_error_line(done.stderr)
+    assert f"could not write {other / 'config.json'}: File too large" in line
+    assert not [p for p in other.rglob("*") if "tmp" in p.name or p.name == "config.json"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_20_random_moments_resumes_to_the_same_bits(tmp_path):
+    """kill -9 during startup, during an epoch, during the metrics append and during checkpoint writes (orbax's
+    ``<epoch>.orbax-checkpoint-tmp`` folder caught as it appears); ``--auto-resume`` after each kill; the final
+    state and history equal those of the uninterrupted run, bit for bit."""
+    import signal
+    import time
+
+    from jaxbias import runs
+
+    epochs, kills = 12, 20
+    data = _adult_file(tmp_path / "adult.data", n=4000)
+
+    def argv(wd):
+        return _train_argv(data, wd, "--epochs", str(epochs), "--batch-size", "8", "--hidden", "128,128",
+                           "--auto-resume")
+
+    # the uninterrupted run, timed: when does training start, how long is an epoch
+    ref = tmp_path / "ref"
+    t0 = time.monotonic()
+    proc = _launch(argv(ref), tmp_path / "ref.log")
+    first = _first_seen(proc, ref / "checkpoints", lambda n: n.startswith("1.")) - t0
+    assert proc.wait(timeout=300) == 0, (tmp_path / "ref.log").read_text()
+    total = time.monotonic() - t0
+    epoch_time = (total - first) / (epochs - 1)
+
+    rng = np.random.default_rng(32)
+    wd, log, moments = tmp_path / "killed", [], []
+    for i in range(kills):
+        kept = max(_kept_epochs(wd), default=0)
+        assert kept < epochs, f"the run finished after {i} kills: {moments}"
+        # keep epochs for the kills to come: once few are left, kill before the next checkpoint is complete
+        spare = (epochs - kept - 1) > (kills - i) // 2
+        mode = rng.choice(["startup", "epoch", "write"], p=[0.2, 0.4, 0.4] if spare else [0.5, 0.0, 0.5])
+        at_launch, t0 = _entries(wd / "checkpoints"), time.monotonic()
+        proc = _launch(argv(wd), tmp_path / f"kill{i}.log")
+        if mode == "startup":  # importing, reading the data, compiling, restoring, writing config.json
+            time.sleep(rng.uniform(0.0, 0.8 * first))
+        else:
+            target = kept + (int(rng.integers(1, 3)) if spare else 1)
+            if mode == "write":  # while orbax writes the checkpoint's temporary folder (or renames it)
+                until, wait = (lambda n, t=target: n.startswith(f"{t}.orbax-checkpoint-tmp")), rng.uniform(0, 0.08)
+            else:  # anywhere in the epochs after the first new checkpoint, the metrics append included
+                until, wait = (lambda n, t=kept + 1: n.startswith(f"{t}.")), rng.uniform(0, 1.5 * epoch_time)
+            if _first_seen(proc, wd / "checkpoints", until) is not None:
+                time.sleep(wait if mode == "epoch" or spare else 0.0)
+        writing = any("orbax-checkpoint-tmp" in n for n, *_ in _entries(wd / "checkpoints") - at_launch)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        code = proc.wait(timeout=60)
+        assert code == -signal.SIGKILL, (tmp_path / f"kill{i}.log").read_text()
+        moments.append((str(mode), round(time.monotonic() - t0, 3), kept, max(_kept_epochs(wd), default=0), writing))
+        log.append((tmp_path / f"kill{i}.log").read_text())
+    proc = _launch(argv(wd), tmp_path / "last.log")
+    assert proc.wait(timeout=300) == 0, (tmp_path / "last.log").read_text()
+    print(f"\nreference run {total:.1f}s (training from {first:.1f}s, {epoch_time:.2f}s/epoch); kills "
+          "(mode, seconds after launch, epochs kept before, after, during a checkpoint write):", *moments, sep="\n  ")
+    print("damaged checkpoints set aside:", sum("is damaged" in text for text in log),
+          "; left in checkpoints/:", sorted(os.listdir(wd / "checkpoints")))
+    assert {m[0] for m in moments} == {"startup", "epoch", "write"}
+    assert len({m[2] for m in moments}) >= 6  # spread over the run
+    assert sum(m[4] for m in moments) >= 3  # a checkpoint's temporary folder there and then
+    assert all(n.isdigit() for n in os.listdir(wd / "checkpoints"))  # no temporary folder left
+
+    a, b = runs.restore(str(ref)), runs.restore(str(wd))
+    assert a.epoch == b.epoch == epochs
+    leaves_a, leaves_b = jax.tree.leaves(a.state), jax.tree.leaves(b.state)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for u, v in zip(leaves_a, leaves_b):  # parameters, optimiser state, step, key: bit for bit
+        assert np.asarray(u).dtype == np.asarray(v).dtype and np.array_equal(np.asarray(u), np.asarray(v))
+
+    def rows(w):
+        return [{k: v for k, v in json.loads(r).items() if k != "seconds"}
+                for r in (w / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows(wd)] == list(range(1, epochs + 1))  # one row per epoch
+    assert rows(wd) == rows(ref)  # the same losses and accuracies
