@@ -178,7 +178,7 @@ def write_toml(block: Block) -> None:
 _STATE: dict[Path, tuple[Path, set[int]]] = {}
 
 
-def adult_file(path: Path, n: int = 400, seed: int = 0) -> Path:
+def adult_file(path: Path, n: int = 600, seed: int = 0) -> Path:
     """Synthetic Adult records (both labels, both sexes), as tests/test_reliability.py writes them."""
     rng = np.random.default_rng(seed)
     lines = []
