@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="offline")
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
-    p.add_argument("--workroot", default="runs/clarc_controlled", help="base-model checkpoints (resumable)")
+    p.add_argument("--workroot", default=None,
+                   help="base-model checkpoints, resumable (default runs/clarc_controlled/CONFIG)")
     p.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
     p.add_argument("--base-epochs", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of the corrections")
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     if a.epochs is not None:
         cfg["correct"] = {**cfg["correct"], "epochs": a.epochs}
     only = [s.strip() for s in a.only.split(",")] if a.only else None
-    run(cfg, out_dir=a.out, name=a.config, workroot=a.workroot, progress=not a.no_progress, only=only)
+    run(cfg, out_dir=a.out, name=a.config, workroot=a.workroot or os.path.join("runs", "clarc_controlled", a.config), progress=not a.no_progress, only=only)
     return 0
 
 
