@@ -71,6 +71,21 @@ def fingerprint(tree: Any) -> list[int]:
     return [int(v) for v in np.asarray(_fingerprints(leaves))]
 
 
+def _is_empty(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and 0 in tuple(x.shape)
+
+
+def _without_empty(tree: Any) -> Any:
+    """``tree`` with its zero-size arrays as ``None`` (orbax cannot write them; they hold no data)."""
+    return jax.tree.map(lambda x: None if _is_empty(x) else x, tree)
+
+
+def _refill_empty(restored: Any, target: Any) -> Any:
+    """Put back the zero-size arrays of ``target`` (shape and dtype) where :func:`_without_empty` left ``None``."""
+    return jax.tree.map(lambda t, r: jnp.zeros(t.shape, t.dtype) if _is_empty(t) else r, target, restored,
+                        is_leaf=lambda x: x is None)
+
+
 class Checkpointer:
     """Save/restore ``(state, meta)`` pairs keyed by epoch under ``directory``."""
 
@@ -91,7 +106,7 @@ class Checkpointer:
         try:
             self._manager.save(
                 epoch,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(_without_empty(state)), meta=ocp.args.JsonSave(meta)),
             )
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore report a full disk in several ways
@@ -142,9 +157,9 @@ class Checkpointer:
             try:
                 restored = self._manager.restore(
                     step,
-                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(_without_empty(abstract)), meta=ocp.args.JsonRestore()),
                 )
-                state, meta = restored["state"], dict(restored["meta"])
+                state, meta = _refill_empty(restored["state"], abstract), dict(restored["meta"])
                 if "fingerprint" in meta and fingerprint(state) != meta["fingerprint"]:
                     raise CheckpointError("its arrays do not match the fingerprint saved with them")
             except Exception as e:  # noqa: BLE001 - any failure to read it back

@@ -213,10 +213,16 @@ def run_config(args: argparse.Namespace, **extra: Any):
     from jaxbias.runs.config import settings_names
 
     given = {k: v for k, v in vars(args).items() if k in settings_names()}
-    base = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig()
-    method = given.get("method", base.method)
-    hparams = {**(base.hparams if method == base.method else {}), **_method_overrides(args, method)}
-    return base.replace(**given, **extra, hparams=hparams)
+    path = getattr(args, "config", None)
+    if not path:
+        method = given.get("method", RunConfig.method)
+        return RunConfig(**given, **extra, hparams=_method_overrides(args, method))
+    data = RunConfig.read(path)
+    method = given.get("method", data.get("method", RunConfig.method))
+    # the file's hyperparameters go with the method that results; those of a file whose own method the
+    # flags replace belong to that other method and are left out
+    file_hp = dict(data.get("hparams") or {}) if data.get("method", method) == method else {}
+    return RunConfig.load(path, **given, **extra, hparams={**file_hp, **_method_overrides(args, method)})
 
 
 def _add_resume_args(p: argparse.ArgumentParser) -> None:

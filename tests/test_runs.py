@@ -55,6 +55,22 @@ def test_config_file_toml_and_json(tmp_path):
         RunConfig.load(tmp_path / "missing.toml")
 
 
+def test_config_file_hparams_follow_the_method_given_as_a_flag(tmp_path):
+    """A file's [hparams] are checked against the method that results (--method), not the file's default."""
+    parser = cli.build_parser()
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("epochs = 2\n[hparams]\nalpha = 2.0\n")  # no method in the file: vanilla, which has no alpha
+    config = cli.run_config(parser.parse_args(["train", "--workdir", "w", "--config", str(cfg), "--method", "end", "--beta", "0.5"]))
+    assert (config.method, config.epochs, config.hparams) == ("end", 2, {"alpha": 2.0, "beta": 0.5})
+    with pytest.raises(ValueError, match="not one of method 'vanilla'"):  # without --method, the file is wrong
+        cli.run_config(parser.parse_args(["train", "--workdir", "w", "--config", str(cfg)]))
+    other = tmp_path / "rrr.toml"  # a file for another method: its hyperparameters stay with it
+    other.write_text('method = "rrr"\n[hparams]\nlam = 5.0\n')
+    config = cli.run_config(parser.parse_args(["train", "--workdir", "w", "--config", str(other), "--method", "end"]))
+    assert (config.method, config.hparams) == ("end", {})
+    assert cli.run_config(parser.parse_args(["train", "--workdir", "w", "--config", str(other)])).hparams == {"lam": 5.0}
+
+
 @pytest.mark.usefixtures("fewer_digits")
 def test_cli_config_file_flags_override_and_config_json_repeats_the_run(tmp_path, capsys):
     """`train --config` + a flag; the run's config.json, given back as --config, repeats the run exactly."""

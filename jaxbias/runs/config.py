@@ -236,9 +236,9 @@ class RunConfig:
                 d[k] = float(v)
         return cls(**d)
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, **overrides: Any) -> "RunConfig":
-        """A configuration from a TOML (``.toml``) or JSON file; ``overrides`` (e.g. flags) win."""
+    @staticmethod
+    def read(path: str | os.PathLike) -> dict[str, Any]:
+        """The settings mapping of a TOML (``.toml``) or JSON file, as written (checked by :meth:`from_dict`)."""
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"config file {path!r} not found")
@@ -259,10 +259,20 @@ class RunConfig:
                              f"{e}") from None
         if not isinstance(data, Mapping):
             raise ValueError(f"config file {path!r} must hold a table/object of run settings")
+        return dict(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **overrides: Any) -> "RunConfig":
+        """A configuration from a TOML (``.toml``) or JSON file; ``overrides`` (e.g. flags) win.
+
+        The file's ``hparams`` are checked against the method that results (an
+        overriding ``method=`` included), not against the file's own.
+        """
+        data = cls.read(path)
         try:
             return cls.from_dict(data, **overrides)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"config file {path!r}: {e}") from None
+            raise ValueError(f"config file {os.fspath(path)!r}: {e}") from None
 
 
 def settings_names() -> Sequence[str]:
