@@ -20,6 +20,19 @@ def test_config_round_trips_through_json():
     assert RunConfig.from_dict(back.to_dict()) == back
 
 
+def test_a_config_is_immutable_and_hashable():
+    config = RunConfig(method="rrclarc", init_from="base", hparams={"lam": 2, "classes": [0]},
+                       members=({"lam": 1.0, "seed": 0},))
+    with pytest.raises(TypeError):
+        config.hparams["lam"] = 3.0
+    with pytest.raises(TypeError):
+        config.members[0]["lam"] = 3.0
+    assert config.hparams == {"lam": 2.0, "classes": (0,)} and dict(config.hparams)["lam"] == 2.0
+    assert hash(config) == hash(RunConfig.from_dict(config.to_dict()).replace(data_seed=None))
+    assert len({config, config.replace(hparams={"lam": 2.0, "classes": (0,)})}) == 1
+    assert json.loads(json.dumps(config.to_dict()))["hparams"] == {"lam": 2.0, "classes": [0]}
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"rho": 1.5}, "rho must be in [0, 1]"),
     ({"method": "fmd"}, "post-hoc"),

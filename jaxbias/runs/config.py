@@ -31,11 +31,38 @@ FEEDS = ("auto", "device", "host")
 DERIVED = ("input_shape",)
 
 
+class FrozenMap(Mapping):
+    """A read-only, hashable mapping (``RunConfig.hparams`` and sweep members); equal to a dict of the same items."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any] = ()):
+        object.__setattr__(self, "_items", dict(items))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, Mapping):
-        return {k: _freeze(v) for k, v in value.items()}
+        return FrozenMap({k: _freeze(v) for k, v in value.items()})
     return value
 
 
@@ -116,7 +143,7 @@ class RunConfig:
         for name in ("channels", "hidden", "trainable", "members"):
             v = getattr(self, name)
             if isinstance(v, (list, tuple)):
-                object.__setattr__(self, name, tuple(dict(m) if isinstance(m, Mapping) else m for m in v))
+                object.__setattr__(self, name, tuple(_freeze(m) if isinstance(m, Mapping) else m for m in v))
         object.__setattr__(self, "hparams", _freeze(dict(self.hparams or {})))
         if self.decay_every == 0:
             object.__setattr__(self, "decay_every", None)
@@ -156,7 +183,7 @@ class RunConfig:
         mod = methods.get(self.method)
         typed = {k: methods.coerce(mod, k, v) for k, v in self.hparams.items()}
         methods.make_hparams(mod, typed)  # names, types and values of the hyperparameters
-        object.__setattr__(self, "hparams", typed)
+        object.__setattr__(self, "hparams", _freeze(typed))
         need(is_int(self.epochs) and self.epochs >= 0, "epochs", "an int >= 0")
         need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "a positive int")
         need(is_num(self.lr) and self.lr > 0, "lr", "a positive number")
