@@ -383,15 +383,17 @@ def _classes(text: str) -> tuple[int, ...]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from jaxbias.recipes import evaluate_workdir
+    from jaxbias import runs
     from jaxbias.report import markdown_table
+    from jaxbias.runs import datasets as datasets_lib
+    from jaxbias.runs import measure
 
-    results = evaluate_workdir(args.workdir)
+    run = measure.with_base(runs.restore(args.workdir))  # one restore of the run and of its base
+    dataset = datasets_lib.load(run.config)
+    results = measure.evaluate(run, dataset)
     _err(f"evaluated the checkpoint of epoch {results['epoch']} in {args.workdir}")
     if args.heatmaps:
-        from jaxbias.recipes import heatmaps_workdir
-
-        results["heatmaps"] = heatmaps_workdir(args.workdir, out_dir=args.out, n=args.n)
+        results["heatmaps"] = measure.heatmaps(run, dataset, out_dir=args.out, n=args.n)
     _print_eval(results, args.json)
     if args.heatmaps and not args.json:
         print(f"wrote {results['heatmaps']}")
@@ -666,9 +668,10 @@ def _kept(args: argparse.Namespace) -> str:
 def failure(e: Exception) -> tuple[int, str]:
     """The exit code and the one line a failed command ends with."""
     from jaxbias.data.sources import DatasetUnavailableError  # data not given or not prepared: a usage error
+    from jaxbias.workdir import WorkdirBusyError, WorkdirNotWritableError  # choose another --workdir: usage too
 
     if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                      DatasetUnavailableError)):
+                      DatasetUnavailableError, WorkdirBusyError, WorkdirNotWritableError)):
         return USAGE_ERROR, f"error: {_one_line(e)}"
     if isinstance(e, (FloatingPointError, RuntimeError, OSError, MemoryError)):
         return RUN_FAILED, f"the run failed: {type(e).__name__}: {_one_line(e)}"

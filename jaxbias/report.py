@@ -30,8 +30,11 @@ def bar_chart(
     ylabel: str = "",
     title: str = "",
     ylim: tuple[float, float] | None = (0.0, 1.0),
-) -> None:
-    """Grouped bar chart: one group per category, one bar per series, written as PNG."""
+) -> list[tuple[float, float]]:
+    """Grouped bar chart: one group per category, one bar per series, written as PNG.
+
+    Returns each drawn bar's horizontal extent (left, right), series by series.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,12 +48,14 @@ def bar_chart(
     width = 0.8 / max(len(series), 1)
     ncols = min(max(len(series), 1), 3)  # legend columns; its rows get headroom below
     legend_rows = -(-max(len(series), 1) // ncols)
-    width = max(1.8 + 1.6 * len(categories), 1.4 + 0.42 * len(categories) * len(series), 1.6 * ncols + 1.2)
-    fig, ax = plt.subplots(figsize=(width, 3.4 + 0.2 * legend_rows))
+    fig_width = max(1.8 + 1.6 * len(categories), 1.4 + 0.42 * len(categories) * len(series), 1.6 * ncols + 1.2)
+    fig, ax = plt.subplots(figsize=(fig_width, 3.4 + 0.2 * legend_rows))
+    extents = []
     for i, (name, vals) in enumerate(series.items()):
         err = None if errors is None else errors.get(name)
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, yerr=err, capsize=3, label=name)
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], fontsize=8, padding=2)
+        extents += [(b.get_x(), b.get_x() + b.get_width()) for b in bars]
     ax.set_xticks(x, categories)
     ax.set_ylabel(ylabel)
     if ylim is not None:
@@ -63,6 +68,7 @@ def bar_chart(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return extents
 
 
 def mean_std_rows(

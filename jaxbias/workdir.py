@@ -28,13 +28,17 @@ class WorkdirBusyError(RuntimeError):
     """Another live process holds the workdir."""
 
 
+class WorkdirNotWritableError(PermissionError):
+    """The workdir cannot be created or written by this process."""
+
+
 @contextlib.contextmanager
 def lock(workdir: str | os.PathLike | None, *, enabled: bool = True) -> Iterator[None]:
     """Hold ``workdir`` exclusively (creating it) for the ``with`` block; ``None`` or ``enabled=False``: no-op.
 
     Raises:
       WorkdirBusyError: another process holds it (its pid and host in the message).
-      PermissionError: the workdir cannot be written (named in the message).
+      WorkdirNotWritableError: the workdir cannot be written (named in the message).
     """
     if workdir is None or not enabled:
         yield
@@ -53,7 +57,7 @@ def lock(workdir: str | os.PathLike | None, *, enabled: bool = True) -> Iterator
         os.makedirs(path, exist_ok=True)
         fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     except PermissionError:
-        raise PermissionError(f"workdir {os.fspath(workdir)} is not writable: choose another --workdir") from None
+        raise WorkdirNotWritableError(f"workdir {os.fspath(workdir)} is not writable: choose another --workdir") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -1,5 +1,6 @@
 """Controlled-artifact correction: latent sensitivity, the report, and `jaxbias correct` end to end."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -96,9 +97,22 @@ def test_cli_train_then_correct(tmp_path, capsys):
     # evaluate reports along the base model's CAV, as correct did
     for k in ("clean", "tcav", "tcav_sens", "chosen_clean", "other_clean"):
         assert ev["artifact_report"][k] == pytest.approx(out["report"][k], rel=1e-5)
-    # LRP heatmaps: base maps above the corrected model's
-    assert main(["evaluate", "--workdir", str(rr), "--heatmaps", "--n", "3", "--out", str(tmp_path / "maps"),
-                 "--json"]) == 0
+    # LRP heatmaps: base maps above the corrected model's; the run and its base are each restored once
+    import jaxbias.runs
+    import jaxbias.runs.measure
+
+    restored, real_restore = [], jaxbias.runs.restore
+
+    def counting_restore(workdir):
+        restored.append(os.path.realpath(workdir))
+        return real_restore(workdir)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jaxbias.runs, "restore", counting_restore)
+        mp.setattr(jaxbias.runs.measure, "restore", counting_restore)
+        assert main(["evaluate", "--workdir", str(rr), "--heatmaps", "--n", "3", "--out", str(tmp_path / "maps"),
+                     "--json"]) == 0
+    assert sorted(restored) == sorted([os.path.realpath(rr), os.path.realpath(base)])
     ev = json.loads(capsys.readouterr().out)
     assert ev["heatmaps"] == [str(tmp_path / "maps" / "heatmaps.png")]
     assert (tmp_path / "maps" / "heatmaps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -113,3 +113,21 @@ def test_mean_std_rows_against_numpy():
     assert rows[0]["x"] == f"{xs.mean():.1f} ± {xs.std():.1f}"
     assert rows[0]["y"] == f"{2.0:.2f} ± {1.0:.2f}"  # the None run is left out
     assert rows[1]["x"] == "50.0" and rows[1]["y"] == "–" and rows[0]["z"] == "–"
+
+
+def test_bar_chart_groups_do_not_overlap(tmp_path):
+    """Every bar sits inside its own slot: no two bars share horizontal space, and
+    each category's bars are centred on that category's tick."""
+    from jaxbias.report import bar_chart
+
+    series = {f"m{i}": [0.9 - 0.1 * i, 0.5 + 0.05 * i] for i in range(5)}
+    extents = bar_chart(tmp_path / "bars.png", ["clean", "stamped"], series)
+    assert (tmp_path / "bars.png").stat().st_size > 0
+    assert len(extents) == 10
+    ordered = sorted(extents)
+    for (l0, r0), (l1, r1) in zip(ordered, ordered[1:]):
+        assert r0 <= l1 + 1e-9, f"bars overlap: {(l0, r0)} and {(l1, r1)}"
+    for c in range(2):
+        group = extents[c::2]
+        centre = (min(l for l, _ in group) + max(r for _, r in group)) / 2
+        assert abs(centre - c) < 1e-9

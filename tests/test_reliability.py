@@ -3,6 +3,7 @@ damaged checkpoints), and degenerate data get one clear line instead of a silent
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -34,6 +35,24 @@ def _fit(workdir, epochs, **kw):
                workdir=str(workdir), **kw)
 
 
+def test_a_workdir_that_cannot_be_written_is_a_usage_error(capsys):
+    from jaxbias.cli import main
+
+    target = "/sys/jaxbias_cannot_write_here"
+    try:
+        os.makedirs(target)
+    except PermissionError:
+        pass
+    else:  # pragma: no cover - a machine where /sys is writable
+        os.rmdir(target)
+        pytest.skip("/sys is writable here")
+    code = main(["train", "--dataset", "artifact_mnist", "--model", "mlp", "--epochs", "1", "--workdir", target,
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"workdir {target} is not writable" in err
+
+
 def _same(a, b):
     for u, v in zip(jax.tree.leaves((a.state.params, a.state.opt_state)), jax.tree.leaves((b.state.params,
                                                                                           b.state.opt_state))):
@@ -50,6 +69,16 @@ def test_a_workdir_in_use_is_refused_and_freed_when_its_holder_is_killed(tmp_pat
         with pytest.raises(WorkdirBusyError, match=f"in use by pid {holder.pid}"):
             _fit(w, 1)
         assert not (w / "checkpoints").exists() and not (w / "metrics.jsonl").exists()  # nothing touched
+        # the command line: a usage error (choose another workdir), one line naming the holder
+        from jaxbias.cli import main
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["train", "--dataset", "artifact_mnist", "--model", "mlp", "--epochs", "1",
+                         "--workdir", str(w), "--no-progress"])
+        assert code == 2, err.getvalue()
+        assert err.getvalue().count("\n") == 1 and f"in use by pid {holder.pid}" in err.getvalue()
+        assert not (w / "config.json").exists()
     finally:
         holder.kill()  # SIGKILL: the kernel drops its lock, nothing stale is left
         holder.wait()
@@ -426,7 +455,8 @@ def test_resume_takes_the_same_data_file_however_its_path_is_spelled(tmp_path, c
         assert json.loads(capfd.readouterr().out)["resumed_from"] == epochs - 1
     other = _adult_file(tmp_path / "other.data", seed=1)  # another file is still another run
     assert cli.main(_train_argv(other, wd, "--epochs", "4", "--resume")) == cli.USAGE_ERROR
-    assert "configured differently (data_path" in _one_error_line(capfd.readouterr().err)
+    line = _one_error_line(capfd.readouterr().err)
+    assert "configured differently (data_file, data_path" in line, line
 
 
 def _rows(wd):
@@ -625,3 +655,32 @@ def test_a_run_killed_at_20_random_moments_resumes_to_the_same_bits(tmp_path):
                 for r in (w / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows(wd)] == list(range(1, epochs + 1))  # one row per epoch
     assert rows(wd) == rows(ref)  # the same losses and accuracies
+
+
+def test_an_adult_run_config_round_trips_and_source_is_checked(adult, tmp_path, monkeypatch, capsys):
+    """config.json keeps the configured ``source`` (the file read goes to ``data_file``), so the
+    configuration reads back as itself; a source that names no data source is refused."""
+    from jaxbias import runs
+    from jaxbias.cli import main
+    from jaxbias.runs.config import RunConfig
+
+    w = tmp_path / "run"
+    assert main(_train_argv(adult, w)) == 0
+    record = json.loads((w / "config.json").read_text())
+    assert record["source"] == "offline" and record["data_file"] == str(adult)
+    restored = runs.restore(str(w))
+    assert RunConfig.from_dict(record) == restored.config
+    assert restored.config.source == "offline" and restored.config.data_path == str(adult)
+    # the file given another way ($JAXBIAS_ADULT) is still recorded, and a resume checks it is the same file
+    monkeypatch.setenv("JAXBIAS_ADULT", str(adult))
+    w2 = tmp_path / "env"
+    argv = [a for a in _train_argv(adult, w2) if a not in ("--data-path", str(adult))]
+    assert main(argv) == 0
+    assert json.loads((w2 / "config.json").read_text())["data_file"] == str(adult)
+    other = _adult_file(tmp_path / "other.data", seed=1)
+    monkeypatch.setenv("JAXBIAS_ADULT", str(other))
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--epochs", "2"]) == 2  # another file behind the same settings
+    assert "configured differently (data_file" in _one_error_line(capsys.readouterr().err)
+    with pytest.raises(ValueError, match="source must be one of"):
+        RunConfig(source="bogus")

@@ -18,6 +18,7 @@ import typing
 from typing import Any, Mapping, Sequence
 
 from jaxbias.data.celeba import CONFOUNDERS
+from jaxbias.data.sources import SOURCES
 
 #: Channels of the ReBias/EnD network; the offline demo uses a narrower one
 #: because XLA:CPU trains 7×7 convolutions at 28×28 slowly (issue "CPU training speed").
@@ -27,8 +28,9 @@ DEMO_CHANNELS = (4, 8, 16, 32)
 MODELS = ("simple_conv", "mlp")
 FEEDS = ("auto", "device", "host")
 
-#: ``config.json`` keys that describe the data a run saw, written beside the configuration.
-DERIVED = ("input_shape",)
+#: ``config.json`` keys that describe the data a run saw, written beside the configuration
+#: (``data_file``: the file a file-backed dataset was read from, e.g. Adult's ``data_path`` or ``$JAXBIAS_ADULT``).
+DERIVED = ("input_shape", "data_file")
 
 
 class FrozenMap(Mapping):
@@ -193,6 +195,7 @@ class RunConfig:
         need(is_int(self.seed), "seed", "an int")
         need(self.data_seed is None or is_int(self.data_seed), "data_seed", "an int or None")
         need(self.feed in FEEDS, "feed", f"one of {FEEDS}")
+        need(self.source in SOURCES, "source", f"one of {SOURCES}")
         need(self.devices is None or (is_int(self.devices) and self.devices >= 1), "devices", "a positive int or None")
         need(is_int(self.data_devices) and self.data_devices >= 1, "data_devices", "a positive int")
         need(is_int(self.eval_every) and self.eval_every >= 1, "eval_every", "a positive int")

@@ -1,6 +1,7 @@
 """Measurements of a :class:`~jaxbias.runs.Run` on its dataset: evaluation, the artifact report, LRP heatmaps."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -22,6 +23,15 @@ def base_of(run: Run) -> Run:
     if src is None:
         return run
     return src if isinstance(src, Run) else restore(src)
+
+
+def with_base(run: Run) -> Run:
+    """``run`` with its base (``init_from``) restored once and held in memory, so that
+    several measurements of a corrected run (evaluate, heatmaps) share one restore."""
+    src = run.config.init_from
+    if src is None or isinstance(src, Run):
+        return run
+    return dataclasses.replace(run, config=dataclasses.replace(run.config, init_from=restore(src)))
 
 
 def reference_cav(run: Run, dataset: Dataset, *, layer: str = REPORT_CAV["layer"], cav: str = REPORT_CAV["cav"]):

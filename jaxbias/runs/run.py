@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxbias import methods as methods_lib
 from jaxbias import models as models_lib
+from jaxbias.data.sources import SOURCES
 from jaxbias.runs import datasets as datasets_lib
 from jaxbias.runs.config import RunConfig
 from jaxbias.runs.datasets import Dataset
@@ -35,8 +36,8 @@ from jaxbias.workdir import write_json
 
 #: Settings a resumed run may change (how long, on what, fed how); everything else must match config.json.
 RESUMABLE_CHANGES = ("epochs", "devices", "data_devices", "feed", "eval_every")
-#: Settings that may name a file or folder (Adult's ``source`` is its file): compared by the path they resolve to.
-PATH_SETTINGS = ("data_path", "data_dir", "maps", "init_from", "source")
+#: Settings that may name a file or folder: compared by the path they resolve to.
+PATH_SETTINGS = ("data_path", "data_dir", "maps", "init_from", "data_file")
 
 
 @dataclasses.dataclass
@@ -170,7 +171,10 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
                          f"{config.dataset!r}{where}: an epoch would have no full batch; lower batch_size "
                          "(--batch-size) or use more data")
     record = config.to_dict()
-    record["source"] = dataset.source or config.source
+    origin = dataset.source  # what the loader read: the digits' source ("auto" resolved) or a data file
+    record["source"] = origin if origin in SOURCES else config.source
+    if origin is not None and origin not in SOURCES:
+        record["data_file"] = origin
     num_classes = dataset.num_classes if base is None else base.record["model"].get("num_classes", 10)
     record["model"]["num_classes"] = num_classes
     check_eval_sets(dataset.evals, num_classes)
@@ -335,7 +339,7 @@ class Sweep:
         lr, seed = settings.pop("lr", self.config.lr), settings.pop("seed", self.config.seed)
         config = self.config.replace(members=None, lr=lr, seed=seed, hparams={**self.config.hparams, **settings})
         record = {**self.record, **config.to_dict(), "model": self.record["model"],
-                  "input_shape": self.record["input_shape"], "source": self.record.get("source")}
+                  **{k: self.record[k] for k in ("input_shape", "source", "data_file") if k in self.record}}
         return Run(config=config, record=record, module=self.module, state=state, method=self.method,
                    hp=self.result.hparams[i], history=self.result.history[i], epoch=self.config.epochs,
                    results=self.results["members"][i])
