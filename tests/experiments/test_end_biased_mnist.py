@@ -15,8 +15,8 @@ def test_configs_follow_the_paper_protocol(load_experiment):
     assert set(mod.CONFIGS["offline"]["methods"]) == {"vanilla", "end"}
 
 
-# slow: the same data, budget and claim as tests/test_cli.py::test_demo_writes_its_report_and_end_beats_vanilla,
-# which runs in the default suite (kept under 15 minutes on 2 cores); `-m slow` runs this one through the script
+# slow (`-m slow`): EnD's claim on Biased MNIST through the experiment's script; the demo tells the ClArC story
+# instead (tests/test_cli.py::test_demo_reveals_the_stamp_and_rrclarc_removes_it, in the default suite)
 @pytest.mark.slow
 @pytest.mark.usefixtures("fewer_digits")
 def test_offline_mode_shows_end_beating_vanilla(tmp_path, load_experiment):
