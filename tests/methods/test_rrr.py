@@ -155,3 +155,39 @@ def test_bad_input(mlp):
     for kwargs, match in [({"variant": "l1"}, "variant"), ({"lam": -1.0}, "lam"), ({"l2": float("nan")}, "l2")]:
         with pytest.raises(ValueError, match=match):
             rrr.Hparams(**kwargs)
+
+
+def test_zero_l2_trains_exactly_as_the_loss_without_the_term():
+    """``l2=0`` leaves the compiled step as without a weight term: adding 0·Σθ² is exact in the loss but changes
+    how XLA fuses the step, and training drifted from the same loss without it (issue 34, defect 5)."""
+    import types
+
+    import optax
+
+    from jaxbias.train import fit, make_optimizer
+
+    module = models.create("simple_conv", channels=(4, 8, 16, 32), num_classes=10)
+    rng = np.random.default_rng(0)
+    n = 256
+    mask = np.zeros((n, 28, 28), bool)
+    mask[: n // 2, 20:, 18:] = True
+    train = Batch(rng.normal(size=(n, 28, 28, 3)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), None,
+                  mask)
+
+    def loss_without_weight_term(params, state, batch, key, *, model, hp):
+        per, _, out = rrr._penalty_and_output(params, batch, model, hp)  # the same term (checked elsewhere by FD)
+        term = jnp.sum(per)
+        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out.logits, batch.y))
+        return ce + hp.lam * term, rrr.Aux(metrics={"ce": ce, "rrr": term}, state=out.state)
+
+    reference = types.ModuleType("rrr_without_weight_term")
+    reference.__dict__.update({k: v for k, v in vars(rrr).items() if not k.startswith("__")})
+    reference.loss = loss_without_weight_term
+    params = []
+    for method in (rrr, reference):
+        tx = make_optimizer(lr=1e-3, steps_per_epoch=n // 32, decay_every=None, weight_decay=1e-4)
+        fitted = fit(module=module, method=method, hp=rrr.Hparams(lam=20.0, l2=0.0), train=train, epochs=2,
+                     batch_size=32, tx=tx, progress=False)
+        params.append(fitted.state.params)
+    for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
