@@ -658,7 +658,9 @@ def _one_line(e: BaseException) -> str:
 def _kept(args: argparse.Namespace) -> str:
     """What an interrupted training command leaves: the epoch of its newest complete checkpoint."""
     workdir = getattr(args, "workdir", None) if hasattr(args, "resume") else None
-    folder = os.path.join(workdir, "checkpoints") if workdir else None
+    from jaxbias.workdir import run_path
+
+    folder = run_path(workdir, "checkpoint_dir") if workdir else None
     epochs = [int(n) for n in os.listdir(folder) if n.isdigit()] if folder and os.path.isdir(folder) else []
     if epochs:  # orbax renames a checkpoint's folder to its epoch only once it is complete
         return f"; the checkpoint of epoch {max(epochs)} in {folder} is kept: --resume continues from it"

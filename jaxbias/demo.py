@@ -39,6 +39,7 @@ from jaxbias import methods as methods_lib
 from jaxbias import runs
 from jaxbias.runs import DEMO_CHANNELS, RunConfig
 from jaxbias.runs import datasets as datasets_lib
+from jaxbias.workdir import run_path, write_text
 
 #: The biased model (the clarc_controlled experiment's ``offline`` base).
 BASE = {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "decay_every": 8}
@@ -116,8 +117,7 @@ def run_demo(
                "quick": quick, "n_random": n_random}
     files = _write_report(out_dir, setting, views, claims, figures, seconds)
     summary = {"setting": setting, "views": views, "claims": claims, "seconds": seconds, "files": files}
-    with open(files[-1], "w") as f:
-        json.dump(summary, f, indent=2, default=_json_default)
+    write_text(files[-1], json.dumps(summary, indent=2, default=_json_default))  # atomic: whole or absent
     return summary
 
 
@@ -285,9 +285,10 @@ def _table(views) -> str:
 def _write_report(out_dir, setting, views, claims, figures, seconds) -> list[str]:
     from jaxbias.report import bar_chart, heatmap_rows
 
-    paths = {k: os.path.join(out_dir, f) for k, f in (("md", "report.md"), ("acc", "accuracy.png"),
-                                                       ("sens", "tcav_sens.png"), ("heat", "heatmaps.png"),
-                                                       ("json", "demo.json"))}
+    paths = {k: run_path(out_dir, role) for k, role in (("md", "demo_report"), ("acc", "accuracy_png"),
+                                                          ("sens", "tcav_sens_png"), ("heat", "heatmaps"),
+                                                          ("json", "demo_json"))}
+    name = {k: os.path.basename(v) for k, v in paths.items()}
     labels = list(views[0])
     errors = None if len(views) == 1 else {
         k: [_std(views, k, "clean"), _std(views, k, "artifact")] for k in labels}
@@ -329,16 +330,15 @@ def _write_report(out_dir, setting, views, claims, figures, seconds) -> list[str
         "",
         "Hyperparameters: " + "; ".join(f"{k}: `{m}` {hp}" for k, (m, hp) in setting["methods"].items()) + ".",
         "",
-        "![accuracy](accuracy.png)",
+        f"![accuracy]({name['acc']})",
         "",
-        "![TCAV_sens](tcav_sens.png)",
+        f"![TCAV_sens]({name['sens']})",
         "",
         "Class-0 LRP relevance of stamped non-0 digits (titles: true digit, the biased model's call), one colour "
         "scale per column; red = evidence for 0:",
         "",
-        "![heatmaps](heatmaps.png)",
+        f"![heatmaps]({name['heat']})",
         "",
     ]
-    with open(paths["md"], "w") as f:
-        f.write("\n".join(lines))
+    write_text(paths["md"], "\n".join(lines))
     return [paths["md"], paths["acc"], paths["sens"], paths["heat"], paths["json"]]

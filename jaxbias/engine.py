@@ -56,7 +56,7 @@ from jaxbias.parallel import Layout, to_host
 from jaxbias.types import Batch
 from jaxbias.validation import check_labels
 from jaxbias.workdir import lock as workdir_lock
-from jaxbias.workdir import write_text
+from jaxbias.workdir import run_path, write_text
 
 __all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "choose_feed", "check_eval_sets", "check_train", "epoch_order", "run_epochs",
            "read_history", "write_history", "progress_bar"]
@@ -381,11 +381,11 @@ def run_epochs(
 
         held.enter_context(workdir_lock(workdir, enabled=writer))
         try:
-            ckpt = held.enter_context(contextlib.closing(Checkpointer(os.path.join(workdir, "checkpoints"))))
+            ckpt = held.enter_context(contextlib.closing(Checkpointer(run_path(workdir, "checkpoint_dir"))))
         except BaseException:
             held.close()
             raise
-        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        metrics_path = run_path(workdir, "metrics")
         try:
             latest = ckpt.latest_epoch()
             if latest is not None and not resume:

@@ -259,15 +259,15 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def save_params(out_dir: str, params: dict, result: Mapping[str, Any]) -> list[str]:
     """Write the edited parameters (``params.npz``, keys = ``/``-joined paths) and ``report.json``."""
-    import json
     import os
+
+    from jaxbias.workdir import run_path, write_json
 
     os.makedirs(out_dir, exist_ok=True)
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
             for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-    npz = os.path.join(out_dir, "params.npz")
+    npz = run_path(out_dir, "params")
     np.savez(npz, **flat)
-    rep = os.path.join(out_dir, "report.json")
-    with open(rep, "w") as f:
-        json.dump({k: v for k, v in result.items() if not k.startswith("_")}, f, indent=2)
+    rep = run_path(out_dir, "report")
+    write_json(rep, {k: v for k, v in result.items() if not k.startswith("_")})
     return [npz, rep]

@@ -21,6 +21,35 @@ import os
 import socket
 from typing import Any, Iterator
 
+#: The files of a run directory by role: the one place their names are spelled (every reader and writer asks
+#: :func:`run_path`). ``train``/``correct``/``sweep`` write ``config``, ``checkpoints``, ``metrics`` and
+#: ``results``; ``evaluate --heatmaps`` ``heatmaps``; ``attribute`` the attribution files; ``unlearn`` ``params``
+#: and ``report``; ``lock`` is held while a process uses the directory; ``jaxbias demo`` writes the ``demo_*``
+#: files, the two charts and ``heatmaps`` into its report folder.
+FILES = {
+    "config": "config.json", "checkpoint_dir": "checkpoints", "metrics": "metrics.jsonl", "results": "results.json",
+    "lock": ".lock", "heatmaps": "heatmaps.png",
+    "attribution": "attribution.json", "general_map": "general_map.npy", "specific_maps": "specific_maps.npy",
+    "maps_png": "maps.png", "reliability_png": "reliability.png",
+    "params": "params.npz", "report": "report.json",
+    # the demo's report folder
+    "demo_report": "report.md", "demo_json": "demo.json", "accuracy_png": "accuracy.png",
+    "tcav_sens_png": "tcav_sens.png",
+}
+
+
+def run_path(workdir: str | os.PathLike, role: str) -> str:
+    """The path of the file playing ``role`` (a key of :data:`FILES`) in the run directory ``workdir``."""
+    if role not in FILES:
+        raise ValueError(f"role must be one of {sorted(FILES)}; got {role!r}")
+    return os.path.join(os.fspath(workdir), FILES[role])
+
+
+def holds_run(workdir: str | os.PathLike) -> bool:
+    """Whether ``workdir`` holds a trained run: its ``config.json`` or a ``checkpoints/`` folder."""
+    return os.path.exists(run_path(workdir, "config")) or os.path.isdir(run_path(workdir, "checkpoint_dir"))
+
+
 _HELD: dict[str, tuple[int, int]] = {}  # realpath -> (fd, depth) of the locks this process holds
 
 
@@ -55,7 +84,7 @@ def lock(workdir: str | os.PathLike | None, *, enabled: bool = True) -> Iterator
         return
     try:
         os.makedirs(path, exist_ok=True)
-        fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(run_path(path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
     except PermissionError:
         raise WorkdirNotWritableError(f"workdir {os.fspath(workdir)} is not writable: choose another --workdir") from None
     try:

@@ -102,3 +102,20 @@ def test_the_cycle_finder_finds_a_function_level_cycle(tmp_path):
     assert graph["jaxbias.b"] == {"jaxbias.sub.c"} and graph["jaxbias.sub.c"] == {"jaxbias.a"}
     assert cycles(graph) == [["jaxbias.a", "jaxbias.b", "jaxbias.sub.c"]]
 
+
+
+def test_the_run_directory_file_names_are_spelled_in_one_module():
+    """Every reader and writer of a run directory asks ``jaxbias.workdir.run_path``: no other module holds one
+    of its file names as a string (docstrings that mention a name are whole sentences, not the name)."""
+    from jaxbias.workdir import FILES
+
+    names = set(FILES.values())
+    found = {}
+    for mod, path in _modules(ROOT).items():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        hits = sorted({n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in names})
+        if hits:
+            found[mod] = hits
+    assert set(found) == {"jaxbias.workdir"}, found
+    assert set(found["jaxbias.workdir"]) == names

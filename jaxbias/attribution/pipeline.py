@@ -6,7 +6,6 @@ Library functions with typed keyword arguments on arrays; the run layer
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -69,8 +68,6 @@ def attribute(
     measure: str = "top",
     q: float = 0.7,
     n_bins: int = 15,
-    out_dir: str | os.PathLike | None = None,
-    n_figure: int = 8,
     map_batch_size: int = 32,
     progress: bool = False,
     log: Callable[[dict], None] | None = None,
@@ -78,20 +75,18 @@ def attribute(
 ) -> dict[str, Any]:
     """Train the region classifier on ``data.attr_*``, calibrate on ``data.val_*``, map ``data.map_x``.
 
-    Writes into ``out_dir`` (when given): ``attribution.json`` (summary),
-    ``general_map.npy`` ``(H, W)``, ``specific_maps.npy`` ``(N, H, W)`` float16,
-    ``maps.png`` (``n_figure`` images with their specific maps and the general
-    map; the true region outlined when known) and ``reliability.png``.
-    ``extra`` entries join the summary (e.g. the run layer's data settings).
+    Computes only, writes nothing (:func:`jaxbias.runs.attribute` keeps the
+    maps, figures and summary in a run directory). ``extra`` entries join the
+    summary (e.g. the run layer's data settings).
 
     Returns:
       the summary (``ece``, patch ``accuracy``, ``iou`` of the top-``(1−q)``
       region of the general map with the true region and ``region_coverage``, the
-      share of the true region inside it, when known; history, files, seconds)
+      share of the true region inside it, when known; history, seconds)
       plus ``"classifier"``, ``"specific"`` and ``"general"`` (not in the JSON).
 
     Example:
-      >>> res = attribute(AttributionData(ax, ac, vx, vc, x, region, "mine"), patch=16, stride=4, out_dir="attr")
+      >>> res = attribute(AttributionData(ax, ac, vx, vc, x, region, "mine"), patch=16, stride=4)
       >>> res["iou"], res["ece"]
     """
     maps_lib._check_q(q)
@@ -135,24 +130,4 @@ def attribute(
         summary["region_coverage"] = float(np.logical_and(top, data.region).sum() / max(int(data.region.sum()), 1))
         summary["true_region_fraction"] = float(np.mean(data.region))
     summary.update(extra or {})
-    if out_dir is not None:
-        from jaxbias import report
-        from jaxbias.workdir import write_json
-
-        os.makedirs(out_dir, exist_ok=True)
-        files = {}
-        files["general_map"] = os.path.join(out_dir, "general_map.npy")
-        np.save(files["general_map"], general.astype(np.float32))
-        files["specific_maps"] = os.path.join(out_dir, "specific_maps.npy")
-        np.save(files["specific_maps"], specific.astype(np.float16))
-        k = min(n_figure, data.map_x.shape[0])
-        files["maps_png"] = report.attribution_maps(
-            os.path.join(out_dir, "maps.png"), np.clip(data.map_x[:k], 0, 1), specific[:k], general=general,
-            region=data.region, titles=[f"image {i}" for i in range(k)])
-        files["reliability_png"] = report.reliability_diagram(
-            os.path.join(out_dir, "reliability.png"), cal["bins"], ece=cal["ece"],
-            title=f"region classifier, {cal['patches']} patches")
-        files["summary"] = os.path.join(out_dir, "attribution.json")
-        summary["files"] = files
-        write_json(files["summary"], summary)
     return {**summary, "classifier": clf, "specific": specific, "general": general}

@@ -27,6 +27,7 @@ import numpy as np
 from jaxbias.runs import datasets as datasets_lib
 from jaxbias.runs.config import RunConfig
 from jaxbias.runs.datasets import Dataset
+from jaxbias.workdir import run_path, write_json
 
 #: The ``RunConfig`` fields that decide which images a dataset's training set holds.
 DATA_FIELDS = ("dataset", "rho", "artifact", "artifact_class", "p", "data_path", "protected", "source", "data_seed",
@@ -142,7 +143,7 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
     from jaxbias.attribution.pipeline import attribute as run_attribution
 
     region = region or RegionConfig()
-    if workdir is not None and os.path.exists(os.path.join(workdir, "attribution.json")):
+    if workdir is not None and os.path.exists(run_path(workdir, "attribution")):
         raise FileExistsError(f"workdir {workdir} already holds an attribution; choose an empty workdir")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
         raise ValueError(f"limit must be an int >= 2 images, got {limit!r}")
@@ -163,9 +164,10 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
     settings["seed"] = config.seed if region.seed is None else region.seed
     made_on = {**data_settings(config), **({} if limit is None else {"limit": limit})}
     # attribution.json says what the maps were made on, so that a training run can check its data
-    res = run_attribution(inputs, **settings, out_dir=workdir, n_figure=n_figure, progress=progress, log=log,
-                          extra={"data": made_on, "region": settings})
+    res = run_attribution(inputs, **settings, progress=progress, log=log, extra={"data": made_on, "region": settings})
     summary = {k: v for k, v in res.items() if k not in ("classifier", "specific", "general")}
+    if workdir is not None:
+        summary["files"] = _save(workdir, summary, inputs, res["specific"], res["general"], n_figure)
     # the maps a run uses are those the workdir keeps (float16): in memory and through the disk alike
     specific = np.asarray(res["specific"]).astype(np.float16).astype(np.float32)
     att = Attribution(data=made_on, region=RegionConfig.from_dict(settings), specific=specific,
@@ -173,9 +175,29 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
     return att
 
 
+def _save(workdir: str, summary: dict[str, Any], inputs, specific, general, n_figure: int) -> dict[str, str]:
+    """Write an attribution's maps (specific as float16), figures and ``attribution.json`` into ``workdir``."""
+    from jaxbias import report
+
+    os.makedirs(workdir, exist_ok=True)
+    files = {role: run_path(workdir, role) for role in ("general_map", "specific_maps", "maps_png", "reliability_png",
+                                                          "attribution")}
+    np.save(files["general_map"], np.asarray(general, np.float32))
+    np.save(files["specific_maps"], np.asarray(specific).astype(np.float16))
+    k = min(n_figure, inputs.map_x.shape[0])
+    report.attribution_maps(files["maps_png"], np.clip(inputs.map_x[:k], 0, 1), np.asarray(specific)[:k],
+                            general=general, region=inputs.region, titles=[f"image {i}" for i in range(k)])
+    report.reliability_diagram(files["reliability_png"], summary["reliability"], ece=summary["ece"],
+                               title=f"region classifier, {summary['val_patches']} patches")
+    files = {"general_map": files["general_map"], "specific_maps": files["specific_maps"],
+             "maps_png": files["maps_png"], "reliability_png": files["reliability_png"], "summary": files["attribution"]}
+    write_json(files["summary"], {**summary, "files": files})
+    return files
+
+
 def load(workdir: str) -> Attribution:
     """The :class:`Attribution` of a ``jaxbias attribute`` workdir (maps and settings; no classifier)."""
-    path = os.path.join(workdir, "attribution.json")
+    path = run_path(workdir, "attribution")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{workdir!r} holds no attribution (no attribution.json): run `jaxbias attribute "
                                 f"--out {workdir}` first")
@@ -184,8 +206,8 @@ def load(workdir: str) -> Attribution:
     if "data" not in summary:
         raise ValueError(f"{path} does not say which data its maps were made on (written by an older jaxbias): "
                          "run `jaxbias attribute` again")
-    specific = np.load(os.path.join(workdir, "specific_maps.npy")).astype(np.float32)
-    general = np.load(os.path.join(workdir, "general_map.npy"))
+    specific = np.load(run_path(workdir, "specific_maps")).astype(np.float32)
+    general = np.load(run_path(workdir, "general_map"))
     return Attribution(data=summary["data"], region=RegionConfig.from_dict(summary["region"]), specific=specific,
                        general=general, summary=summary, workdir=workdir)
 

@@ -12,6 +12,7 @@ from jaxbias import methods as methods_lib
 from jaxbias.runs import datasets as datasets_lib
 from jaxbias.runs.datasets import Dataset
 from jaxbias.runs.run import Run, fit_method_state, restore
+from jaxbias.workdir import run_path
 
 #: The layer and fitter of the reference CAV every artifact report measures along.
 REPORT_CAV = {"layer": "block4", "cav": "signal"}
@@ -97,7 +98,7 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
     if out_dir is None:
         raise ValueError("out_dir is needed for a run that has no workdir")
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "heatmaps.png")
+    path = run_path(out_dir, "heatmaps")
     titles = [f"label {int(v)}" for v in y]
     if run.config.init_from is not None:
         return [heatmaps_before_after(x, relevance(base_of(run)), relevance(run), path, titles=titles,

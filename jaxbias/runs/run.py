@@ -32,7 +32,7 @@ from jaxbias.engine import check_eval_sets
 from jaxbias.train import TrainState, create_train_state, evaluate, fit, freeze, hp_dict, make_optimizer, make_predict
 from jaxbias.types import Batch, BoundModel
 from jaxbias.workdir import lock as workdir_lock
-from jaxbias.workdir import write_json
+from jaxbias.workdir import holds_run, run_path, write_json
 
 #: Settings a resumed run may change (how long, on what, fed how); everything else must match config.json.
 RESUMABLE_CHANGES = ("epochs", "devices", "data_devices", "feed", "eval_every")
@@ -190,11 +190,6 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
     return Prepared(config, record, dataset, module, method, hp, base, method_state, mesh)
 
 
-def holds_run(workdir: str | os.PathLike) -> bool:
-    """Whether ``workdir`` holds a run: its ``config.json`` or a ``checkpoints/`` folder."""
-    return os.path.exists(os.path.join(workdir, "config.json")) or os.path.isdir(os.path.join(workdir, "checkpoints"))
-
-
 def resolve_resume(workdir: str | os.PathLike | None, resume: bool | str) -> bool:
     """``resume`` as a bool: ``"auto"`` resumes a workdir that holds a run and starts an empty one.
 
@@ -229,7 +224,7 @@ def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -
     """
     if workdir is None:
         return
-    path = os.path.join(workdir, "config.json")
+    path = run_path(workdir, "config")
     if not resume and holds_run(workdir):
         raise FileExistsError(f"workdir {workdir} already holds a run; pass resume=True (--resume) to continue it "
                               "or choose an empty workdir")
@@ -292,7 +287,7 @@ def _train(prep: Prepared, workdir: str | None, resume: bool, progress: bool, lo
 
 def _write_results(workdir: str | None, results: Mapping[str, Any]) -> None:
     if workdir is not None and jax.process_index() == 0:
-        write_json(os.path.join(workdir, "results.json"), results)
+        write_json(run_path(workdir, "results"), results)
 
 
 def final_eval(run: Run, dataset: Dataset) -> dict[str, Any]:
@@ -406,7 +401,7 @@ def restore(workdir: str) -> Run:
     from jaxbias.checkpoint import Checkpointer
     from jaxbias.engine import read_history
 
-    path = os.path.join(workdir, "config.json")
+    path = run_path(workdir, "config")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of `jaxbias train`?")
     with open(path) as f:
@@ -427,7 +422,7 @@ def restore(workdir: str) -> Run:
         return create_train_state(params, model_state, tx, key=jax.random.key(0), method_state=method_state)
 
     template = jax.eval_shape(fresh_state)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    ckpt = Checkpointer(run_path(workdir, "checkpoint_dir"))
     try:
         if ckpt.latest_epoch() is None:
             raise FileNotFoundError(f"{workdir!r} holds no checkpoint yet")
@@ -436,5 +431,5 @@ def restore(workdir: str) -> Run:
     finally:
         ckpt.close()
     return Run(config=config, record=record, module=module, state=state, method=method, hp=hp,
-               history=read_history(os.path.join(workdir, "metrics.jsonl"), upto=epoch, strict=False), epoch=epoch,
+               history=read_history(run_path(workdir, "metrics"), upto=epoch, strict=False), epoch=epoch,
                workdir=workdir)
