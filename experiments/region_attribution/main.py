@@ -127,7 +127,7 @@ def run(cfg: dict, *, out_dir: str, name: str, progress: bool, limit: int | None
         res = attribute(data, patch=r["patch"], stride=r["stride"], arch=r["arch"], widths=r["widths"],
                         blocks=r["blocks"], stem=r["stem"], epochs=r["epochs"], batch_size=r["batch_size"],
                         lr=r["lr"], label_smoothing=r["label_smoothing"], seed=seed, measure=r["measure"],
-                        q=cfg["q"], out_dir=None, progress=progress)
+                        q=cfg["q"], progress=progress)
         if i == 0:
             from jaxbias import report
 
