@@ -200,20 +200,24 @@ class _HostFeed:
         self.layout = layout
         self.step = layout.jit(lambda st, b, args: _placed_step(step, layout, st, b, args))
         self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
+        # one process, no batch sharding: NumPy batches go to the jitted step as they are (its C++ path places them)
+        self.gather = (lambda a, idx: Batch(*(None if v is None else v[idx] for v in a))) \
+            if layout.sharding("batch") is None else layout.gather
+        self.sum = jax.jit(functools.partial(_running_sum, None))
 
     def run(self, lane: Lane, epoch: jax.Array, bar):
         full, last = self.order(lane.data_key, epoch)
         rows = list(to_host(full)) + ([to_host(last)] if last is not None else [])
-        state, sums, losses = lane.state, {}, []
-        for t, idx in enumerate(rows):
-            state, m = self.step(state, self.layout.gather(self.train, idx), lane.args)
-            sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}
-            losses.append(m["loss"])
+        state, ms = lane.state, []
+        for t, idx in enumerate(rows):  # per step: one call of the compiled step, nothing else on the device
+            state, m = self.step(state, self.gather(self.train, idx), lane.args)
+            ms.append(m)
             if bar is not None:
                 if t % 5 == 4:
                     bar.set_postfix(loss=_short(m["loss"]))
                 bar.update(1)
-        return state, sums, jnp.stack(losses), len(rows)
+        stacked = jax.tree.map(lambda *v: jnp.stack(v), *ms)  # once per epoch: the steps' metrics, summed in order
+        return state, self.sum(stacked), stacked["loss"], len(rows)
 
 
 class _DeviceFeed:
