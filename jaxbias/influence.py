@@ -32,7 +32,7 @@ PyTree = Any
 
 METHODS = ("exact", "cg", "lissa")
 
-__all__ = ["METHODS", "hvp", "ggn_vp", "inverse_hvp", "inverse_ggn", "select", "merge"]
+__all__ = ["METHODS", "hvp", "ggn_vp", "hessian_matvec", "ggn_matvec", "inverse_hvp", "inverse_ggn", "select", "merge"]
 
 
 def select(params: dict, names: Sequence[str] | None) -> dict:
@@ -119,7 +119,7 @@ def inverse_hvp(
     _check(sub, v, damping, method)
     flat0, unravel = ravel_pytree(sub)
 
-    curvature = _hessian_matvec(f, params, unravel, flat0)
+    curvature = hessian_matvec(f, params, unravel, flat0)
     return _solve(curvature, flat0, unravel, v, method=method, damping=damping, maxiter=maxiter, tol=tol,
                   lissa_depth=lissa_depth, lissa_scale=lissa_scale)
 
@@ -138,10 +138,14 @@ def ggn_vp(logits_fn: Callable[[PyTree, Array], Array], params: dict, x: Array, 
     _check(sub, v, 0.0, "cg")
     flat0, unravel = ravel_pytree(sub)
     vflat, _ = ravel_pytree(v)
-    return unravel(_ggn_matvec(logits_fn, params, unravel, flat0, x)(vflat.astype(flat0.dtype)))
+    return unravel(ggn_matvec(logits_fn, params, unravel, flat0, x)(vflat.astype(flat0.dtype)))
 
 
-def _hessian_matvec(f, params, unravel, flat0):
+def hessian_matvec(f, params, unravel, flat0):
+    """``u ↦ H u`` on the flat parameter vector: the Hessian of ``f`` at ``flat0`` (forward-over-reverse JVP).
+
+    ``params`` is the full tree, ``unravel`` maps a flat vector to the block that varies (:func:`merge`d in).
+    """
     def f_flat(q):
         return f(merge(params, unravel(q)))
 
@@ -151,7 +155,9 @@ def _hessian_matvec(f, params, unravel, flat0):
     return matvec
 
 
-def _ggn_matvec(logits_fn, params, unravel, flat0, x):
+def ggn_matvec(logits_fn, params, unravel, flat0, x):
+    """``u ↦ G u``: the Gauss-Newton matrix of the mean cross-entropy on ``x`` at ``flat0``, ``Jᵀ (diag p − p pᵀ) J / n``
+    (one JVP and one VJP per product; ``unravel`` as for :func:`hessian_matvec`)."""
     x = jnp.asarray(x)
     n = x.shape[0]
 
@@ -196,7 +202,7 @@ def inverse_ggn(
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (N, ...); got shape {x.shape}")
     flat0, unravel = ravel_pytree(sub)
-    curvature = _ggn_matvec(logits_fn, params, unravel, flat0, x)
+    curvature = ggn_matvec(logits_fn, params, unravel, flat0, x)
     return _solve(curvature, flat0, unravel, v, method=method, damping=damping, maxiter=maxiter, tol=tol,
                   lissa_depth=lissa_depth, lissa_scale=lissa_scale)
 

@@ -153,7 +153,7 @@ def finetune_on_pairs(logits_fn, params, pairs, *, subset, lr: float = 1e-3, ste
 
     @jax.jit
     def scores(block):
-        return fmd._pair_scores(logits_fn, merge(params, block), (x, x_cf, y), accuracy_on)
+        return fmd.pair_scores(logits_fn, merge(params, block), (x, x_cf, y), accuracy_on)
 
     t0 = time.perf_counter()
     block = select(params, subset)

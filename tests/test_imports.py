@@ -119,3 +119,32 @@ def test_the_run_directory_file_names_are_spelled_in_one_module():
             found[mod] = hits
     assert set(found) == {"jaxbias.workdir"}, found
     assert set(found["jaxbias.workdir"]) == names
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name with a leading underscore stays in its module (a package may share a private ``_module`` among its
+    own modules): what another module needs is public, documented API."""
+    mods = _modules(ROOT)
+    found = []
+    for mod, path in mods.items():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        package = mod.rpartition(".")[0]
+        module_aliases = {}  # local name -> the jaxbias module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jaxbias"):
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in mods:
+                        module_aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                    if a.name.startswith("_") and not a.name.startswith("__") and node.module != package:
+                        found.append(f"{mod}: from {node.module} import {a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("jaxbias") and a.asname:
+                        module_aliases[a.asname] = a.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in module_aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                found.append(f"{mod}: {module_aliases[node.value.id]}.{node.attr}")
+    assert not found, found

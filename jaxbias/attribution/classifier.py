@@ -239,7 +239,7 @@ def make_probability_fn(clf: RegionClassifier, *, chunk: int | None = None) -> C
 
     @jax.jit
     def probs(variables, images):
-        images = maps_lib._check_images(images, hw)
+        images = maps_lib.check_images(images, hw)
         return jax.nn.softmax(maps_lib.patch_logits(f, variables, images, clf.locations, patch=clf.patch,
                                                     chunk=chunk), axis=-1)
 

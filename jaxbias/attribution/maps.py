@@ -59,7 +59,8 @@ def _check_patch(patch: Any, hw: tuple[int, int]) -> int:
     return k
 
 
-def _check_q(q: Any) -> float:
+def check_q(q: Any) -> float:
+    """The quantile ``q`` of a top-region rule, checked to lie in [0, 1] (a traced value passes as it is)."""
     if isinstance(q, jax.core.Tracer):  # a swept value, checked when its Hparams were made
         return q
     if isinstance(q, (bool, np.bool_)) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
@@ -137,7 +138,8 @@ def _check_locations(locations: Any, k: int, hw: tuple[int, int]) -> Array | np.
     return locations.astype(jnp.int32)
 
 
-def _check_images(images: Any, hw: tuple[int, int] | None = None) -> Array:
+def check_images(images: Any, hw: tuple[int, int] | None = None) -> Array:
+    """``images`` as a ``(B, H, W, C)`` array, its shape checked (and its height and width against ``hw``)."""
     if np.ndim(images) != 4:
         raise ValueError(f"images must be (B, H, W, C), got shape {np.shape(images)}")
     if hw is not None and tuple(np.shape(images)[1:3]) != hw:
@@ -169,7 +171,7 @@ def extract_patches(images: Any, locations: Any, *, patch: int) -> Array:
       >>> extract_patches(jnp.zeros((2, 8, 8, 3)), grid_locations(8, patch=4, stride=2), patch=4).shape
       (2, 9, 4, 4, 3)
     """
-    images = _check_images(images)
+    images = check_images(images)
     hw = tuple(images.shape[1:3])
     k = _check_patch(patch, hw)
     loc = _check_locations(locations, k, hw)
@@ -317,7 +319,7 @@ def top_region(maps: Any, q: float, *, inclusive: bool = False) -> Array:
       >>> top_region(jnp.arange(10.).reshape(2, 5), 0.7).sum()
       Array(3, dtype=int32)
     """
-    q = _check_q(q)
+    q = check_q(q)
     maps = jnp.asarray(maps)
     if maps.ndim < 2:
         raise ValueError(f"maps must be (H, W) or (..., H, W), got shape {maps.shape}")
@@ -412,7 +414,7 @@ def patch_logits(logits_fn: LogitsFn, variables: Any, images: Any, locations: An
       >>> lg = patch_logits(lambda v, x, i: x.mean((1, 2)), None, jnp.ones((1, 8, 8, 2)),
       ...                   grid_locations(8, patch=4, stride=4), patch=4)
     """
-    images = _check_images(images)
+    images = check_images(images)
     hw = tuple(images.shape[1:3])
     k = _check_patch(patch, hw)
     loc = _check_locations(locations, k, hw)
@@ -467,7 +469,7 @@ def make_map_fn(logits_fn: LogitsFn, *, image_size: Any, patch: int, stride: int
 
     @jax.jit
     def maps(variables, images):
-        images = _check_images(images, hw)
+        images = check_images(images, hw)
         logits = patch_logits(logits_fn, variables, images, locations, patch=patch, chunk=chunk)
         conf = confidence(logits, measure)
         return pixel_map(conf, locations, patch=patch, image_size=hw, normalize=normalize)

@@ -89,7 +89,7 @@ def attribute(
       >>> res = attribute(AttributionData(ax, ac, vx, vc, x, region, "mine"), patch=16, stride=4)
       >>> res["iou"], res["ece"]
     """
-    maps_lib._check_q(q)
+    maps_lib.check_q(q)
     if measure not in maps_lib.MEASURES:
         raise ValueError(f"measure must be one of {maps_lib.MEASURES}, got {measure!r}")
     hw = tuple(data.attr_x.shape[1:3])

@@ -44,7 +44,8 @@ def _binary(name: str, a: Any, n: int | None = None) -> np.ndarray:
     return arr.astype(np.int32)
 
 
-def _check_counts(counts: Mapping[tuple[int, int], int]) -> dict[tuple[int, int], int]:
+def check_counts(counts: Mapping[tuple[int, int], int]) -> dict[tuple[int, int], int]:
+    """Group sizes ``{(target, confounder): n}`` checked (all four groups, non-negative ints) and returned as a dict."""
     keys = {(1, 1), (1, 0), (0, 1), (0, 0)}
     if set(counts) != keys:
         raise ValueError(f"counts must have the four (target, confounder) keys {sorted(keys)}, got {sorted(counts)}")
@@ -80,7 +81,7 @@ def select_subset(target: Any, confounder: Any, *, counts: Mapping[tuple[int, in
     """
     t = _binary("target", target)
     c = _binary("confounder", confounder, t.shape[0])
-    counts = _check_counts(counts)
+    counts = check_counts(counts)
     allowed = np.ones(t.shape[0], bool)
     if exclude is not None:
         allowed[np.asarray(exclude, np.int64)] = False
@@ -238,7 +239,7 @@ def load_celeba(
     """
     if confounder not in CONFOUNDERS:
         raise ValueError(f"confounder must be one of {CONFOUNDERS}, got {confounder!r}")
-    counts = _check_counts(counts)
+    counts = check_counts(counts)
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:

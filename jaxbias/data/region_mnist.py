@@ -26,7 +26,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxbias.data.celeba import PUBLISHED_COUNTS, _check_counts
+from jaxbias.data.celeba import PUBLISHED_COUNTS, check_counts
 from jaxbias.data.sources import load_mnist
 
 #: ``style="hair"``: the band's colour for ``c = 1`` (blond) and ``c = 0`` (dark).
@@ -76,7 +76,7 @@ def scaled_counts(counts: Mapping[tuple[int, int], int], available: Mapping[int,
       >>> scaled_counts(PUBLISHED_COUNTS, {0: 2000, 1: 2000})
       {(0, 0): 667, (0, 1): 1333, (1, 0): 2000, (1, 1): 0}
     """
-    counts = _check_counts(counts)
+    counts = check_counts(counts)
     per_t = {t: counts[(t, 0)] + counts[(t, 1)] for t in (0, 1)}
     f = min(available[t] / per_t[t] for t in (0, 1) if per_t[t] > 0)
     out = {}

@@ -59,7 +59,7 @@ KIND = Kind(post_hoc=True)
 LogitsFn = Callable[[Any, Array], Array]
 
 __all__ = ["KIND", "Hparams", "EditResult", "counterfactual_bias", "check_pair_labels", "per_sample_grads",
-           "influence_on_bias", "resolve_subset", "unlearn_training", "unlearn_counterfactual", "debias", "edit"]
+           "influence_on_bias", "resolve_subset", "unlearn_training", "unlearn_counterfactual", "debias", "edit", "pair_scores"]
 
 MODES = ("counterfactual", "training")
 CURVATURES = ("ggn", "hessian")
@@ -379,7 +379,9 @@ class EditResult(NamedTuple):
     step_scales: np.ndarray | None = None
 
 
-def _pair_scores(logits_fn, params, pairs, accuracy_on="factual"):
+def pair_scores(logits_fn, params, pairs, accuracy_on="factual"):
+    """``(bias, accuracy)`` on counterfactual pairs ``(x, x_cf, y)``: the mean |p_y(x) − p_y(x_cf)| and the
+    accuracy on the factual inputs (``accuracy_on="factual"``) or on both halves."""
     x, x_cf, y = pairs
     y = jnp.asarray(y)
     logits = logits_fn(params, jnp.concatenate([jnp.asarray(x), jnp.asarray(x_cf)]))
@@ -394,13 +396,13 @@ def _flat_solver(logits_fn, params, x, y, subset, hp):
     """Traceable ``v ↦ ((C + λI)⁻¹ v, flat, diag)`` on the block for ``hp.curvature`` on ``(x, y)``."""
     from jax.flatten_util import ravel_pytree
 
-    from jaxbias.influence import _ggn_matvec, _hessian_matvec, solve_flat
+    from jaxbias.influence import ggn_matvec, hessian_matvec, solve_flat
 
     flat0, unravel = ravel_pytree(select(params, subset))
     if hp.curvature == "ggn":
-        curvature = _ggn_matvec(logits_fn, params, unravel, flat0, x)
+        curvature = ggn_matvec(logits_fn, params, unravel, flat0, x)
     else:
-        curvature = _hessian_matvec(_ce_loss(logits_fn, x, y), params, unravel, flat0)
+        curvature = hessian_matvec(_ce_loss(logits_fn, x, y), params, unravel, flat0)
 
     def solve(v):
         vflat = ravel_pytree(v)[0].astype(flat0.dtype)
@@ -448,12 +450,12 @@ def _debias_core(logits_fn, params, pairs, train, train_cf, *, hp, subset):
     diags.append((d1, step_flat))
     scales = jnp.asarray(_scales(hp, n_train))
 
-    b0, a0 = _pair_scores(logits_fn, params, pairs, hp.accuracy_on)
+    b0, a0 = pair_scores(logits_fn, params, pairs, hp.accuracy_on)
 
     def search(cur, step, b_cur=None):
         """``B`` and accuracy of ``cur + s·step`` over the grid; the best scale within the accuracy budget."""
         def at(s):
-            return _pair_scores(logits_fn, merge(params, jax.tree.map(lambda p, d: p + s * d, cur, step)),
+            return pair_scores(logits_fn, merge(params, jax.tree.map(lambda p, d: p + s * d, cur, step)),
                                 pairs, hp.accuracy_on)
 
         bias, acc = jax.lax.map(at, scales)

@@ -60,7 +60,7 @@ AT_QUANTILE = ("release", "hide", "keep")
 __all__ = ["KIND", "MAPS", "MODES", "AT_QUANTILE", "Hparams", "State", "init", "apply", "transform", "loss"]
 
 
-def _check_q(q: Any) -> float:
+def check_q(q: Any) -> float:
     if isinstance(q, jax.core.Tracer):  # a swept value, checked when its Hparams were made
         return q
     if isinstance(q, (bool, np.bool_)) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
@@ -107,7 +107,7 @@ class Hparams:
     def __post_init__(self):
         if self.at_quantile not in AT_QUANTILE:
             raise ValueError(f"at_quantile must be one of {AT_QUANTILE}, got {self.at_quantile!r}")
-        _check_q(self.q)
+        check_q(self.q)
         _check_sigma(self.sigma)
         _check_mode(self.mode)
         if self.map not in MAPS:
@@ -164,7 +164,7 @@ def apply(x: Array, maps: Array, key: Array, *, q: float = 0.7, sigma: float = 0
     Example:
       >>> xt = apply(x, general, jax.random.key(0), q=0.7, mode="mask")
     """
-    q = _check_q(q)
+    q = check_q(q)
     sigma = _check_sigma(sigma)
     mode = _check_mode(mode)
     if x.ndim != 4:
