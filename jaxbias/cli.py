@@ -452,9 +452,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     name = "region_mnist" if args.dataset == "controlled" else args.dataset
     data = RunConfig(dataset=name, seed=args.seed, image_size=args.image_size, source=args.source,
                      data_dir=args.data_dir, confounder=args.confounder, style=args.style)
-    region = RegionConfig(patch=args.patch, stride=args.stride, arch=args.arch, widths=args.widths,
-                          blocks=args.blocks, stem=args.stem, epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, label_smoothing=args.label_smoothing, measure=args.measure, q=args.q)
+    region = _settings_from_args(RegionConfig, args, skip=("seed",))  # its seed: the data's (--seed)
 
     def log(rec):
         _err(f"epoch {rec['epoch']:3d}  loss={rec['loss']:.4f}  patch accuracy={rec['accuracy']:.3f}  "
@@ -476,6 +474,80 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Field name -> its description in ``cls``'s docstring ``Attributes:`` (``a, b: text`` documents both)."""
+    import re
+
+    doc = (cls.__doc__ or "").split("Attributes:", 1)
+    out: dict[str, str] = {}
+    current: list[str] = []
+    for line in doc[1].splitlines() if len(doc) == 2 else []:
+        m = re.match(r"^\s{4,}([\w, ]+):\s*(.*)$", line)
+        if m and all(n.strip().isidentifier() for n in m.group(1).split(",")):
+            current = [n.strip() for n in m.group(1).split(",")]
+            for n in current:
+                out[n] = m.group(2).strip()
+        elif current and line.strip():
+            for n in current:
+                out[n] += " " + line.strip()
+        elif not line.strip():
+            current = []
+    return out
+
+
+def _settings_type(hint: Any, flag: str):
+    """An argparse ``type`` for a settings field: int, float, str, a comma-separated tuple; ``none`` where optional."""
+    import typing
+
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        parse = _ints(flag) if item is int else (lambda text: tuple(item(v) for v in text.split(",") if v.strip()))
+    else:
+        parse = base
+
+    def convert(text: str):
+        if optional and text.strip().lower() == "none":
+            return None
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects {getattr(base, '__name__', base)}, got {text!r}") from None
+
+    return convert
+
+
+def _add_settings_args(p: argparse.ArgumentParser, cls: type, title: str, *, skip: Sequence[str] = ()) -> None:
+    """One flag per field of the frozen dataclass ``cls`` (its type, default, ``CHOICES`` and docstring): the
+    command's flags follow the settings class, none copied by hand."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    docs = _attribute_docs(cls)
+    choices = getattr(cls, "CHOICES", {})
+    group = p.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        text = docs.get(f.name, f.name).replace("``", "").replace("%", "%%")
+        kwargs: dict[str, Any] = {"default": f.default, "dest": f.name, "help": f"{text} (default {shown})"}
+        if f.name in choices:
+            kwargs["choices"] = choices[f.name]
+        group.add_argument(flag, type=_settings_type(hints[f.name], flag), **kwargs)
+
+
+def _settings_from_args(cls: type, args: argparse.Namespace, *, skip: Sequence[str] = (), **extra: Any):
+    """``cls`` built from the flags :func:`_add_settings_args` added (the same ``skip``) and ``extra``."""
+    import dataclasses
+
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}, **extra)
+
+
 def _ints(flag: str):
     def parse(text: str) -> tuple[int, ...]:
         try:
@@ -489,17 +561,10 @@ def _ints(flag: str):
     return parse
 
 
-def _quantile(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"--q must be a quantile in [0, 1], got {text}")
-    return v
-
-
 #: Exit codes: bad flags, files or settings (argparse's own code) vs a run that started and failed.
 USAGE_ERROR = 2
 RUN_FAILED = 1
-EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings); 1 the run failed (e.g. the loss diverged); "
+EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings, a busy or unwritable workdir); 1 the run failed (e.g. the loss diverged); "
           "130 interrupted. A failure ends in one line on standard error (--debug: with the traceback). "
           "Results go to standard output (--json: JSON alone), progress and logs to standard error.")
 
@@ -507,6 +572,7 @@ EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings); 1 the run 
 def build_parser() -> argparse.ArgumentParser:
     from jaxbias import __version__, methods
     from jaxbias.data.celeba import CONFOUNDERS
+    from jaxbias.runs.attribution import RegionConfig
 
     parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).",
                                      epilog=EPILOG)
@@ -623,19 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="offline", choices=["offline", "tfds", "auto"], help="controlled: digits")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
     p.add_argument("--image-size", type=int, default=None, help="image side (default 64 controlled, 128 celeba)")
-    p.add_argument("--patch", type=int, default=16, help="patch side k (the paper: 32 on 128×128)")
-    p.add_argument("--stride", type=int, default=4, help="grid stride s (the paper: 2); must tile the image")
-    p.add_argument("--arch", default="small", choices=["small", "resnet18"], help="region classifier")
-    p.add_argument("--widths", type=_ints("--widths"), default=(8, 16, 32), help="small: channels per stage")
-    p.add_argument("--blocks", type=_ints("--blocks"), default=(1, 1, 1), help="small: basic blocks per stage")
-    p.add_argument("--stem", default=None, choices=["small", "imagenet"],
-                   help="default: small (3×3/1); resnet18: imagenet")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--measure", default="top", choices=["top", "margin", "entropy"], help="patch confidence")
-    p.add_argument("--q", type=_quantile, default=0.7, help="quantile of the top region (IoU with the true region)")
+    _add_settings_args(p, RegionConfig, "region classifier and maps (from jaxbias.runs.RegionConfig)", skip=("seed",))
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of every set (quick runs)")
     p.add_argument("--n", type=int, default=8, help="images in maps.png")
     p.add_argument("--seed", type=int, default=0)

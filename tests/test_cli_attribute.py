@@ -28,9 +28,22 @@ def test_attribute_help_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["attribute", "--help"])
     assert e.value.code == 0 and "usage: jaxbias attribute" in capsys.readouterr().out
+    assert cli.main(["attribute", "--q", "1.5", "--out", str(tmp_path / "q")]) == 2
+    assert "q must be a quantile in [0, 1]; got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()  # refused before anything is written
     with pytest.raises(SystemExit):
-        cli.main(["attribute", "--q", "1.5"])
-    assert "--q must be a quantile in [0, 1]" in capsys.readouterr().err
+        cli.main(["attribute", "--measure", "median"])
+    assert "invalid choice: 'median'" in capsys.readouterr().err
+    # every RegionConfig field but seed (the data's --seed) is a flag with the class's default: none hand-copied
+    import dataclasses
+
+    from jaxbias.runs import RegionConfig
+
+    args = cli.build_parser().parse_args(["attribute"])
+    for f in dataclasses.fields(RegionConfig):
+        if f.name != "seed":
+            assert getattr(args, f.name) == f.default, f.name
+    assert cli._settings_from_args(RegionConfig, args, skip=("seed",)) == RegionConfig()
     code = cli.main(["attribute", "--limit", "8", "--patch", "16", "--stride", "5", "--out", str(tmp_path),
                      "--no-progress"])
     assert code == 2 and "stride=5 does not tile the image" in capsys.readouterr().err

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
+import typing
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxbias.attribution.maps import MEASURES
+from jaxbias.attribution.pipeline import ARCHS
 from jaxbias.runs import datasets as datasets_lib
 from jaxbias.runs.config import RunConfig
 from jaxbias.runs.datasets import Dataset
@@ -39,9 +44,17 @@ class RegionConfig:
     """The region classifier and its maps (``jaxbias attribute``'s flags).
 
     Attributes:
-      patch, stride: the grid of patches (the paper: 32 / 2 on 128×128); the stride must tile the image.
-      arch, widths, blocks, stem: the classifier (``small``: these widths/blocks; ``resnet18``).
-      epochs, batch_size, lr, label_smoothing: its training (Adam, constant rate).
+      patch: patch side k of the grid (the paper: 32 on 128×128).
+      stride: grid stride s (the paper: 2); it must tile the image.
+      arch: the region classifier: ``small`` (the widths, blocks and stem below) or ``resnet18``.
+      widths: ``small``: channels per stage.
+      blocks: ``small``: basic blocks per stage.
+      stem: ``small`` (3×3, stride 1) or ``imagenet`` (7×7/2 and a max-pool); ``None``: small for
+        ``small``, imagenet for ``resnet18``.
+      epochs: training epochs of the region classifier (Adam, constant rate).
+      batch_size: its batch size.
+      lr: its learning rate.
+      label_smoothing: its label smoothing.
       seed: initialisation, shuffling and patch sampling (``None``: the data configuration's seed).
       measure: the patch confidence behind a map (``top``, ``margin``, ``entropy``).
       q: quantile of a map's top region (its IoU with the true region, when known).
@@ -63,9 +76,22 @@ class RegionConfig:
     q: float = 0.7
     n_bins: int = 15
 
+    #: The fields that take one of a few values (``jaxbias attribute`` offers them as choices).
+    CHOICES: typing.ClassVar[dict[str, tuple]] = {"arch": ARCHS, "stem": (None, "small", "imagenet"),
+                                                  "measure": MEASURES}
+
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(self.widths))
         object.__setattr__(self, "blocks", tuple(self.blocks))
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
+        for name, ok, what in (("lr", lambda v: v > 0, "a positive number"),
+                               ("label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+                               ("q", lambda v: 0 <= v <= 1, "a quantile in [0, 1]")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not ok(v):
+                raise ValueError(f"{name} must be {what}; got {v!r}")
         for name in ("patch", "stride", "epochs", "batch_size", "n_bins"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "epochs" else 1):
