@@ -203,7 +203,7 @@ class _HostFeed:
         # one process, no batch sharding: NumPy batches go to the jitted step as they are (its C++ path places them)
         self.gather = (lambda a, idx: Batch(*(None if v is None else v[idx] for v in a))) \
             if layout.sharding("batch") is None else layout.gather
-        self.sum = jax.jit(functools.partial(_running_sum, None))
+        self.collect = jax.jit(_collect)
 
     def run(self, lane: Lane, epoch: jax.Array, bar):
         full, last = self.order(lane.data_key, epoch)
@@ -216,8 +216,8 @@ class _HostFeed:
                 if t % 5 == 4:
                     bar.set_postfix(loss=_short(m["loss"]))
                 bar.update(1)
-        stacked = jax.tree.map(lambda *v: jnp.stack(v), *ms)  # once per epoch: the steps' metrics, summed in order
-        return state, self.sum(stacked), stacked["loss"], len(rows)
+        sums, losses = self.collect(ms)  # once per epoch, one program: the steps' metrics summed in order
+        return state, sums, losses, len(rows)
 
 
 class _DeviceFeed:
@@ -293,6 +293,12 @@ def _order_fn(*, n: int, batch_size: int, drop_last: bool):
 def _placed_step(step, layout: Layout, state, batch, args):
     state, m = step(state, batch, args)
     return layout.constrain(state, "state"), m
+
+
+def _collect(ms: list) -> tuple[Any, jax.Array]:
+    """The per-step metrics of an epoch (a list of dicts): their sums (:func:`_running_sum`'s order) and the losses."""
+    stacked = jax.tree.map(lambda *v: jnp.stack(v), *ms)
+    return _running_sum(None, stacked), stacked["loss"]
 
 
 def _running_sum(sums, ms):
