@@ -410,9 +410,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     from jaxbias.report import markdown_table
     from jaxbias.unlearn import save_params, summary_rows, unlearn_workdir
 
-    hp = fmd.Hparams(mode=args.mode, params=args.params, curvature=args.curvature, solver=args.solver,
-                     damping=args.damping, scale=args.scale, max_acc_drop=args.max_acc_drop,
-                     accuracy_on=args.accuracy_on, top_k=args.top_k, steps=args.steps)
+    hp = _settings_from_args(fmd.Hparams, args)
     res = unlearn_workdir(args.base, external=args.external, hp=hp, seed=args.seed, baseline=not args.no_baseline)
     params = res.pop("_params")
     if args.out:
@@ -523,6 +521,7 @@ def _add_settings_args(p: argparse.ArgumentParser, cls: type, title: str, *, ski
     """One flag per field of the frozen dataclass ``cls`` (its type, default, ``CHOICES`` and docstring): the
     command's flags follow the settings class, none copied by hand."""
     import dataclasses
+    import re
     import typing
 
     hints = typing.get_type_hints(cls)
@@ -534,7 +533,8 @@ def _add_settings_args(p: argparse.ArgumentParser, cls: type, title: str, *, ski
             continue
         flag = "--" + f.name.replace("_", "-")
         shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-        text = docs.get(f.name, f.name).replace("``", "").replace("%", "%%")
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", docs.get(f.name, f.name))  # Sphinx roles as plain names
+        text = text.replace("``", "").replace("%", "%%")
         kwargs: dict[str, Any] = {"default": f.default, "dest": f.name, "help": f"{text} (default {shown})"}
         if f.name in choices:
             kwargs["choices"] = choices[f.name]
@@ -572,6 +572,7 @@ EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings, a busy or u
 def build_parser() -> argparse.ArgumentParser:
     from jaxbias import __version__, methods
     from jaxbias.data.celeba import CONFOUNDERS
+    from jaxbias.methods import fmd
     from jaxbias.runs.attribution import RegionConfig
 
     parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).",
@@ -649,20 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unlearn", help="FMD: debias a trained biased_mnist/adult model with a few counterfactual pairs")
     p.add_argument("--from", dest="base", required=True, help="workdir of a `jaxbias train` run (biased_mnist or adult)")
     p.add_argument("--external", type=int, default=100, help="test samples that give the external counterfactual pairs")
-    p.add_argument("--params", default="last", help="edited block: last, lastN, all, or comma-separated groups")
-    p.add_argument("--mode", default="counterfactual", choices=["counterfactual", "training"],
-                   help="counterfactual: external pairs only; training: unlearn the top-K harmful training samples")
-    p.add_argument("--top-k", type=int, default=100, help="training mode: samples unlearned")
-    p.add_argument("--curvature", default="ggn", choices=["ggn", "hessian"])
-    p.add_argument("--solver", default="cg", choices=["cg", "exact", "lissa"])
-    p.add_argument("--damping", type=float, default=1e-2)
-    p.add_argument("--scale", type=float, default=None, help="Newton step scale (default: searched on the pairs)")
-    p.add_argument("--steps", type=int, default=1,
-                   help="Newton steps (counterfactual mode): each re-linearised at the edited parameters; the "
-                        "accuracy budget is shared")
-    p.add_argument("--max-acc-drop", type=float, default=0.03, help="accuracy loss the scale search accepts")
-    p.add_argument("--accuracy-on", default="factual", choices=["factual", "both"],
-                   help="the accuracy the search keeps: factual samples, or factual and counterfactual")
+    _add_settings_args(p, fmd.Hparams, "the FMD edit (from jaxbias.methods.fmd.Hparams)")
     p.add_argument("--seed", type=int, default=0, help="which test samples are external")
     p.add_argument("--no-baseline", action="store_true", help="skip the fine-tuning baseline")
     p.add_argument("--out", default=None, help="folder for the edited parameters (params.npz) and report.json")

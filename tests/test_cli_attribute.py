@@ -44,6 +44,16 @@ def test_attribute_help_and_errors(tmp_path, capsys):
         if f.name != "seed":
             assert getattr(args, f.name) == f.default, f.name
     assert cli._settings_from_args(RegionConfig, args, skip=("seed",)) == RegionConfig()
+    # the same for unlearn's FMD flags and fmd.Hparams
+    from jaxbias.methods import fmd
+
+    args = cli.build_parser().parse_args(["unlearn", "--from", "x"])
+    assert cli._settings_from_args(fmd.Hparams, args) == fmd.Hparams()
+    args = cli.build_parser().parse_args(["unlearn", "--from", "x", "--scale", "none", "--solver", "exact",
+                                          "--top-k", "7", "--max-acc-drop", "0.1"])
+    assert cli._settings_from_args(fmd.Hparams, args) == fmd.Hparams(scale=None, solver="exact", top_k=7,
+                                                                      max_acc_drop=0.1)
+    assert ":mod:" not in cli.build_parser()._subparsers._group_actions[0].choices["unlearn"].format_help()
     code = cli.main(["attribute", "--limit", "8", "--patch", "16", "--stride", "5", "--out", str(tmp_path),
                      "--no-progress"])
     assert code == 2 and "stride=5 does not tile the image" in capsys.readouterr().err

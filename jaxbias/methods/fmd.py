@@ -42,7 +42,7 @@ import functools
 import re
 import time
 import warnings
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +114,10 @@ class Hparams:
     accuracy_on: str = "factual"
     top_k: int = 100
     steps: int = 1
+
+    #: The fields that take one of a few values (``jaxbias unlearn`` offers them as choices).
+    CHOICES: ClassVar[dict[str, tuple]] = {"mode": MODES, "curvature": CURVATURES, "solver": METHODS,
+                                           "accuracy_on": ("factual", "both")}
 
     def __post_init__(self):
         if self.mode not in MODES:
