@@ -730,17 +730,22 @@ def _quiet_background(enabled: bool):
     orbax logs its writer threads' failures (absl, with tracebacks), and tensorstore's late callbacks
     into orbax's closed event loops end as unraisable exceptions or thread exceptions.
     """
+    import warnings
+
     absl = logging.getLogger("absl")
-    saved = absl.level, sys.unraisablehook, threading.excepthook
+    saved = absl.level, sys.unraisablehook, threading.excepthook, warnings.filters[:]
     if enabled:
         absl.setLevel(logging.CRITICAL)
         sys.unraisablehook = lambda unraisable: None
         threading.excepthook = lambda args: None
+        # an interrupted or failed asynchronous checkpoint leaves orbax's coroutines unawaited
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
     try:
         yield
     finally:
         absl.setLevel(saved[0])
-        sys.unraisablehook, threading.excepthook = saved[1:]
+        sys.unraisablehook, threading.excepthook = saved[1:3]
+        warnings.filters[:] = saved[3]
 
 
 def main(argv: Sequence[str] | None = None, *, _quiet_until_exit: bool = False) -> int:
