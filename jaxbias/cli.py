@@ -472,47 +472,15 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """Field name -> its description in ``cls``'s docstring ``Attributes:`` (``a, b: text`` documents both)."""
-    import re
-
-    doc = (cls.__doc__ or "").split("Attributes:", 1)
-    out: dict[str, str] = {}
-    current: list[str] = []
-    for line in doc[1].splitlines() if len(doc) == 2 else []:
-        m = re.match(r"^\s{4,}([\w, ]+):\s*(.*)$", line)
-        if m and all(n.strip().isidentifier() for n in m.group(1).split(",")):
-            current = [n.strip() for n in m.group(1).split(",")]
-            for n in current:
-                out[n] = m.group(2).strip()
-        elif current and line.strip():
-            for n in current:
-                out[n] += " " + line.strip()
-        elif not line.strip():
-            current = []
-    return out
-
-
 def _settings_type(hint: Any, flag: str):
-    """An argparse ``type`` for a settings field: int, float, str, a comma-separated tuple; ``none`` where optional."""
-    import typing
-
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    if typing.get_origin(base) is tuple:
-        item = typing.get_args(base)[0]
-        parse = _ints(flag) if item is int else (lambda text: tuple(item(v) for v in text.split(",") if v.strip()))
-    else:
-        parse = base
+    """An argparse ``type`` for a settings field (:func:`jaxbias.methods.parse_text` of its type hint)."""
+    from jaxbias import methods
 
     def convert(text: str):
-        if optional and text.strip().lower() == "none":
-            return None
         try:
-            return parse(text)
+            return methods.parse_text(hint, text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects {getattr(base, '__name__', base)}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{flag} expects {methods.type_words(hint)}, got {text!r}") from None
 
     return convert
 
@@ -524,8 +492,10 @@ def _add_settings_args(p: argparse.ArgumentParser, cls: type, title: str, *, ski
     import re
     import typing
 
+    from jaxbias import methods
+
     hints = typing.get_type_hints(cls)
-    docs = _attribute_docs(cls)
+    docs = methods.attribute_docs(cls)
     choices = getattr(cls, "CHOICES", {})
     group = p.add_argument_group(title)
     for f in dataclasses.fields(cls):
@@ -546,19 +516,6 @@ def _settings_from_args(cls: type, args: argparse.Namespace, *, skip: Sequence[s
     import dataclasses
 
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}, **extra)
-
-
-def _ints(flag: str):
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            out = tuple(int(s) for s in text.split(",") if s.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated integers, got {text!r}") from None
-        if not out or min(out) < 1:
-            raise argparse.ArgumentTypeError(f"{flag} expects positive integers, got {text!r}")
-        return out
-
-    return parse
 
 
 #: Exit codes: bad flags, files or settings (argparse's own code) vs a run that started and failed.

@@ -200,9 +200,6 @@ class _HostFeed:
         self.layout = layout
         self.step = layout.jit(lambda st, b, args: _placed_step(step, layout, st, b, args))
         self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
-        # one process, no batch sharding: NumPy batches go to the jitted step as they are (its C++ path places them)
-        self.gather = (lambda a, idx: Batch(*(None if v is None else v[idx] for v in a))) \
-            if layout.sharding("batch") is None else layout.gather
         self.collect = jax.jit(_collect)
 
     def run(self, lane: Lane, epoch: jax.Array, bar):
@@ -210,7 +207,7 @@ class _HostFeed:
         rows = list(to_host(full)) + ([to_host(last)] if last is not None else [])
         state, ms = lane.state, []
         for t, idx in enumerate(rows):  # per step: one call of the compiled step, nothing else on the device
-            state, m = self.step(state, self.gather(self.train, idx), lane.args)
+            state, m = self.step(state, self.layout.gather(self.train, idx), lane.args)
             ms.append(m)
             if bar is not None:
                 if t % 5 == 4:

@@ -415,11 +415,13 @@ class Layout:
     def gather(self, arrays: Batch, idx: np.ndarray) -> Batch:
         """The batch ``arrays[idx]`` gathered on the host and placed with the batch sharding.
 
-        Only this process's shards are gathered (``idx`` may be ``(B,)`` or ``(K, B)``).
+        Only this process's shards are gathered (``idx`` may be ``(B,)`` or ``(K, B)``). On one device the
+        NumPy rows are returned as they are: a jitted step places them on its own fast path, where an
+        explicit transfer per array costs a Python dispatch each.
         """
         sharding = self.sharding("batch")
         if sharding is None:
-            return Batch(*(None if a is None else jax.numpy.asarray(a[idx]) for a in arrays))
+            return Batch(*(None if a is None else a[idx] for a in arrays))
         if jax.process_count() == 1:
             return Batch(*(None if a is None else jax.device_put(a[idx], sharding) for a in arrays))
         k = idx.ndim

@@ -76,7 +76,7 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def check_images(images: Any) -> np.ndarray:
+def _check_images(images: Any) -> np.ndarray:
     arr = np.asarray(images)
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -154,7 +154,7 @@ def colourise(images: Any, bias: Any, *, foreground: str = "white") -> np.ndarra
     Returns:
       ``(N, H, W, 3)`` uint8.
     """
-    imgs = check_images(images)
+    imgs = _check_images(images)
     bias = np.asarray(bias)
     if bias.ndim != 1 or not np.issubdtype(bias.dtype, np.integer):
         raise ValueError(f"bias must be a 1-D integer array, got shape {bias.shape} dtype {bias.dtype}")
@@ -195,7 +195,7 @@ def color_mnist(images: Any, labels: Any, *, rho: float, seed: int, foreground: 
     """
     rho = _check_rho(rho)
     seed = _check_seed(seed)
-    imgs = check_images(images)
+    imgs = _check_images(images)
     labels = _check_labels(labels, imgs.shape[0])
     bias = assign_colours(labels, rho=rho, seed=seed)
     return colourise(imgs, bias, foreground=foreground), bias
@@ -296,7 +296,7 @@ def every_colour(images: Any, *, foreground: str = "white") -> np.ndarray:
 
     ``every_colour(images)[n, c]`` equals ``colourise(images[n:n+1], [c])[0]``.
     """
-    imgs = check_images(images)
+    imgs = _check_images(images)
     n = imgs.shape[0]
     rgb = colourise(np.repeat(imgs, NUM_CLASSES, axis=0), np.tile(np.arange(NUM_CLASSES), n), foreground=foreground)
     return rgb.reshape(n, NUM_CLASSES, *rgb.shape[1:])
@@ -342,7 +342,7 @@ def colour_pairs(images: Any, labels: Any, *, others: str = "all", seed: int = 0
       >>> pairs = colour_pairs(test_images[:100], test_labels[:100], others="random", seed=0)
       >>> counterfactual_bias(logits_fn, params, pairs.x, pairs.x_cf, pairs.y)
     """
-    imgs = check_images(images)
+    imgs = _check_images(images)
     labels = _check_labels(labels, imgs.shape[0])
     seed = _check_seed(seed)
     if others not in _PAIR_MODES:

@@ -108,23 +108,30 @@ def field_types(method: ModuleType) -> dict[str, Any]:
     return typing.get_type_hints(method.Hparams)
 
 
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Field name -> its one-paragraph description in ``cls``'s docstring ``Attributes:`` section
+    (``a, b: text`` documents both); for any settings dataclass, method ``Hparams`` among them."""
+    doc = (cls.__doc__ or "").split("Attributes:", 1)
+    out: dict[str, str] = {}
+    current: list[str] = []
+    for line in doc[1].splitlines() if len(doc) == 2 else []:
+        m = re.match(r"^\s{4,}([\w, ]+):\s*(.*)$", line)
+        if m and all(n.strip().isidentifier() for n in m.group(1).split(",")):
+            current = [n.strip() for n in m.group(1).split(",")]
+            for n in current:
+                out[n] = m.group(2).strip()
+        elif current and line.strip():
+            for n in current:
+                out[n] += " " + line.strip()
+        elif not line.strip():
+            current = []
+    return out
+
+
 def field_docs(method: ModuleType) -> dict[str, str]:
     """``Hparams`` field name -> its one-paragraph description from the class docstring's ``Attributes:``."""
-    doc = method.Hparams.__doc__ or ""
-    out: dict[str, str] = {}
-    if "Attributes:" not in doc:
-        return out
-    current = None
-    for line in doc.split("Attributes:", 1)[1].splitlines():
-        m = re.match(r"^\s{4,}(\w+):\s*(.*)$", line)
-        if m and m.group(1) in {f.name for f in fields(method)}:
-            current = m.group(1)
-            out[current] = m.group(2).strip()
-        elif current and line.strip():
-            out[current] += " " + line.strip()
-        elif not line.strip():
-            current = None
-    return out
+    names = {f.name for f in fields(method)}
+    return {k: v for k, v in attribute_docs(method.Hparams).items() if k in names}
 
 
 def _base_types(hint: Any) -> tuple[Any, bool]:
@@ -157,24 +164,34 @@ def parse_value(method: ModuleType, name: str, text: str) -> Any:
         known = [f.name for f in fields(method)]
         raise ValueError(f"{name!r} is not a hyperparameter of method {name_of(method)!r} "
                          + (f"(its hyperparameters: {', '.join(known)})" if known else "(it has none)"))
-    base, optional = _base_types(hints[name])
-    if optional and text.strip().lower() == "none":
-        return None
-    origin = typing.get_origin(base)
     try:
-        if base is bool:
-            if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("1", "true", "yes")
-        if base in (int, float, str):
-            return base(text)
-        if origin is tuple:
-            (item, *_) = typing.get_args(base) or (str,)
-            return tuple(item(s.strip()) for s in text.split(",") if s.strip())
+        return parse_text(hints[name], text)
     except ValueError:
         raise ValueError(f"hyperparameter {name!r} of method {name_of(method)!r} expects "
                          f"{_type_name(hints[name])}; got {text!r}") from None
+
+
+def parse_text(hint: Any, text: str) -> Any:
+    """``text`` as a value of the type ``hint`` (``bool``, ``int``, ``float``, ``str``, a tuple of them, optionally
+    ``| None``): ``"none"`` is ``None`` where allowed, tuples are comma-separated. ``ValueError`` otherwise."""
+    base, optional = _base_types(hint)
+    if optional and text.strip().lower() == "none":
+        return None
+    if base is bool:
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"expected {_type_name(hint)}; got {text!r}")
+        return text.lower() in ("1", "true", "yes")
+    if base in (int, float, str):
+        return base(text)
+    if typing.get_origin(base) is tuple:
+        (item, *_) = typing.get_args(base) or (str,)
+        return tuple(item(s.strip()) for s in text.split(",") if s.strip())
     return text
+
+
+def type_words(hint: Any) -> str:
+    """A type hint in words (for ``--help`` and error messages)."""
+    return _type_name(hint)
 
 
 def coerce(method: ModuleType, name: str, value: Any) -> Any:

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbias.methods import Kind
-from jaxbias.attribution.maps import top_region
+from jaxbias.attribution.maps import check_q, top_region
 from jaxbias.methods import vanilla
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
@@ -58,14 +58,6 @@ MAPS = ("general", "specific")
 AT_QUANTILE = ("release", "hide", "keep")
 
 __all__ = ["KIND", "MAPS", "MODES", "AT_QUANTILE", "Hparams", "State", "init", "apply", "transform", "loss"]
-
-
-def check_q(q: Any) -> float:
-    if isinstance(q, jax.core.Tracer):  # a swept value, checked when its Hparams were made
-        return q
-    if isinstance(q, (bool, np.bool_)) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
-        raise ValueError(f"q must be a quantile in [0, 1], got {q!r}")
-    return float(q)
 
 
 def _check_sigma(sigma: Any) -> float:

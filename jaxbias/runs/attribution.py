@@ -83,6 +83,10 @@ class RegionConfig:
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(self.widths))
         object.__setattr__(self, "blocks", tuple(self.blocks))
+        for name in ("widths", "blocks"):
+            v = getattr(self, name)
+            if not v or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in v):
+                raise ValueError(f"{name} must be positive ints, one per stage; got {v!r}")
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
@@ -206,8 +210,8 @@ def _save(workdir: str, summary: dict[str, Any], inputs, specific, general, n_fi
     from jaxbias import report
 
     os.makedirs(workdir, exist_ok=True)
-    files = {role: run_path(workdir, role) for role in ("general_map", "specific_maps", "maps_png", "reliability_png",
-                                                          "attribution")}
+    files = {role: run_path(workdir, role) for role in ("general_map", "specific_maps", "maps_png", "reliability_png")}
+    files["summary"] = run_path(workdir, "attribution")
     np.save(files["general_map"], np.asarray(general, np.float32))
     np.save(files["specific_maps"], np.asarray(specific).astype(np.float16))
     k = min(n_figure, inputs.map_x.shape[0])
@@ -215,8 +219,6 @@ def _save(workdir: str, summary: dict[str, Any], inputs, specific, general, n_fi
                             general=general, region=inputs.region, titles=[f"image {i}" for i in range(k)])
     report.reliability_diagram(files["reliability_png"], summary["reliability"], ece=summary["ece"],
                                title=f"region classifier, {summary['val_patches']} patches")
-    files = {"general_map": files["general_map"], "specific_maps": files["specific_maps"],
-             "maps_png": files["maps_png"], "reliability_png": files["reliability_png"], "summary": files["attribution"]}
     write_json(files["summary"], {**summary, "files": files})
     return files
 

@@ -26,7 +26,7 @@ from jaxbias import methods as methods_lib
 from jaxbias import models as models_lib
 from jaxbias.data.sources import SOURCES
 from jaxbias.runs import datasets as datasets_lib
-from jaxbias.runs.config import RunConfig
+from jaxbias.runs.config import DERIVED, RunConfig
 from jaxbias.runs.datasets import Dataset
 from jaxbias.engine import check_eval_sets
 from jaxbias.train import TrainState, create_train_state, evaluate, fit, freeze, hp_dict, make_optimizer, make_predict
@@ -334,7 +334,7 @@ class Sweep:
         lr, seed = settings.pop("lr", self.config.lr), settings.pop("seed", self.config.seed)
         config = self.config.replace(members=None, lr=lr, seed=seed, hparams={**self.config.hparams, **settings})
         record = {**self.record, **config.to_dict(), "model": self.record["model"],
-                  **{k: self.record[k] for k in ("input_shape", "source", "data_file") if k in self.record}}
+                  **{k: self.record[k] for k in (*DERIVED, "source") if k in self.record}}
         return Run(config=config, record=record, module=self.module, state=state, method=self.method,
                    hp=self.result.hparams[i], history=self.result.history[i], epoch=self.config.epochs,
                    results=self.results["members"][i])
