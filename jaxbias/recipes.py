@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from jaxbias import runs
-from jaxbias.runs import datasets as datasets_lib
+from jaxbias import datasets as datasets_lib
 from jaxbias.runs.config import DEMO_CHANNELS, FULL_CHANNELS, MODELS, RunConfig
 from jaxbias.runs.measure import evaluate as _evaluate
 from jaxbias.runs.measure import heatmaps as _heatmaps
@@ -20,24 +20,23 @@ __all__ = ["DATASETS", "DEMO_CHANNELS", "FULL_CHANNELS", "MODELS", "evaluate_wor
            "train_biased_mnist"]
 
 #: Datasets of ``train``/``evaluate``.
-DATASETS = tuple(datasets_lib.names())
+DATASETS = tuple(datasets_lib.available())
 
 
 def _config(settings: Mapping[str, Any]) -> RunConfig:
     settings = dict(settings)
     if settings.get("hparams") is None:
         settings.pop("hparams", None)
-    return RunConfig(**settings)
+    return RunConfig.from_dict(settings)
 
 
 def load_dataset(dataset: str, *, seed: int = 0, **data_settings: Any):
     """Load ``dataset`` and return ``(data, train Batch, {name: eval Batch})``.
 
-    ``data_settings``: the data fields of :class:`RunConfig` (``rho``,
-    ``artifact``, ``artifact_class``, ``p``, ``source``, ``data_dir``,
-    ``data_path``, ``protected``); ``seed`` is the data's seed.
+    ``data_settings``: fields of the dataset's ``Settings`` (:mod:`jaxbias.datasets`,
+    e.g. ``rho``, ``source``); ``seed`` is the data's seed.
     """
-    ds = datasets_lib.load(RunConfig(dataset=dataset, data_seed=seed, **data_settings))
+    ds = datasets_lib.load(dataset, data_settings, seed=seed)
     return ds.raw, ds.train, dict(ds.evals)
 
 

@@ -199,7 +199,6 @@ def unlearn_workdir(
       ``"_params"`` (not JSON).
     """
     from jaxbias import runs
-    from jaxbias.runs import datasets as datasets_lib
 
     hp = hp or fmd.Hparams()
     run = workdir if isinstance(workdir, runs.Run) else runs.restore(workdir)
@@ -207,7 +206,7 @@ def unlearn_workdir(
     dataset = run.config.dataset
     if dataset not in ("biased_mnist", "adult"):
         raise ValueError(f"unlearn needs a biased_mnist or adult run (counterfactual pairs); {workdir!r} is {dataset!r}")
-    data = datasets_lib.get(run.config, data).raw
+    data = run.config.load_data(data).raw
     split = (split_adult if dataset == "adult" else split_biased_mnist)(data, external=external, seed=seed)
     state = run.state
     logits_fn = _logits_fn(run.module, state.model_state)

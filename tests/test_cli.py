@@ -29,9 +29,8 @@ def test_version(capsys):
 
 
 def test_bad_arguments_are_rejected(capsys, tmp_path):
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--rho", "1.5", "--workdir", str(tmp_path)])
-    assert "--rho must be in [0, 1]" in capsys.readouterr().err
+    assert cli.main(["train", "--rho", "1.5", "--workdir", str(tmp_path / "r")]) == cli.USAGE_ERROR
+    assert "rho must be in [0, 1]; got 1.5" in capsys.readouterr().err and not (tmp_path / "r").exists()
     with pytest.raises(SystemExit) as e:  # the choices are the method files found
         cli.main(["train", "--method", "nope", "--epochs", "1", "--workdir", str(tmp_path / "w"), "--no-progress"])
     assert e.value.code == cli.USAGE_ERROR and "invalid choice: 'nope'" in capsys.readouterr().err
@@ -52,7 +51,7 @@ def test_train_evaluate_resume_roundtrip(capsys, tmp_path):
               "--workdir", wd, "--no-progress", "--json"]
     assert cli.main(common + ["--epochs", "1"]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["config"]["source"] == "offline"
+    assert first["config"]["data"]["source"] == "offline"
     assert set(first["eval"]) == {"biased", "unbiased"}
     # an existing workdir needs --resume; the refused run (other seed) leaves the run's config.json as it was
     saved = (tmp_path / "run" / "config.json").read_text()

@@ -186,9 +186,9 @@ def test_adult_data_with_one_label_or_a_directory_is_refused(tmp_path):
     path = tmp_path / "adult.data"
     path.write_text("".join(line.format("Male" if i % 2 else "Female") for i in range(60)))
     with pytest.raises(ValueError, match="every training sample of 'adult' has the label \\[0\\]"):
-        runs.prepare(RunConfig(dataset="adult", model="mlp", data_path=str(path)))
+        runs.prepare(RunConfig(dataset="adult", model="mlp", data={"data_path": str(path)}))
     with pytest.raises(ValueError, match="is a directory; expected the adult.data file"):
-        runs.prepare(RunConfig(dataset="adult", model="mlp", data_path=str(tmp_path)))
+        runs.prepare(RunConfig(dataset="adult", model="mlp", data={"data_path": str(tmp_path)}))
 
 
 # --------------------------------------------------------------------------- #
@@ -670,10 +670,10 @@ def test_an_adult_run_config_round_trips_and_source_is_checked(adult, tmp_path, 
     w = tmp_path / "run"
     assert main(_train_argv(adult, w)) == 0
     record = json.loads((w / "config.json").read_text())
-    assert record["source"] == "offline" and record["data_file"] == str(adult)
+    assert record["data"] == {"data_path": str(adult), "protected": "sex"} and record["data_file"] == str(adult)
     restored = runs.restore(str(w))
     assert RunConfig.from_dict(record) == restored.config
-    assert restored.config.source == "offline" and restored.config.data_path == str(adult)
+    assert restored.config.data.data_path == str(adult)
     # the file given another way ($JAXBIAS_ADULT) is still recorded, and a resume checks it is the same file
     monkeypatch.setenv("JAXBIAS_ADULT", str(adult))
     w2 = tmp_path / "env"
@@ -686,4 +686,4 @@ def test_an_adult_run_config_round_trips_and_source_is_checked(adult, tmp_path, 
     assert main([*argv, "--resume", "--epochs", "2"]) == 2  # another file behind the same settings
     assert "configured differently (data_file" in _one_error_line(capsys.readouterr().err)
     with pytest.raises(ValueError, match="source must be one of"):
-        RunConfig(source="bogus")
+        RunConfig(data={"source": "bogus"})

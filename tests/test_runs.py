@@ -9,7 +9,7 @@ from jaxbias.runs import RunConfig
 
 
 def test_config_round_trips_through_json():
-    config = RunConfig(dataset="artifact_mnist", artifact="blend", p=0.7, model="mlp", hidden=(32, 16),
+    config = RunConfig(dataset="artifact_mnist", data={"artifact": "blend", "p": 0.7}, model="mlp", hidden=(32, 16),
                        method="rrr", hparams={"lam": "10", "variant": "cosine"}, epochs=3, decay_every=0, seed=4,
                        members=({"lam": 1.0, "seed": 0}, {"lam": 2.0, "seed": 1}), feed="host")
     assert config.hparams == {"lam": 10.0, "variant": "cosine"}  # typed once, from text or values
@@ -34,7 +34,9 @@ def test_a_config_is_immutable_and_hashable():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"rho": 1.5}, "rho must be in [0, 1]"),
+    ({"data": {"rho": 1.5}}, "rho must be in [0, 1]"),
+    ({"data": {"rhoo": 0.5}}, "unknown settings of dataset 'biased_mnist' ['rhoo']"),
+    ({"dataset": "adult", "data": {"rho": 0.5}}, "unknown settings of dataset 'adult' ['rho']"),
     ({"method": "fmd"}, "post-hoc"),
     ({"method": "rrclarc"}, "init_from"),
     ({"method": "end", "hparams": {"alpha": "x"}}, "hyperparameter 'alpha' of method 'end' expects float"),
@@ -95,7 +97,7 @@ def test_cli_config_file_flags_override_and_config_json_repeats_the_run(tmp_path
                      "--no-progress", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)  # stdout holds the JSON alone
     saved = json.loads((first / "config.json").read_text())
-    assert saved["epochs"] == 1 and saved["rho"] == 0.9 and saved["hparams"] == {"alpha": 0.5, "beta": 0.75}
+    assert saved["epochs"] == 1 and saved["data"]["rho"] == 0.9 and saved["hparams"] == {"alpha": 0.5, "beta": 0.75}
     assert saved["model"]["channels"] == [2, 2, 2, 2] and out["config"] == saved
     again = tmp_path / "again"
     assert cli.main(["train", "--config", str(first / "config.json"), "--workdir", str(again), "--no-progress",
@@ -142,7 +144,7 @@ def test_a_sweep_member_is_a_run_passed_on_in_memory(tmp_path):
     assert len(sw) == 2 and sw.results["traces"] == 1
     member = sw.member(1)
     assert (member.config.lr, member.config.seed, member.config.members) == (3e-3, 1, None)
-    dataset = runs.datasets.get(member.config, None)
+    dataset = member.config.load_data()
     assert member.evaluate(dataset) == sw.results["members"][1]["eval"]  # the member's own weights
     assert member.evaluate(dataset) != sw.member(0).evaluate(dataset)
     with pytest.raises(ValueError, match="member index 2 is out of range for a sweep of 2 members"):

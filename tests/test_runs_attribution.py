@@ -8,7 +8,7 @@ from jaxbias import cli, runs
 from jaxbias.data.region_mnist import region_mnist
 from jaxbias.runs import RegionConfig, RunConfig
 from jaxbias.runs import attribution as attribution_lib
-from jaxbias.runs import datasets
+from jaxbias import datasets
 from jaxbias.types import Batch
 
 REGION = RegionConfig(patch=16, stride=8, epochs=1, batch_size=16, widths=(4, 8), blocks=(1, 1))
@@ -72,7 +72,7 @@ def test_cli_maps_flag_reaches_the_run_config(tmp_path):
                                           "96", "--maps", str(tmp_path), "--method", "targeted_noise",
                                           "--workdir", str(tmp_path / "run")])
     config = cli.run_config(args)
-    assert (config.dataset, config.style, config.image_size, config.maps) == ("region_mnist", "hair", 96,
+    assert (config.dataset, config.data.style, config.data.image_size, config.maps) == ("region_mnist", "hair", 96,
                                                                             str(tmp_path))
     with pytest.raises(ValueError, match="image_size must be an int >= 48"):
         config.replace(image_size=32)

@@ -23,7 +23,6 @@ from jaxbias import runs as runs_lib
 from jaxbias.correct import correct
 from jaxbias.report import markdown_table
 from jaxbias.runs import RunConfig
-from jaxbias.runs import datasets as datasets_lib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import CONFIGS  # noqa: E402
@@ -37,11 +36,10 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
     runs = []
     for seed in cfg["seeds"]:
         b = cfg["base"]
-        config = RunConfig(dataset="artifact_mnist", artifact=cfg["artifact"], artifact_class=cfg["artifact_class"],
-                           p=cfg["p"], source=cfg["source"], epochs=b["epochs"], batch_size=b["batch_size"],
-                           lr=b["lr"], weight_decay=b["weight_decay"], decay_every=b["decay_every"], seed=seed,
+        config = RunConfig(dataset="artifact_mnist", data={k: cfg[k] for k in ("artifact", "artifact_class", "p", "source")},
+                           epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"], weight_decay=b["weight_decay"], decay_every=b["decay_every"], seed=seed,
                            channels=tuple(b["channels"]), eval_every=b["epochs"])
-        data = datasets_lib.load(config)  # the base and every correction of a seed see the same images
+        data = config.load_data()  # the base and every correction of a seed see the same images
         base = runs_lib.train(config, data=data, workdir=os.path.join(workroot, f"base_s{seed}"), resume="auto",
                               progress=progress)
         base_secs = float(np.median([h["seconds"] for h in base.history])) if base.history else None

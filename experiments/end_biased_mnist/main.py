@@ -20,7 +20,6 @@ import numpy as np
 from jaxbias import runs
 from jaxbias.report import markdown_table
 from jaxbias.runs import RunConfig
-from jaxbias.runs import datasets as datasets_lib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import CONFIGS  # noqa: E402
@@ -31,11 +30,11 @@ def run(cfg: dict, *, out_dir: str, name: str, progress: bool, workroot: str | N
     t0 = time.perf_counter()
     for rho in cfg["rhos"]:
         for seed in cfg["seeds"]:
-            config = RunConfig(dataset="biased_mnist", rho=rho, source=cfg["source"], epochs=cfg["epochs"],
+            config = RunConfig(dataset="biased_mnist", data={"rho": rho, "source": cfg["source"]}, epochs=cfg["epochs"],
                                batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                                decay_every=cfg["decay_every"], seed=seed, channels=tuple(cfg["channels"]),
                                last_activation=cfg["last_activation"], eval_every=cfg["epochs"])
-            data = datasets_lib.load(config)  # every method of a seed trains on the same coloured digits
+            data = config.load_data()  # every method of a seed trains on the same coloured digits
             for method, hp in cfg["methods"].items():
                 workdir = None if workroot is None else os.path.join(workroot, f"rho{rho}_{method}_s{seed}")
                 run = runs.train(config.replace(method=method, hparams=hp), data=data, progress=progress,

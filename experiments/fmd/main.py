@@ -24,7 +24,6 @@ from jaxbias import runs as runs_lib
 from jaxbias.methods import fmd
 from jaxbias.report import markdown_table, mean_std_rows
 from jaxbias.runs import RunConfig
-from jaxbias.runs import datasets as datasets_lib
 from jaxbias.unlearn import unlearn_workdir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -52,11 +51,11 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool) ->
             continue
         for seed in cfg["seeds"]:
             b = d["base"]
-            config = RunConfig(dataset=d["dataset"], rho=d.get("rho", 0.99), source=d.get("source", "offline"),
-                               data_path=d.get("data_path"), protected=d.get("protected", "sex"), model="mlp",
+            config = RunConfig.from_dict({k: d[k] for k in ("dataset", "rho", "source", "data_path", "protected") if k in d},
+                               model="mlp",
                                hidden=tuple(b["hidden"]), epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"],
                                weight_decay=b["weight_decay"], decay_every=None, seed=seed, eval_every=b["epochs"])
-            data = datasets_lib.load(config)  # the base model and every edit of a seed see the same data
+            data = config.load_data()  # the base model and every edit of a seed see the same data
             model = runs_lib.train(config, data=data, workdir=os.path.join(workroot, f"{dname}_s{seed}"),
                                    resume="auto", progress=progress)
             base_row = None

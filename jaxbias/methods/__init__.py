@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import numbers
 import pkgutil
-import re
 import typing
 from types import ModuleType
 from typing import Any
 
-import numpy as np
+from jaxbias import settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,44 +106,15 @@ def field_types(method: ModuleType) -> dict[str, Any]:
     return typing.get_type_hints(method.Hparams)
 
 
-def attribute_docs(cls: type) -> dict[str, str]:
-    """Field name -> its one-paragraph description in ``cls``'s docstring ``Attributes:`` section
-    (``a, b: text`` documents both); for any settings dataclass, method ``Hparams`` among them."""
-    doc = (cls.__doc__ or "").split("Attributes:", 1)
-    out: dict[str, str] = {}
-    current: list[str] = []
-    for line in doc[1].splitlines() if len(doc) == 2 else []:
-        m = re.match(r"^\s{4,}([\w, ]+):\s*(.*)$", line)
-        if m and all(n.strip().isidentifier() for n in m.group(1).split(",")):
-            current = [n.strip() for n in m.group(1).split(",")]
-            for n in current:
-                out[n] = m.group(2).strip()
-        elif current and line.strip():
-            for n in current:
-                out[n] += " " + line.strip()
-        elif not line.strip():
-            current = []
-    return out
-
-
 def field_docs(method: ModuleType) -> dict[str, str]:
     """``Hparams`` field name -> its one-paragraph description from the class docstring's ``Attributes:``."""
     names = {f.name for f in fields(method)}
-    return {k: v for k, v in attribute_docs(method.Hparams).items() if k in names}
-
-
-def _base_types(hint: Any) -> tuple[Any, bool]:
-    """(the non-None type of a hint, whether None is allowed)."""
-    args = typing.get_args(hint)
-    if type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else hint), True
-    return hint, False
+    return {k: v for k, v in settings.attribute_docs(method.Hparams).items() if k in names}
 
 
 def is_numeric(method: ModuleType, name: str) -> bool:
     """Whether a field holds a number (``int``/``float``, not ``bool``)."""
-    base, _ = _base_types(field_types(method)[name])
+    base, _ = settings.base_type(field_types(method)[name])
     return base in (int, float)
 
 
@@ -165,62 +134,22 @@ def parse_value(method: ModuleType, name: str, text: str) -> Any:
         raise ValueError(f"{name!r} is not a hyperparameter of method {name_of(method)!r} "
                          + (f"(its hyperparameters: {', '.join(known)})" if known else "(it has none)"))
     try:
-        return parse_text(hints[name], text)
+        return settings.parse_text(hints[name], text)
     except ValueError:
         raise ValueError(f"hyperparameter {name!r} of method {name_of(method)!r} expects "
-                         f"{_type_name(hints[name])}; got {text!r}") from None
-
-
-def parse_text(hint: Any, text: str) -> Any:
-    """``text`` as a value of the type ``hint`` (``bool``, ``int``, ``float``, ``str``, a tuple of them, optionally
-    ``| None``): ``"none"`` is ``None`` where allowed, tuples are comma-separated. ``ValueError`` otherwise."""
-    base, optional = _base_types(hint)
-    if optional and text.strip().lower() == "none":
-        return None
-    if base is bool:
-        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-            raise ValueError(f"expected {_type_name(hint)}; got {text!r}")
-        return text.lower() in ("1", "true", "yes")
-    if base in (int, float, str):
-        return base(text)
-    if typing.get_origin(base) is tuple:
-        (item, *_) = typing.get_args(base) or (str,)
-        return tuple(item(s.strip()) for s in text.split(",") if s.strip())
-    return text
-
-
-def type_words(hint: Any) -> str:
-    """A type hint in words (for ``--help`` and error messages)."""
-    return _type_name(hint)
+                         f"{settings.type_words(hints[name])}; got {text!r}") from None
 
 
 def coerce(method: ModuleType, name: str, value: Any) -> Any:
     """A value from a config file (JSON/TOML types) or a flag, as the field's type."""
     if isinstance(value, str):
         return parse_value(method, name, value)
-    base, _ = _base_types(field_types(method).get(name, Any))
-    if typing.get_origin(base) is tuple and isinstance(value, list):
-        return tuple(value)
-    if base is float and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    base, optional = _base_types(hint)
-    if typing.get_origin(base) is tuple:
-        (item, *_) = typing.get_args(base) or (str,)
-        text = f"comma-separated {item.__name__}s"
-    else:
-        text = getattr(base, "__name__", str(base))
-    return f"{text} or none" if optional else text
+    return settings.coerce(field_types(method).get(name, Any), value)
 
 
 def type_name(method: ModuleType, name: str) -> str:
     """A field's type in words (for ``--help``)."""
-    return _type_name(field_types(method)[name])
+    return settings.type_words(field_types(method)[name])
 
 
 def make_hparams(method: str | ModuleType, overrides: dict[str, Any] | None = None) -> Any:

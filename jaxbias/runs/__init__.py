@@ -2,7 +2,7 @@
 
 - :class:`RunConfig` (:mod:`.config`): the frozen configuration, from keyword
   arguments, a TOML/JSON file or a run's ``config.json``;
-- :mod:`.datasets`: the name -> loader registry and the :class:`Dataset` value;
+- :meth:`RunConfig.load_data`: the run's :class:`~jaxbias.datasets.Dataset` (:mod:`jaxbias.datasets`);
 - :func:`train`, :func:`sweep`, :func:`restore`, :class:`Run`, :class:`Sweep` (:mod:`.run`);
 - :mod:`.measure`: evaluation, artifact report and heatmaps of a run;
 - :func:`attribute` (:mod:`.attribution`): region-attribution maps of a dataset as an
@@ -13,8 +13,8 @@ calls the engine, the methods, the models and the measurements
 (:mod:`jaxbias.evaluation`), never the other way round.
 """
 from jaxbias.runs.attribution import Attribution, RegionConfig, attribute
+from jaxbias.datasets import Dataset
 from jaxbias.runs.config import DEMO_CHANNELS, FULL_CHANNELS, MODELS, RunConfig
-from jaxbias.runs.datasets import Dataset
 from jaxbias.runs.run import (Prepared, Run, Sweep, final_eval, fit_method_state, make_module, prepare, restore, sweep,
                              train)
 

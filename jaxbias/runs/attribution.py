@@ -29,15 +29,9 @@ import numpy as np
 
 from jaxbias.attribution.maps import MEASURES
 from jaxbias.attribution.pipeline import ARCHS
-from jaxbias.runs import datasets as datasets_lib
 from jaxbias.runs.config import RunConfig
-from jaxbias.runs.datasets import Dataset
+from jaxbias.datasets import Dataset
 from jaxbias.workdir import run_path, write_json
-
-#: The ``RunConfig`` fields that decide which images a dataset's training set holds.
-DATA_FIELDS = ("dataset", "rho", "artifact", "artifact_class", "p", "data_path", "protected", "source", "data_seed",
-               "image_size", "style", "confounder")
-
 
 @dataclasses.dataclass(frozen=True)
 class RegionConfig:
@@ -119,7 +113,7 @@ class Attribution:
     """A trained region classifier's maps of one dataset's training images.
 
     Attributes:
-      data: the data settings (:data:`DATA_FIELDS` of the :class:`RunConfig`) the maps were made on.
+      data: the data the maps were made on (:func:`data_settings` of the :class:`RunConfig`).
       region: the :class:`RegionConfig`.
       specific: ``(N, H, W)`` per-image maps, min-max normalised, in the training set's order.
       general: ``(H, W)`` their mean map.
@@ -139,7 +133,7 @@ class Attribution:
     def onto(self, config: RunConfig, dataset: Dataset) -> Dataset:
         """``dataset`` with these maps as its training masks; refuses other data than the maps were made on."""
         mine = data_settings(config)
-        differ = [k for k in DATA_FIELDS if self.data.get(k) != mine.get(k)]
+        differ = [k for k in mine if self.data.get(k) != mine[k]]
         if differ:
             where = self.workdir or "the attribution"
             raise ValueError(f"maps from {where} were made on other data ({', '.join(differ)}: "
@@ -148,9 +142,9 @@ class Attribution:
 
 
 def data_settings(config: RunConfig) -> dict[str, Any]:
-    """The data part of ``config`` as ``config.json`` writes it."""
+    """What decides a run's training images: its dataset, that dataset's settings and the data seed."""
     d = config.to_dict()
-    return {k: d[k] for k in DATA_FIELDS}
+    return {"dataset": d["dataset"], **d["data"], "data_seed": d["data_seed"]}
 
 
 def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: Any = None, workdir: str | None = None,
@@ -177,7 +171,7 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
         raise FileExistsError(f"workdir {workdir} already holds an attribution; choose an empty workdir")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
         raise ValueError(f"limit must be an int >= 2 images, got {limit!r}")
-    dataset = datasets_lib.get(config, data)
+    dataset = config.load_data(data)
     if dataset.concept.bias is None:
         raise ValueError(f"dataset {dataset.name!r} has no confounder labels in its concept set to train a region "
                          "classifier on")
@@ -245,5 +239,5 @@ def resolve(maps: Any) -> Attribution:
     return maps if isinstance(maps, Attribution) else load(os.fspath(maps))
 
 
-__all__: Sequence[str] = ("DATA_FIELDS", "Attribution", "RegionConfig", "attribute", "data_settings", "load",
+__all__: Sequence[str] = ("Attribution", "RegionConfig", "attribute", "data_settings", "load",
                           "resolve")

@@ -17,8 +17,9 @@ import os
 import typing
 from typing import Any, Mapping, Sequence
 
-from jaxbias.data.celeba import CONFOUNDERS
-from jaxbias.data.sources import SOURCES
+from jaxbias import datasets as datasets_lib
+from jaxbias import settings as settings_lib
+from jaxbias.datasets import Dataset
 
 #: Channels of the ReBias/EnD network; the offline demo uses a narrower one
 #: because XLA:CPU trains 7×7 convolutions at 28×28 slowly (issue "CPU training speed").
@@ -31,6 +32,12 @@ FEEDS = ("auto", "device", "host")
 #: ``config.json`` keys that describe the data a run saw, written beside the configuration
 #: (``data_file``: the file a file-backed dataset was read from, e.g. Adult's ``data_path`` or ``$JAXBIAS_ADULT``).
 DERIVED = ("input_shape", "data_file")
+
+#: The data settings that were flat ``RunConfig`` fields before datasets declared their own ``Settings``, with
+#: the values they had when unused: a ``config.json`` written then names all of them, for every dataset.
+_FLAT_DATA_DEFAULTS = {"rho": 0.99, "artifact": "stamp", "artifact_class": 0, "p": 0.5, "data_path": None,
+                       "protected": "sex", "source": "offline", "data_dir": None, "image_size": None, "style": "mark",
+                       "confounder": "Blond_Hair"}
 
 
 class FrozenMap(Mapping):
@@ -81,15 +88,12 @@ class RunConfig:
     """One training run (or sweep) of the run layer; the fields are ``jaxbias train``'s flags.
 
     Attributes:
-      dataset: a name of :mod:`jaxbias.runs.datasets` (``biased_mnist``, ``artifact_mnist``, ``adult``).
-      rho: Biased MNIST: colour-digit correlation of the training set.
-      artifact, artifact_class, p: the artifact dataset's artifact, the class that carries it, its probability.
-      data_path, protected: Adult: the ``adult.data`` file (``None``: ``$JAXBIAS_ADULT``) and protected attribute.
-      source, data_dir: where the digits come from (``offline``, ``tfds``, ``auto``) and the TFDS data_dir.
+      dataset: a dataset of :mod:`jaxbias.datasets` (``biased_mnist``, ``artifact_mnist``, ``adult``,
+        ``region_mnist``, ``celeba``, or one of your own files there).
+      data: the dataset's ``Settings`` (its module's frozen dataclass): a mapping of some of its fields
+        (the rest default) or the ``Settings`` value; ``None``: the defaults. :meth:`replace` and
+        :meth:`from_dict` also take its fields by name (``rho=0.9``).
       data_seed: the data's seed (``None``: ``seed``).
-      image_size, style: region_mnist / celeba: the image side (``None``: 64 / 128); region_mnist's
-        confounder (``mark`` or ``hair``).
-      confounder: celeba: the confounding attribute (the target is ``Male``).
       maps: per-image maps over the training images, put in the training batch's ``mask`` (what
         targeted noise hides): a workdir of ``jaxbias attribute`` on the same data, or a
         :class:`jaxbias.runs.Attribution` in memory; ``None``: the dataset's own masks.
@@ -107,18 +111,8 @@ class RunConfig:
     """
 
     dataset: str = "biased_mnist"
-    rho: float = 0.99
-    artifact: str = "stamp"
-    artifact_class: int = 0
-    p: float = 0.5
-    data_path: str | None = None
-    protected: str = "sex"
-    source: str = "offline"
-    data_dir: str | None = None
+    data: Any = None
     data_seed: int | None = None
-    image_size: int | None = None
-    style: str = "mark"
-    confounder: str = "Blond_Hair"
     maps: Any = None
     model: str = "simple_conv"
     channels: tuple[int, ...] = FULL_CHANNELS
@@ -147,6 +141,9 @@ class RunConfig:
             if isinstance(v, (list, tuple)):
                 object.__setattr__(self, name, tuple(_freeze(m) if isinstance(m, Mapping) else m for m in v))
         object.__setattr__(self, "hparams", _freeze(dict(self.hparams or {})))
+        if not (isinstance(self.dataset, str) and self.dataset in datasets_lib.available()):
+            raise ValueError(f"dataset must be one of {datasets_lib.available()}; got {self.dataset!r}")
+        object.__setattr__(self, "data", datasets_lib.settings(self.dataset, self.data))
         if self.decay_every == 0:
             object.__setattr__(self, "decay_every", None)
         self._check()
@@ -154,7 +151,6 @@ class RunConfig:
     # ------------------------------------------------------------------ checks
     def _check(self) -> None:
         from jaxbias import methods
-        from jaxbias.runs import datasets
 
         def need(ok: bool, field: str, expected: str) -> None:
             if not ok:
@@ -166,14 +162,6 @@ class RunConfig:
         def is_num(v) -> bool:
             return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
-        need(self.dataset in datasets.names(), "dataset", f"one of {datasets.names()}")
-        need(is_num(self.rho) and 0 <= self.rho <= 1, "rho", "in [0, 1]")
-        need(is_num(self.p) and 0 <= self.p <= 1, "p", "in [0, 1]")
-        need(is_int(self.artifact_class), "artifact_class", "an int")
-        need(self.image_size is None or (is_int(self.image_size) and self.image_size >= 48), "image_size",
-             "an int >= 48 or None")
-        need(self.style in ("mark", "hair"), "style", "one of ('mark', 'hair')")
-        need(self.confounder in CONFOUNDERS, "confounder", f"one of {CONFOUNDERS}")
         need(self.model in MODELS, "model", f"one of {MODELS}")
         need(len(self.channels) == 4 and all(is_int(c) and c >= 1 for c in self.channels), "channels",
              "4 positive ints")
@@ -195,7 +183,6 @@ class RunConfig:
         need(is_int(self.seed), "seed", "an int")
         need(self.data_seed is None or is_int(self.data_seed), "data_seed", "an int or None")
         need(self.feed in FEEDS, "feed", f"one of {FEEDS}")
-        need(self.source in SOURCES, "source", f"one of {SOURCES}")
         need(self.devices is None or (is_int(self.devices) and self.devices >= 1), "devices", "a positive int or None")
         need(is_int(self.data_devices) and self.data_devices >= 1, "data_devices", "a positive int")
         need(is_int(self.eval_every) and self.eval_every >= 1, "eval_every", "a positive int")
@@ -221,7 +208,22 @@ class RunConfig:
         return {"name": "mlp", "hidden": list(self.hidden)}
 
     def replace(self, **changes: Any) -> "RunConfig":
+        """This configuration with ``changes``; the dataset's settings may be given by name (``rho=0.9``), on top
+        of this one's (or, with another ``dataset``, of its defaults)."""
+        dataset = changes.get("dataset", self.dataset)
+        flat = {k: changes.pop(k) for k in list(changes) if k in data_fields(dataset)}
+        if flat or ("dataset" in changes and "data" not in changes):
+            base = changes.get("data", self.data if dataset == self.dataset else None)
+            base = settings_lib.as_dict(base) if dataclasses.is_dataclass(base) else dict(base or {})
+            changes["data"] = {**base, **flat}
         return dataclasses.replace(self, **changes)
+
+    def load_data(self, data: Any = None) -> Dataset:
+        """``data`` (loaded already: a :class:`~jaxbias.datasets.Dataset` or the protocol's object) as this run's
+        dataset, or, for ``None``, the dataset its settings load (with its data seed)."""
+        if data is not None:
+            return datasets_lib.view(self.dataset, data)
+        return datasets_lib.load(self.dataset, self.data, seed=self.resolved_data_seed)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -232,6 +234,7 @@ class RunConfig:
             if f.name in ("init_from", "maps") and v is not None and not isinstance(v, (str, os.PathLike)):
                 v = getattr(v, "workdir", None)  # a Run / Attribution passed in memory: its workdir, if it has one
             out[f.name] = _thaw(v)
+        out["data"] = settings_lib.as_dict(self.data)
         out["data_seed"] = self.resolved_data_seed
         out["model"] = self.model_dict()
         for name in ("channels", "last_activation", "hidden"):
@@ -243,7 +246,8 @@ class RunConfig:
         """A configuration from a mapping (a config file, a ``config.json``); ``overrides`` win.
 
         ``model`` may be a name (with ``channels``/``hidden`` beside it) or
-        ``config.json``'s ``{"name": ..., ...}``. Unknown keys are refused.
+        ``config.json``'s ``{"name": ..., ...}``; ``data`` a table of the dataset's settings, which
+        may also stand beside the other keys (``rho = 0.9``). Unknown keys are refused.
         """
         d = dict(d)
         for k in DERIVED:
@@ -256,6 +260,25 @@ class RunConfig:
             for k, v in model.items():
                 d.setdefault(k, v)
         d.update(overrides)
+        dataset = d.get("dataset", cls.dataset)
+        if dataset not in datasets_lib.available():
+            raise ValueError(f"dataset must be one of {datasets_lib.available()}; got {dataset!r}")
+        mine = data_fields(dataset)
+        data = d.pop("data", None)
+        data = dict(settings_lib.as_dict(data) if dataclasses.is_dataclass(data) else data or {})
+        for k in [k for k in d if k in mine or k in _FLAT_DATA_DEFAULTS]:
+            v = d.pop(k)
+            if k in mine:
+                data[k] = v
+            elif v != _FLAT_DATA_DEFAULTS[k]:
+                owners = [n for n in datasets_lib.available() if k in data_fields(n)]
+                raise ValueError(f"{k} is a setting of {', '.join(owners) or 'no dataset'}, not of dataset "
+                                 f"{dataset!r} (its settings: {', '.join(mine) or 'none'})")
+        hints = typing.get_type_hints(datasets_lib.get(dataset).Settings)
+        for k in [k for k, v in data.items() if v is None and k in hints]:
+            if not settings_lib.base_type(hints[k])[1]:
+                del data[k]  # None for a field that takes none: its default (how older runs wrote image_size)
+        d["data"] = data
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -305,6 +328,14 @@ class RunConfig:
             raise ValueError(f"config file {os.fspath(path)!r}: {e}") from None
 
 
+def data_fields(dataset: str) -> list[str]:
+    """The settings fields of a dataset."""
+    return [f.name for f in dataclasses.fields(datasets_lib.get(dataset).Settings)]
+
+
 def settings_names() -> Sequence[str]:
-    """The fields of :class:`RunConfig`."""
-    return [f.name for f in dataclasses.fields(RunConfig)]
+    """The fields of :class:`RunConfig` and of every dataset's settings (the names a run setting may have)."""
+    names = [f.name for f in dataclasses.fields(RunConfig)]
+    for dataset in datasets_lib.available():
+        names += [n for n in data_fields(dataset) if n not in names]
+    return names

