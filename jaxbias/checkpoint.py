@@ -11,15 +11,22 @@ position-weighted sum per array, computed on the device), checked when it is
 read back: a damaged newest checkpoint (a flipped bit, a truncated file,
 unreadable metadata) is moved aside to ``<directory>.damaged/`` with a
 warning, and the previous one is used instead.
+
+A Ctrl-C (SIGINT) that arrives while a checkpoint is being written is held
+back until the write is complete (:func:`interrupts_deferred`): raised inside
+orbax's asynchronous writer, it aborted or hung the process.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -43,6 +50,34 @@ def _errno(e: BaseException) -> int | None:
             return int(code.group(1))
         e = e.__cause__ or e.__context__
     return None
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold a Ctrl-C (SIGINT) back until the block ends, then raise ``KeyboardInterrupt``; a second one acts at once.
+
+    Yields a function that says whether one is held: a loop raises at its safe
+    points. Only where Python's own SIGINT handler is installed, in the main
+    thread: a handler of the caller's (or SIGINT ignored, or a block already
+    deferring) is left as it is.
+    """
+    caught: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
+        return
+
+    def hold(signum, frame):
+        caught.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield lambda: bool(caught)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class CheckpointError(RuntimeError):
@@ -101,7 +136,14 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
-        """Write the checkpoint of ``epoch`` (with the state's fingerprint) and wait until it is on disk."""
+        """Write the checkpoint of ``epoch`` (with the state's fingerprint) and wait until it is on disk.
+
+        A Ctrl-C meanwhile takes effect once it is written (:func:`interrupts_deferred`).
+        """
+        with interrupts_deferred():
+            self._save(epoch, state, meta)
+
+    def _save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
         meta = {**meta, "fingerprint": fingerprint(state)}
         try:
             self._manager.save(
@@ -203,4 +245,5 @@ class Checkpointer:
         return dict(restored["meta"])
 
     def close(self) -> None:
-        self._manager.close()
+        with interrupts_deferred():
+            self._manager.close()

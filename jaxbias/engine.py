@@ -195,7 +195,9 @@ def write_history(path: str | None, rows: list[dict[str, Any]]) -> None:
 class _HostFeed:
     """Gather on the host, place, call the jitted step once per step."""
 
-    def __init__(self, step, train: Batch, layout: Layout, *, n: int, batch_size: int, drop_last: bool):
+    def __init__(self, step, train: Batch, layout: Layout, *, n: int, batch_size: int, drop_last: bool,
+                 interrupted: Callable[[], bool] = lambda: False):
+        self.interrupted = interrupted  # checked before each step: see run_epochs
         self.train = Batch(*(None if a is None else np.asarray(a) for a in train))
         self.layout = layout
         self.step = layout.jit(lambda st, b, args: _placed_step(step, layout, st, b, args))
@@ -207,6 +209,7 @@ class _HostFeed:
         rows = list(to_host(full)) + ([to_host(last)] if last is not None else [])
         state, ms = lane.state, []
         for t, idx in enumerate(rows):  # per step: one call of the compiled step, nothing else on the device
+            _stop_if(self.interrupted)
             state, m = self.step(state, self.layout.gather(self.train, idx), lane.args)
             ms.append(m)
             if bar is not None:
@@ -220,7 +223,9 @@ class _HostFeed:
 class _DeviceFeed:
     """The data on the device once; each epoch (or chunk) one compiled ``lax.scan`` of steps."""
 
-    def __init__(self, step, train: Batch, layout: Layout, *, n: int, batch_size: int, drop_last: bool):
+    def __init__(self, step, train: Batch, layout: Layout, *, n: int, batch_size: int, drop_last: bool,
+                 interrupted: Callable[[], bool] = lambda: False):
+        self.interrupted = interrupted  # checked before each chunk: see run_epochs
         self.layout = layout
         self.data = layout.put(train, "data")  # host or device arrays, sent (or kept) once
         self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
@@ -256,6 +261,7 @@ class _DeviceFeed:
         size = max(s, 1) if bar is None else _bar_chunk(s)
         state, sums, losses = lane.state, None, []
         for start in self.starts[size]:  # size divides s: every chunk has the same length
+            _stop_if(self.interrupted)
             state, ms = self._chunk[size](state, self.data, full, start, lane.args)
             sums = self.add(sums, ms)
             losses.append(ms["loss"])
@@ -370,6 +376,7 @@ def run_epochs(
     Raises:
       FileExistsError: ``workdir`` holds checkpoints and ``resume`` is false.
       ValueError: a bad ``feed``, or ``must_match`` differs from the saved run.
+      KeyboardInterrupt: a Ctrl-C, at the next step, chunk or epoch (never inside a checkpoint write).
     """
     layout = layout or Layout()
     n = check_train(train)
@@ -439,11 +446,17 @@ def run_epochs(
 
     losses: list[jax.Array] = []
     try:
+        from jaxbias.checkpoint import interrupts_deferred
+
+        # a Ctrl-C is held back to the loop's safe points (between steps, chunks and epochs): raised elsewhere
+        # (orbax's writer, a host callback of the batch order) it could abort or hang the process
+        interrupts = held.enter_context(interrupts_deferred())
         feeder = (_DeviceFeed if kind == "device" else _HostFeed)(step, train, layout, n=n, batch_size=batch_size,
-                                                                  drop_last=drop_last)
+                                                                  drop_last=drop_last, interrupted=interrupts)
         steps_per_epoch = num_batches(n, batch_size, drop_last)
         epoch_ids = [jnp.asarray(e, jnp.int32) for e in range(start, epochs)]
         for epoch in range(start, epochs):
+            _stop_if(interrupts)
             t0 = time.perf_counter()
             bar = progress_bar(steps_per_epoch * len(lanes), f"epoch {epoch + 1}/{epochs}{desc}", progress)
             sums, epoch_losses = [], []
@@ -467,6 +480,11 @@ def run_epochs(
     finally:
         held.close()
     return LoopResult(lanes=lanes, rows=rows, losses=losses, resumed_from=resumed_from)
+
+
+def _stop_if(interrupted: Callable[[], bool]) -> None:
+    if interrupted():
+        raise KeyboardInterrupt
 
 
 def _check_saved(saved: Mapping[str, Any], must_match: Mapping[str, Any] | None, workdir: Any) -> None:
