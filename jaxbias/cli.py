@@ -42,13 +42,6 @@ def _names(text: str) -> tuple[str, ...]:
     return out
 
 
-def _rho(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"--rho must be in [0, 1], got {text}")
-    return v
-
-
 def _kv(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--hp expects KEY=VALUE, got {text!r}")

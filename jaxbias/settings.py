@@ -113,7 +113,9 @@ def build(cls: type, values: Mapping[str, Any] | None, *, what: str) -> Any:
 
 
 def as_dict(value: Any) -> dict[str, Any]:
-    """A settings dataclass as JSON-able values (tuples as lists)."""
+    """A settings dataclass as JSON-able values (tuples as lists); a mapping as a dict, ``None`` as ``{}``."""
+    if not dataclasses.is_dataclass(value):
+        return dict(value or {})
     return {f.name: (list(v) if isinstance(v := getattr(value, f.name), tuple) else v)
             for f in dataclasses.fields(value)}
 

@@ -153,8 +153,7 @@ class RunConfig:
         from jaxbias import methods
 
         def need(ok: bool, field: str, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"{field} must be {expected}; got {getattr(self, field)!r}")
+            settings_lib.need(ok, self, field, expected)
 
         def is_int(v) -> bool:
             return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -214,8 +213,7 @@ class RunConfig:
         flat = {k: changes.pop(k) for k in list(changes) if k in data_fields(dataset)}
         if flat or ("dataset" in changes and "data" not in changes):
             base = changes.get("data", self.data if dataset == self.dataset else None)
-            base = settings_lib.as_dict(base) if dataclasses.is_dataclass(base) else dict(base or {})
-            changes["data"] = {**base, **flat}
+            changes["data"] = {**settings_lib.as_dict(base), **flat}
         return dataclasses.replace(self, **changes)
 
     def load_data(self, data: Any = None) -> Dataset:
@@ -265,7 +263,7 @@ class RunConfig:
             raise ValueError(f"dataset must be one of {datasets_lib.available()}; got {dataset!r}")
         mine = data_fields(dataset)
         data = d.pop("data", None)
-        data = dict(settings_lib.as_dict(data) if dataclasses.is_dataclass(data) else data or {})
+        data = settings_lib.as_dict(data)
         for k in [k for k in d if k in mine or k in _FLAT_DATA_DEFAULTS]:
             v = d.pop(k)
             if k in mine:
