@@ -14,27 +14,6 @@ import threading
 from typing import Any, Sequence
 
 
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        ch = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--channels expects comma-separated integers, got {text!r}") from None
-    if len(ch) != 4 or min(ch) < 1:
-        raise argparse.ArgumentTypeError(f"--channels expects 4 positive integers, got {text!r}")
-    return ch
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(s) for s in text.split(","))  # an empty element (16,,8) is refused, not dropped
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden expects comma-separated integers (no empty element), got "
-                                         f"{text!r}") from None
-    if min(out) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden expects positive widths, got {text!r}")
-    return out
-
-
 def _names(text: str) -> tuple[str, ...]:
     out = tuple(s.strip() for s in text.split(",") if s.strip())
     if not out:
@@ -76,8 +55,8 @@ def _print_eval(results: dict[str, Any], as_json: bool) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The run settings (:class:`jaxbias.runs.RunConfig`) as flags; a flag given overrides ``--config``."""
-    from jaxbias import datasets, methods
-    from jaxbias.runs import MODELS, RunConfig
+    from jaxbias import datasets, methods, models
+    from jaxbias.runs import RunConfig
 
     S = argparse.SUPPRESS  # only flags given reach the namespace: the others come from --config or the defaults
     defaults = RunConfig()
@@ -90,9 +69,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=S, choices=datasets.available(),
                    help="a dataset of jaxbias.datasets (a new file there is a new dataset); its settings are the "
                    f"data flags below; default {d('dataset')}")
-    p.add_argument("--model", default=S, choices=list(MODELS),
-                   help="simple_conv (4 conv blocks, --channels) or mlp (--hidden; FMD's Colored-MNIST/Adult model)")
-    p.add_argument("--hidden", type=_widths, default=S, help="mlp: hidden widths, comma-separated (default 100,100,100)")
+    p.add_argument("--model", default=S, choices=models.available(),
+                   help="a registered model (jaxbias.models.register); its settings are the model flags below; "
+                   f"default {d('model')}")
     p.add_argument("--maps", default=S, metavar="DIR",
                    help="per-image maps of the training images from `jaxbias attribute --out DIR` on the same data, "
                    "as the training masks (what --method targeted_noise hides)")
@@ -105,32 +84,49 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decay-every", type=int, default=S,
                    help=f"multiply the learning rate by 0.1 every N epochs (0: never; default {d('decay_every')})")
     p.add_argument("--seed", type=int, default=S, help="default 0")
-    p.add_argument("--channels", type=_channels, default=S, help="channels of the 4 conv blocks (default 16,32,64,128)")
-    p.add_argument("--last-activation", default=S, choices=["relu", "tanh"],
-                   help="activation of the last conv block (default tanh, as in EnD's released network: "
-                   "with ReLU the pooled features are non-negative and EnD cannot decorrelate them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--feed", default=S, choices=["auto", "device", "host"],
                    help="how batches reach the step: device = the training set on the device, each epoch one "
                    "compiled scan; host = gathered and sent per step; auto (default) = device when the data fit")
     _add_data_args(p, datasets.available())
+    _add_owned_args(p, "model", {n: models.get(n).Settings for n in models.available()},
+                    "model settings (from each registered model's Settings; those of --model apply)",
+                    taken=set(RunConfig.__dataclass_fields__) | _data_names())
     _add_method_args(p, methods.training())
 
 
+def _data_names() -> set[str]:
+    from jaxbias import datasets
+    from jaxbias.runs.config import data_fields
+
+    return {f for n in datasets.available() for f in data_fields(n)}
+
+
 def _add_data_args(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    """One flag per data setting of the given datasets, read from each dataset's ``Settings`` (its field types,
-    ``CHOICES``, defaults and docstring); a flag serves every dataset with a field of its name."""
+    """The data flags of the given datasets (:func:`_add_owned_args` of their ``Settings``)."""
+    from jaxbias import datasets
+    from jaxbias.runs import RunConfig
+
+    _add_owned_args(p, "data", {n: datasets.get(n).Settings for n in names},
+                    "data settings (from each dataset's Settings; those of --dataset apply)",
+                    taken=set(RunConfig.__dataclass_fields__))
+
+
+def _add_owned_args(p: argparse.ArgumentParser, kind: str, classes: dict[str, type], title: str, *,
+                    taken: set[str]) -> None:
+    """One flag per field of the owners' settings classes (``kind``: ``data`` or ``model``), read from each class
+    (its field types, ``CHOICES``, defaults and docstring); a flag serves every owner with a field of its name.
+    A field named like a run setting (``taken``) is ``--KIND-NAME``."""
     import dataclasses
     import typing
 
-    from jaxbias import datasets, settings
+    from jaxbias import settings
 
     owners: dict[str, list[str]] = {}
     hints: dict[str, Any] = {}
     choices: dict[str, list[Any]] = {}
     helps: dict[str, dict[str, list[str]]] = {}
-    for name in names:
-        cls = datasets.get(name).Settings
+    for name, cls in classes.items():
         docs, types = settings.attribute_docs(cls), typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             owners.setdefault(f.name, []).append(name)
@@ -142,25 +138,33 @@ def _add_data_args(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
             shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
             text = settings.plain(docs.get(f.name, f.name)).replace("%", "%%") + f" (default {shown})"
             helps.setdefault(f.name, {}).setdefault(text, []).append(name)
-    group = p.add_argument_group("data settings (from each dataset's Settings; those of --dataset apply)")
+    group = p.add_argument_group(title)
+    flags = {}
     for field in owners:
-        flag = "--" + field.replace("_", "-")
-        group.add_argument(flag, dest=f"data__{field}", default=argparse.SUPPRESS,
+        flags[field] = flag = "--" + (f"{kind}-{field}" if field in taken else field).replace("_", "-")
+        group.add_argument(flag, dest=f"{kind}__{field}", default=argparse.SUPPRESS,
                            metavar=None if field in choices else "V",
                            type=_settings_type(hints[field], flag), choices=choices.get(field),
                            help=" | ".join(f"{', '.join(who)}: {text}" for text, who in helps[field].items()))
-    p.set_defaults(_data_owners=owners)
+    p.set_defaults(**{f"_{kind}_owners": owners, f"_{kind}_flags": flags})
+
+
+def _owned_overrides(args: argparse.Namespace, kind: str, owner: str) -> dict[str, Any]:
+    """The ``kind`` (``data``/``model``) settings given as flags, checked to be settings of ``owner``."""
+    owners, flags = getattr(args, f"_{kind}_owners", {}), getattr(args, f"_{kind}_flags", {})
+    prefix = f"{kind}__"
+    given = {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    word = "dataset" if kind == "data" else kind
+    for field in given:
+        if owner not in owners.get(field, ()):
+            raise ValueError(f"{flags[field]} is a setting of {', '.join(owners.get(field, []))}, not of {word} "
+                             f"{owner!r}")
+    return given
 
 
 def _data_overrides(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
     """The data settings given as flags, checked to be settings of ``dataset``."""
-    owners = getattr(args, "_data_owners", {})
-    given = {k[6:]: v for k, v in vars(args).items() if k.startswith("data__")}
-    for field in given:
-        if dataset not in owners.get(field, ()):
-            raise ValueError(f"--{field.replace('_', '-')} is a setting of {', '.join(owners.get(field, []))}, not "
-                             f"of dataset {dataset!r}")
-    return given
+    return _owned_overrides(args, "data", dataset)
 
 
 def _reserved() -> set[str]:
@@ -240,6 +244,9 @@ def run_config(args: argparse.Namespace, **extra: Any):
     file = RunConfig.read(path) if path else {}
     method = given.get("method", file.get("method", RunConfig.method))
     dataset = given.get("dataset", file.get("dataset", RunConfig.dataset))
+    file_model = file.get("model", RunConfig.model)
+    model = given.get("model", file_model.get("name") if isinstance(file_model, dict) else file_model)
+    model_flags = _owned_overrides(args, "model", model)
     # the file's hyperparameters go with the method that results, its data settings with the dataset that
     # results; those of a file whose own method or dataset the flags replace are left out
     file_hp = dict(file.get("hparams") or {}) if file.get("method", method) == method else {}
@@ -248,7 +255,7 @@ def run_config(args: argparse.Namespace, **extra: Any):
         file.pop("data", None)
         for k in data_fields(own) if own in datasets.available() else ():
             file.pop(k, None)
-    overrides = {**given, **extra, **_data_overrides(args, dataset),
+    overrides = {**given, **extra, **_data_overrides(args, dataset), **({"model_settings": model_flags} if model_flags else {}),
                  "hparams": {**file_hp, **_method_overrides(args, method)}}
     try:
         return RunConfig.from_dict(file, **overrides)

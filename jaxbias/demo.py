@@ -85,7 +85,8 @@ def run_demo(
     views: list[dict[str, dict[str, Any]]] = []
     figures: dict[str, Any] = {}
     for seed in range(seeds):
-        config = RunConfig(dataset="artifact_mnist", data={**ARTIFACT, "source": "offline"}, seed=seed, channels=DEMO_CHANNELS,
+        config = RunConfig(dataset="artifact_mnist", data={**ARTIFACT, "source": "offline"}, seed=seed,
+                           model_settings={"channels": DEMO_CHANNELS},
                            **{**BASE, "epochs": base_epochs,
                               "decay_every": QUICK["decay_every"] if quick else BASE["decay_every"]},
                            eval_every=base_epochs)

@@ -11,11 +11,11 @@ from typing import Any, Mapping
 
 from jaxbias import runs
 from jaxbias import datasets as datasets_lib
-from jaxbias.runs.config import DEMO_CHANNELS, FULL_CHANNELS, MODELS, RunConfig
+from jaxbias.runs.config import DEMO_CHANNELS, FULL_CHANNELS, RunConfig
 from jaxbias.runs.measure import evaluate as _evaluate
 from jaxbias.runs.measure import heatmaps as _heatmaps
 
-__all__ = ["DATASETS", "DEMO_CHANNELS", "FULL_CHANNELS", "MODELS", "evaluate_workdir", "heatmaps_workdir",
+__all__ = ["DATASETS", "DEMO_CHANNELS", "FULL_CHANNELS", "evaluate_workdir", "heatmaps_workdir",
            "load_biased_mnist", "load_dataset", "restore_workdir", "sweep_model", "train_model",
            "train_biased_mnist"]
 

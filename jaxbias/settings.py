@@ -65,7 +65,10 @@ def parse_text(hint: Any, text: str) -> Any:
         return base(text)
     if typing.get_origin(base) is tuple:
         (item, *_) = typing.get_args(base) or (str,)
-        return tuple(item(s.strip()) for s in text.split(",") if s.strip())
+        parts = [s.strip() for s in text.split(",")] if text.strip() else []
+        if "" in parts:  # 16,,8 is a typo, not (16, 8)
+            raise ValueError(f"expected {type_words(hint)} without an empty element; got {text!r}")
+        return tuple(item(s) for s in parts)
     return text
 
 

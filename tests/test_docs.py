@@ -164,7 +164,8 @@ def run_bash(block: Block, adult: Path) -> None:
 
 def run_python(block: Block) -> None:
     namespace = {"__name__": "__docs__"}
-    exec(compile(block.code, block.id, "exec"), namespace)  # noqa: S102 - the docs' own examples
+    # the docs' own examples, run as a script would (dont_inherit: not under this file's __future__ flags)
+    exec(compile(block.code, block.id, "exec", dont_inherit=True), namespace)  # noqa: S102
 
 
 def write_toml(block: Block) -> None:

@@ -9,7 +9,7 @@ from jaxbias.runs import RunConfig
 
 
 def test_config_round_trips_through_json():
-    config = RunConfig(dataset="artifact_mnist", data={"artifact": "blend", "p": 0.7}, model="mlp", hidden=(32, 16),
+    config = RunConfig(dataset="artifact_mnist", data={"artifact": "blend", "p": 0.7}, model="mlp", model_settings={"hidden": (32, 16)},
                        method="rrr", hparams={"lam": "10", "variant": "cosine"}, epochs=3, decay_every=0, seed=4,
                        members=({"lam": 1.0, "seed": 0}, {"lam": 2.0, "seed": 1}), feed="host")
     assert config.hparams == {"lam": 10.0, "variant": "cosine"}  # typed once, from text or values
@@ -42,7 +42,9 @@ def test_a_config_is_immutable_and_hashable():
     ({"method": "end", "hparams": {"alpha": "x"}}, "hyperparameter 'alpha' of method 'end' expects float"),
     ({"method": "rrr", "hparams": {"alpha": 1.0}}, "hyperparameter 'alpha' is not one of method 'rrr'"),
     ({"feed": "disk"}, "feed must be one of"),
-    ({"channels": (4, 8)}, "channels must be 4 positive ints"),
+    ({"model_settings": {"channels": (4, 0)}}, "channels must be positive ints, one per block"),
+    ({"model_settings": {"hidden": (4,)}}, "unknown settings of model 'simple_conv' ['hidden']"),
+    ({"model": "resnet50"}, "model must be one of"),
     ({"trainable": ("fc",)}, "set init_from"),
 ])
 def test_bad_settings_name_the_setting(bad, message):
@@ -55,7 +57,7 @@ def test_config_file_toml_and_json(tmp_path):
     toml.write_text('dataset = "adult"\nmodel = "mlp"\nhidden = [64, 32]\nmethod = "end"\nepochs = 5\n'
                     'lr = 1\n[hparams]\nalpha = 2\n')
     config = RunConfig.load(toml, epochs=7)  # overrides win
-    assert (config.dataset, config.hidden, config.epochs, config.lr) == ("adult", (64, 32), 7, 1.0)
+    assert (config.dataset, config.model_settings.hidden, config.epochs, config.lr) == ("adult", (64, 32), 7, 1.0)
     assert config.hparams == {"alpha": 2.0}
     js = tmp_path / "run.json"
     js.write_text(json.dumps(config.to_dict()))
@@ -120,7 +122,7 @@ def test_restore_reads_the_state_without_fitting_anything(tmp_path, monkeypatch)
     """A corrected (RR-ClArC) run restores into eval_shape's template: the CAV comes from the checkpoint."""
     from jaxbias.methods import _clarc
 
-    base = runs.train(RunConfig(dataset="artifact_mnist", channels=(2, 2, 2, 2), batch_size=100, epochs=1),
+    base = runs.train(RunConfig(dataset="artifact_mnist", model_settings={"channels": (2, 2, 2, 2)}, batch_size=100, epochs=1),
                       workdir=str(tmp_path / "base"), progress=False)
     fixed = runs.train(RunConfig(dataset="artifact_mnist", method="rrclarc", init_from=base, epochs=1,
                                  batch_size=100, hparams={"lam": 1.0}), workdir=str(tmp_path / "rr"), progress=False)
@@ -139,7 +141,7 @@ def test_restore_reads_the_state_without_fitting_anything(tmp_path, monkeypatch)
 @pytest.mark.usefixtures("fewer_digits")
 def test_a_sweep_member_is_a_run_passed_on_in_memory(tmp_path):
     """runs.sweep returns a Sweep; member(i) is a Run with its own settings that evaluates and starts a correction."""
-    sw = runs.sweep(RunConfig(dataset="artifact_mnist", channels=(2, 2, 2, 2), batch_size=100, epochs=1,
+    sw = runs.sweep(RunConfig(dataset="artifact_mnist", model_settings={"channels": (2, 2, 2, 2)}, batch_size=100, epochs=1,
                               members=({"lr": 1e-3, "seed": 0}, {"lr": 3e-3, "seed": 1})), progress=False)
     assert len(sw) == 2 and sw.results["traces"] == 1
     member = sw.member(1)

@@ -34,7 +34,7 @@ def test_region_mnist_dataset_view(small):
 
 
 def test_maps_pass_from_attribution_to_training_in_memory_and_through_the_workdir(small, tmp_path):
-    cfg = RunConfig(dataset="region_mnist", seed=0, channels=(2, 2, 2, 2), epochs=1, batch_size=32,
+    cfg = RunConfig(dataset="region_mnist", seed=0, model_settings={"channels": (2, 2, 2, 2)}, epochs=1, batch_size=32,
                     decay_every=None)
     att = runs.attribute(cfg, REGION, data=small, workdir=str(tmp_path / "attr"))
     assert att.specific.shape == (64, 64, 64) and att.general.shape == (64, 64)

@@ -38,7 +38,7 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
         b = cfg["base"]
         config = RunConfig(dataset="artifact_mnist", data={k: cfg[k] for k in ("artifact", "artifact_class", "p", "source")},
                            epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"], weight_decay=b["weight_decay"], decay_every=b["decay_every"], seed=seed,
-                           channels=tuple(b["channels"]), eval_every=b["epochs"])
+                           model_settings={"channels": tuple(b["channels"])}, eval_every=b["epochs"])
         data = config.load_data()  # the base and every correction of a seed see the same images
         base = runs_lib.train(config, data=data, workdir=os.path.join(workroot, f"base_s{seed}"), resume="auto",
                               progress=progress)

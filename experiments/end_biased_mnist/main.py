@@ -32,8 +32,9 @@ def run(cfg: dict, *, out_dir: str, name: str, progress: bool, workroot: str | N
         for seed in cfg["seeds"]:
             config = RunConfig(dataset="biased_mnist", data={"rho": rho, "source": cfg["source"]}, epochs=cfg["epochs"],
                                batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                               decay_every=cfg["decay_every"], seed=seed, channels=tuple(cfg["channels"]),
-                               last_activation=cfg["last_activation"], eval_every=cfg["epochs"])
+                               decay_every=cfg["decay_every"], seed=seed,
+                               model_settings={"channels": tuple(cfg["channels"]),
+                                               "last_activation": cfg["last_activation"]}, eval_every=cfg["epochs"])
             data = config.load_data()  # every method of a seed trains on the same coloured digits
             for method, hp in cfg["methods"].items():
                 workdir = None if workroot is None else os.path.join(workroot, f"rho{rho}_{method}_s{seed}")
@@ -41,7 +42,7 @@ def run(cfg: dict, *, out_dir: str, name: str, progress: bool, workroot: str | N
                                  workdir=workdir, resume="auto")
                 ev = run.results["eval"]
                 row = {
-                    "rho": rho, "method": method, "seed": seed, "source": run.record["source"],
+                    "rho": rho, "method": method, "seed": seed, "source": run.record["data"]["source"],
                     "biased": ev["biased"]["accuracy"], "unbiased": ev["unbiased"]["accuracy"],
                     "unbiased_group_mean": ev["unbiased"]["group_mean"],
                     "conflicting": ev["unbiased"]["conflicting"], "seconds": run.seconds,

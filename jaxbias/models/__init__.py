@@ -3,10 +3,14 @@
 :func:`init` creates ``(params, state)`` and :func:`bind` turns a module and its
 non-trainable state into the plain function the methods call:
 ``model(params, x, *, perturb=None, edit=None) -> ModelOutput``.
+
+The models the run layer and the CLI know are registered (:mod:`.registry`):
+each bundled model's file calls :func:`register` with its factory and
+``Settings``, as a model of yours does.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,28 +19,30 @@ from jaxbias.models.convnet import SimpleConvNet
 from jaxbias.models.efficientnet import EfficientNetB0
 from jaxbias.models.mlp import MLP
 from jaxbias.models.resnet import ResNet18
+from jaxbias.models.registry import Model, NoSettings, available, get, register, unregister
 from jaxbias.models.vgg import VGG16
 from jaxbias.types import BoundModel, ModelOutput, ModelState, Params
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "simple_conv": SimpleConvNet,
-    "mlp": MLP,
-    "vgg16": VGG16,
-    "resnet18": ResNet18,
-    "efficientnet_b0": EfficientNetB0,
-}
-
 
 def create(name: str, **kwargs: Any) -> nn.Module:
-    """Build a bundled model by name.
+    """A registered model's factory called with ``kwargs`` (the module's own defaults for the rest).
 
-    Names: ``"simple_conv"`` (Biased MNIST), ``"mlp"`` (FMD), and torchvision's
+    Bundled: ``"simple_conv"`` (Biased MNIST), ``"mlp"`` (FMD), and torchvision's
     ImageNet architectures ``"vgg16"``, ``"resnet18"``, ``"efficientnet_b0"``
     (their weights: :func:`jaxbias.models.torchvision_weights.load_torchvision`).
+    The run layer builds from a model's ``Settings`` instead (:meth:`Model.build`).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"model name {name!r} is unknown; expected one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+    return get(name).factory(**kwargs)
+
+
+def settings(name: str, values: Any = None) -> Any:
+    """Model ``name``'s ``Settings`` from ``None``, a mapping or a ``Settings`` value (:meth:`Model.settings`)."""
+    return get(name).settings(values)
+
+
+def build(name: str, values: Any = None, *, num_classes: int) -> nn.Module:
+    """Model ``name``'s module for these settings and this many classes (:meth:`Model.build`)."""
+    return get(name).build(values, num_classes=num_classes)
 
 
 def init(module: nn.Module, key: jax.Array, sample_x: jax.Array) -> tuple[Params, ModelState]:
@@ -69,4 +75,5 @@ def bind(module: nn.Module, state: ModelState, *, train: bool) -> BoundModel:
     return model
 
 
-__all__ = ["SimpleConvNet", "MLP", "VGG16", "ResNet18", "EfficientNetB0", "create", "init", "bind"]
+__all__ = ["SimpleConvNet", "MLP", "VGG16", "ResNet18", "EfficientNetB0", "Model", "NoSettings", "available", "bind",
+           "build", "create", "get", "init", "register", "settings", "unregister"]

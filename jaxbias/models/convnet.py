@@ -7,14 +7,17 @@ the pooled features (layer ``"features"``).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import dataclasses
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbias import settings as settings_lib
 from jaxbias.models.conv import Conv
 from jaxbias.models.layers import check_hooks, tap
+from jaxbias.models.registry import register
 
 Array = jax.Array
 
@@ -78,3 +81,29 @@ class SimpleConvNet(nn.Module):
         logits = tap("logits", nn.Dense(self.num_classes, name="fc")(h), acts, perturb, edit)
         check_hooks(acts, perturb, edit)
         return logits, acts
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The run layer's SimpleConvNet (``--model simple_conv``).
+
+    Attributes:
+      channels: channels of the conv blocks, one block each (ReBias/EnD: 16,32,64,128).
+      kernel_size: side of the square convolution kernels (7 in the papers).
+      last_activation: activation of the last block: tanh (EnD's released network: with relu the pooled features
+        are non-negative and EnD cannot decorrelate them) or relu (ReBias).
+    """
+
+    CHOICES: ClassVar[dict] = {"last_activation": tuple(_ACTIVATIONS)}
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    kernel_size: int = 7
+    last_activation: str = "tanh"
+
+    def __post_init__(self):
+        settings_lib.check(self)
+        settings_lib.need(len(self.channels) >= 1 and min(self.channels) >= 1, self, "channels",
+                          "positive ints, one per block")
+        settings_lib.need(self.kernel_size >= 1, self, "kernel_size", "a positive int")
+
+
+register("simple_conv", SimpleConvNet, Settings)

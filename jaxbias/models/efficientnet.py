@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from jaxbias.models._imagenet import KAIMING_FAN_OUT, batch_norm, check_images, check_rate, conv, uniform
 from jaxbias.models.layers import check_hooks, tap
+from jaxbias.models.registry import register
 
 Array = jax.Array
 
@@ -152,3 +153,7 @@ class EfficientNetB0(nn.Module):
         logits = tap("logits", fc(h), acts, perturb, edit)
         check_hooks(acts, perturb, edit)
         return logits, acts
+
+
+# no settings in the run layer: its model call passes no dropout key, so the dropout rates stay 0
+register("efficientnet_b0", EfficientNetB0)

@@ -1,13 +1,16 @@
 """A multilayer perceptron with named layers (FMD's Colored-MNIST/Adult models)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbias import settings as settings_lib
 from jaxbias.models.layers import check_hooks, tap
+from jaxbias.models.registry import register
 
 Array = jax.Array
 
@@ -45,3 +48,22 @@ class MLP(nn.Module):
         logits = tap("logits", nn.Dense(self.num_classes, name="out")(h), acts, perturb, edit)
         check_hooks(acts, perturb, edit)
         return logits, acts
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The run layer's MLP (``--model mlp``).
+
+    Attributes:
+      hidden: widths of the hidden layers (FMD's Colored-MNIST model: 100,100,100).
+    """
+
+    hidden: tuple[int, ...] = (100, 100, 100)
+
+    def __post_init__(self):
+        settings_lib.check(self)
+        settings_lib.need(len(self.hidden) >= 1 and min(self.hidden) >= 1, self, "hidden",
+                          "positive ints, one per hidden layer")
+
+
+register("mlp", MLP, Settings)

@@ -22,6 +22,7 @@ from jaxbias.models._imagenet import (
     torch_linear_kernel_init,
 )
 from jaxbias.models.layers import check_hooks, tap
+from jaxbias.models.registry import register
 
 Array = jax.Array
 
@@ -110,3 +111,7 @@ class ResNet18(nn.Module):
         logits = tap("logits", fc(h), acts, perturb, edit)
         check_hooks(acts, perturb, edit)
         return logits, acts
+
+
+# no settings in the run layer: its model call passes no dropout key, so the dropout rates stay 0
+register("resnet18", ResNet18)

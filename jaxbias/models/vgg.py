@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxbias.models._imagenet import KAIMING_FAN_OUT, check_images, check_rate
 from jaxbias.models.conv import Conv
 from jaxbias.models.layers import adaptive_avg_pool, check_hooks, tap
+from jaxbias.models.registry import register
 
 Array = jax.Array
 
@@ -85,3 +86,7 @@ class VGG16(nn.Module):
         logits = tap("logits", logits, acts, perturb, edit)
         check_hooks(acts, perturb, edit)
         return logits, acts
+
+
+# no settings in the run layer: its model call passes no dropout key, so the dropout rates stay 0
+register("vgg16", VGG16)

@@ -14,9 +14,9 @@ calls the engine, the methods, the models and the measurements
 """
 from jaxbias.runs.attribution import Attribution, RegionConfig, attribute
 from jaxbias.datasets import Dataset
-from jaxbias.runs.config import DEMO_CHANNELS, FULL_CHANNELS, MODELS, RunConfig
+from jaxbias.runs.config import DEMO_CHANNELS, FULL_CHANNELS, RunConfig
 from jaxbias.runs.run import (Prepared, Run, Sweep, final_eval, fit_method_state, make_module, prepare, restore, sweep,
                              train)
 
-__all__ = ["Attribution", "RegionConfig", "attribute", "DEMO_CHANNELS", "FULL_CHANNELS", "MODELS", "Dataset", "Prepared", "Run", "RunConfig", "Sweep", "final_eval",
+__all__ = ["Attribution", "RegionConfig", "attribute", "DEMO_CHANNELS", "FULL_CHANNELS", "Dataset", "Prepared", "Run", "RunConfig", "Sweep", "final_eval",
            "fit_method_state", "make_module", "prepare", "restore", "sweep", "train"]

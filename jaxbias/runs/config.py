@@ -18,6 +18,7 @@ import typing
 from typing import Any, Mapping, Sequence
 
 from jaxbias import datasets as datasets_lib
+from jaxbias import models as models_lib
 from jaxbias import settings as settings_lib
 from jaxbias.datasets import Dataset
 
@@ -25,8 +26,6 @@ from jaxbias.datasets import Dataset
 #: because XLA:CPU trains 7×7 convolutions at 28×28 slowly (issue "CPU training speed").
 FULL_CHANNELS = (16, 32, 64, 128)
 DEMO_CHANNELS = (4, 8, 16, 32)
-#: Models of the run layer.
-MODELS = ("simple_conv", "mlp")
 FEEDS = ("auto", "device", "host")
 
 #: ``config.json`` keys that describe the data a run saw, written beside the configuration
@@ -97,7 +96,11 @@ class RunConfig:
       maps: per-image maps over the training images, put in the training batch's ``mask`` (what
         targeted noise hides): a workdir of ``jaxbias attribute`` on the same data, or a
         :class:`jaxbias.runs.Attribution` in memory; ``None``: the dataset's own masks.
-      model: ``simple_conv`` (``channels``, ``last_activation``) or ``mlp`` (``hidden``).
+      model: a registered model (:mod:`jaxbias.models.registry`): ``simple_conv``, ``mlp``, ``vgg16``,
+        ``resnet18``, ``efficientnet_b0`` or one you registered.
+      model_settings: the model's ``Settings`` (``simple_conv``: ``channels``, ``kernel_size``,
+        ``last_activation``; ``mlp``: ``hidden``), as a mapping or the value, like ``data``; :meth:`replace`
+        and :meth:`from_dict` also take its fields by name (``hidden=(64, 32)``).
       method, hparams: the training method and its hyperparameters (text or values).
       epochs, batch_size, lr, weight_decay, decay_every: Adam(W) with a step decay ×0.1 every ``decay_every`` epochs.
       seed: initialisation, data order and step keys.
@@ -115,9 +118,7 @@ class RunConfig:
     data_seed: int | None = None
     maps: Any = None
     model: str = "simple_conv"
-    channels: tuple[int, ...] = FULL_CHANNELS
-    last_activation: str = "tanh"
-    hidden: tuple[int, ...] = (100, 100, 100)
+    model_settings: Any = None
     method: str = "vanilla"
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     epochs: int = 80
@@ -136,7 +137,7 @@ class RunConfig:
     eval_every: int = 1
 
     def __post_init__(self):
-        for name in ("channels", "hidden", "trainable", "members"):
+        for name in ("trainable", "members"):
             v = getattr(self, name)
             if isinstance(v, (list, tuple)):
                 object.__setattr__(self, name, tuple(_freeze(m) if isinstance(m, Mapping) else m for m in v))
@@ -144,6 +145,10 @@ class RunConfig:
         if not (isinstance(self.dataset, str) and self.dataset in datasets_lib.available()):
             raise ValueError(f"dataset must be one of {datasets_lib.available()}; got {self.dataset!r}")
         object.__setattr__(self, "data", datasets_lib.settings(self.dataset, self.data))
+        if not (isinstance(self.model, str) and self.model in models_lib.available()):
+            raise ValueError(f"model must be one of {models_lib.available()} (or one registered with "
+                             f"jaxbias.models.register); got {self.model!r}")
+        object.__setattr__(self, "model_settings", models_lib.settings(self.model, self.model_settings))
         if self.decay_every == 0:
             object.__setattr__(self, "decay_every", None)
         self._check()
@@ -161,10 +166,6 @@ class RunConfig:
         def is_num(v) -> bool:
             return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
-        need(self.model in MODELS, "model", f"one of {MODELS}")
-        need(len(self.channels) == 4 and all(is_int(c) and c >= 1 for c in self.channels), "channels",
-             "4 positive ints")
-        need(len(self.hidden) >= 1 and all(is_int(h) and h >= 1 for h in self.hidden), "hidden", "positive ints")
         need(self.method in methods.available(), "method", f"one of {methods.available()}")
         if methods.kind(self.method).post_hoc:
             raise ValueError(f"method {self.method!r} is post-hoc (it edits a trained model) and has no training "
@@ -202,18 +203,18 @@ class RunConfig:
 
     def model_dict(self) -> dict[str, Any]:
         """The model as ``config.json`` stores it (without ``num_classes``, a fact of the data)."""
-        if self.model == "simple_conv":
-            return {"name": "simple_conv", "channels": list(self.channels), "last_activation": self.last_activation}
-        return {"name": "mlp", "hidden": list(self.hidden)}
+        return {"name": self.model, **settings_lib.as_dict(self.model_settings)}
 
     def replace(self, **changes: Any) -> "RunConfig":
-        """This configuration with ``changes``; the dataset's settings may be given by name (``rho=0.9``), on top
-        of this one's (or, with another ``dataset``, of its defaults)."""
-        dataset = changes.get("dataset", self.dataset)
-        flat = {k: changes.pop(k) for k in list(changes) if k in data_fields(dataset)}
-        if flat or ("dataset" in changes and "data" not in changes):
-            base = changes.get("data", self.data if dataset == self.dataset else None)
-            changes["data"] = {**settings_lib.as_dict(base), **flat}
+        """This configuration with ``changes``; the dataset's and the model's settings may be given by name
+        (``rho=0.9``, ``hidden=(64, 32)``), on top of this one's (or, with another ``dataset``/``model``, of
+        its defaults)."""
+        for kind, group, fields in (("dataset", "data", data_fields), ("model", "model_settings", model_fields)):
+            name = changes.get(kind, getattr(self, kind))
+            flat = {k: changes.pop(k) for k in list(changes) if k in fields(name)}
+            if flat or (kind in changes and group not in changes):
+                base = changes.get(group, getattr(self, group) if name == getattr(self, kind) else None)
+                changes[group] = {**settings_lib.as_dict(base), **flat}
         return dataclasses.replace(self, **changes)
 
     def load_data(self, data: Any = None) -> Dataset:
@@ -235,29 +236,25 @@ class RunConfig:
         out["data"] = settings_lib.as_dict(self.data)
         out["data_seed"] = self.resolved_data_seed
         out["model"] = self.model_dict()
-        for name in ("channels", "last_activation", "hidden"):
-            del out[name]  # inside "model"
+        del out["model_settings"]  # inside "model"
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "RunConfig":
         """A configuration from a mapping (a config file, a ``config.json``); ``overrides`` win.
 
-        ``model`` may be a name (with ``channels``/``hidden`` beside it) or
-        ``config.json``'s ``{"name": ..., ...}``; ``data`` a table of the dataset's settings, which
-        may also stand beside the other keys (``rho = 0.9``). Unknown keys are refused.
+        ``model`` may be a name (its settings in a ``model_settings`` table or beside the other keys:
+        ``hidden = [64, 32]``) or ``config.json``'s ``{"name": ..., ...}``; ``data`` a table of the
+        dataset's settings, which may also stand beside the other keys (``rho = 0.9``). Unknown keys are
+        refused. The model settings of ``overrides`` go on top of the file's (unless they name another model).
         """
-        d = dict(d)
-        for k in DERIVED:
-            d.pop(k, None)
-        model = d.get("model")
-        if isinstance(model, Mapping):
-            model = dict(model)
-            d["model"] = model.pop("name", None)
-            model.pop("num_classes", None)
-            for k, v in model.items():
-                d.setdefault(k, v)
-        d.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in DERIVED}
+        overrides = dict(overrides)
+        file_model, file_settings = _model_part(d, cls.model, known)
+        model, own = _model_part(overrides, file_model, known)
+        d.update(overrides)  # the settings of the file's model stay under the flags' unless the model changes
+        d["model"], d["model_settings"] = model, {**(file_settings if model == file_model else {}), **own}
         dataset = d.get("dataset", cls.dataset)
         if dataset not in datasets_lib.available():
             raise ValueError(f"dataset must be one of {datasets_lib.available()}; got {dataset!r}")
@@ -277,7 +274,6 @@ class RunConfig:
             if not settings_lib.base_type(hints[k])[1]:
                 del data[k]  # None for a field that takes none: its default (how older runs wrote image_size)
         d["data"] = data
-        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown run settings {unknown}; expected some of {sorted(known)}")
@@ -326,14 +322,43 @@ class RunConfig:
             raise ValueError(f"config file {os.fspath(path)!r}: {e}") from None
 
 
+def _model_part(d: dict[str, Any], default: str, known: set[str]) -> tuple[str, dict[str, Any]]:
+    """Pop the model's name and settings out of ``d`` (``model`` as a name or ``{"name": ..., **settings}``, a
+    ``model_settings`` mapping, its fields by name beside the other keys); a field of another model is refused."""
+    model = d.pop("model", default)
+    settings = {}
+    if isinstance(model, Mapping):
+        settings = {k: v for k, v in model.items() if k not in ("name", "num_classes")}
+        model = model.get("name", default)
+    if model not in models_lib.available():
+        raise ValueError(f"model must be one of {models_lib.available()} (or one registered with "
+                         f"jaxbias.models.register); got {model!r}")
+    settings.update(settings_lib.as_dict(d.pop("model_settings", None)))
+    mine = model_fields(model)
+    for k in [k for k in d if k not in known and any(k in model_fields(m) for m in models_lib.available())]:
+        if k not in mine:
+            owners = [m for m in models_lib.available() if k in model_fields(m)]
+            raise ValueError(f"{k} is a setting of model {', '.join(owners)}, not of model {model!r} (its settings: "
+                             f"{', '.join(mine) or 'none'})")
+        settings[k] = d.pop(k)
+    return model, settings
+
+
 def data_fields(dataset: str) -> list[str]:
     """The settings fields of a dataset."""
     return [f.name for f in dataclasses.fields(datasets_lib.get(dataset).Settings)]
 
 
+def model_fields(model: str) -> list[str]:
+    """The settings fields of a registered model."""
+    return [f.name for f in dataclasses.fields(models_lib.get(model).Settings)]
+
+
 def settings_names() -> Sequence[str]:
-    """The fields of :class:`RunConfig` and of every dataset's settings (the names a run setting may have)."""
+    """The fields of :class:`RunConfig` and of every dataset's and model's settings (the names a run setting may
+    have)."""
     names = [f.name for f in dataclasses.fields(RunConfig)]
-    for dataset in datasets_lib.available():
-        names += [n for n in data_fields(dataset) if n not in names]
+    for fields in [data_fields(n) for n in datasets_lib.available()] + [model_fields(n) for n in
+                                                                        models_lib.available()]:
+        names += [n for n in fields if n not in names]
     return names

@@ -11,6 +11,7 @@ workdir or that :class:`Run` itself, so experiments compose in memory.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,6 +25,7 @@ import numpy as np
 
 from jaxbias import methods as methods_lib
 from jaxbias import models as models_lib
+from jaxbias import settings as settings_lib
 from jaxbias.data.sources import SOURCES
 from jaxbias.runs.config import DERIVED, RunConfig
 from jaxbias.datasets import Dataset
@@ -105,12 +107,10 @@ class Prepared:
 
 
 def make_module(model: Mapping[str, Any]):
-    """The Flax module of ``config.json``'s ``model`` entry."""
-    kwargs = {"num_classes": int(model.get("num_classes", 10))}
-    if model["name"] == "mlp":
-        return models_lib.create("mlp", hidden=tuple(model["hidden"]), **kwargs)
-    return models_lib.create(model["name"], channels=tuple(model["channels"]),
-                             last_activation=model["last_activation"], **kwargs)
+    """The Flax module of ``config.json``'s ``model`` entry (``{"name": ..., **settings, "num_classes": ...}``)."""
+    model = dict(model)
+    name, num_classes = model.pop("name"), int(model.pop("num_classes", 10))
+    return models_lib.build(name, model, num_classes=num_classes)
 
 
 def input_shape(record: Mapping[str, Any]) -> tuple[int, ...]:
@@ -146,8 +146,7 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
         base = config.init_from if isinstance(config.init_from, Run) else restore(config.init_from)
     if base is not None:  # the model is the starting run's: the configuration says so too
         bc = base.config
-        config = config.replace(model=bc.model, channels=bc.channels, last_activation=bc.last_activation,
-                                hidden=bc.hidden)
+        config = config.replace(model=bc.model, model_settings=bc.model_settings)
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
     if sweep:  # the members' settings (equal members, a NaN lr) before the data, and before any workdir is written
@@ -220,6 +219,12 @@ def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
     """A ``config.json`` with the data settings beside the other keys (as runs wrote them before datasets had
     their own ``Settings``; such a file is read through :meth:`RunConfig.from_dict` to find them)."""
     record = dict(record)
+    model = record.get("model")
+    if isinstance(model, Mapping) and model.get("name") in models_lib.available():
+        # settings a model gained since the run was written compare as their defaults (kernel_size: 7)
+        fields = {k: v for k, v in model.items() if k not in ("name", "num_classes")}
+        with contextlib.suppress(ValueError, TypeError):
+            record["model"] = {**model, **settings_lib.as_dict(models_lib.settings(model["name"], fields))}
     if "data" not in record:
         try:
             record["data"] = RunConfig.from_dict(record).to_dict()["data"]

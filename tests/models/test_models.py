@@ -81,7 +81,7 @@ def test_unknown_layer_and_bad_shapes_raise(conv):
         model(params, x, perturb={"features": jnp.zeros((8,))})
     with pytest.raises(ValueError, match="x must be"):
         model(params, x[0])
-    with pytest.raises(ValueError, match="model name"):
+    with pytest.raises(ValueError, match="model 'resnet999' is unknown"):
         models.create("resnet999")
 
 

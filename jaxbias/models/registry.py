@@ -1,0 +1,105 @@
+"""The model registry: a model is a name, a factory and the settings the factory takes.
+
+``register(name, factory, Settings)`` makes a model known to the run layer,
+the CLI (``--model NAME`` and one flag per settings field) and config files
+(``model = "NAME"`` with its settings beside it or in ``config.json``'s
+``"model"`` entry). The bundled models register themselves this way in their
+own files; a model of yours is registered the same way.
+
+- ``factory(*, num_classes, **fields) -> module``: the classes count is a fact
+  of the data; the other keyword arguments are the fields of ``Settings``
+  (a Linen module class whose attributes they are is itself a factory);
+- ``Settings``: a frozen dataclass documenting its fields under
+  ``Attributes:`` (they become flags), an optional ``CHOICES`` class variable,
+  each field's type and ``CHOICES`` checked by the registry (more in its
+  ``__post_init__``); its defaults are the run layer's.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+from jaxbias import settings as settings_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSettings:
+    """A model without settings of its own."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A registered model.
+
+    Attributes:
+      name: its registry name.
+      factory: ``factory(*, num_classes, **settings fields) -> module``.
+      Settings: the frozen dataclass of its settings.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    Settings: type
+
+    def build(self, settings: Any = None, *, num_classes: int) -> Any:
+        """The module for these settings (see :func:`settings`) and this many classes."""
+        values = self.settings(settings)
+        return self.factory(num_classes=int(num_classes), **{f.name: getattr(values, f.name)
+                                                             for f in dataclasses.fields(values)})
+
+    def settings(self, values: Any = None) -> Any:
+        """``Settings`` from ``None`` (the defaults), a mapping (text or values, cast to each field's type;
+        unknown keys refused) or already a ``Settings`` value of this model."""
+        if isinstance(values, self.Settings):
+            settings_lib.check(values)
+            return values
+        if dataclasses.is_dataclass(values) and not isinstance(values, type):
+            raise ValueError(f"model settings {type(values).__module__}.{type(values).__qualname__} are not those "
+                             f"of model {self.name!r} ({self.Settings.__module__}.{self.Settings.__qualname__})")
+        if values is not None and not isinstance(values, Mapping):
+            raise ValueError(f"model settings of {self.name!r} must be a mapping or its Settings; got {values!r}")
+        built = settings_lib.build(self.Settings, values, what=f"settings of model {self.name!r}")
+        settings_lib.check(built)  # each field's type and CHOICES, whether or not its __post_init__ checks them
+        return built
+
+
+_MODELS: dict[str, Model] = {}
+
+
+def register(name: str, factory: Callable[..., Any], Settings: type = NoSettings, *, replace: bool = False) -> Model:
+    """Make ``factory`` known as model ``name`` (see the module's docstring); returns the entry.
+
+    A name already taken by another factory is refused unless ``replace`` (e.g. a notebook cell run again).
+    """
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise ValueError(f"a model name must be an identifier (it is a flag value and a config key); got {name!r}")
+    if not callable(factory):
+        raise ValueError(f"model {name!r}: factory must be callable; got {factory!r}")
+    if not (isinstance(Settings, type) and dataclasses.is_dataclass(Settings)):
+        raise ValueError(f"model {name!r}: Settings must be a dataclass; got {Settings!r}")
+    if "num_classes" in {f.name for f in dataclasses.fields(Settings)}:
+        raise ValueError(f"model {name!r}: num_classes comes from the data; take it out of {Settings.__qualname__}")
+    old = _MODELS.get(name)
+    if old is not None and old.factory is not factory and not replace:
+        raise ValueError(f"model {name!r} is registered already ({old.factory!r}); pass replace=True to replace it")
+    entry = Model(name, factory, Settings)
+    _MODELS[name] = entry
+    return entry
+
+
+def available() -> list[str]:
+    """The registered models' names."""
+    return sorted(_MODELS)
+
+
+def get(name: str) -> Model:
+    """The registered model ``name``."""
+    if name not in _MODELS:
+        raise ValueError(f"model {name!r} is unknown; expected one of {available()} (jaxbias.models.register adds one)")
+    return _MODELS[name]
+
+
+def unregister(name: str) -> None:
+    """Forget model ``name`` (a model registered for a while, e.g. in a test)."""
+    get(name)
+    del _MODELS[name]
