@@ -7,17 +7,21 @@ acts)``. The bundled networks record their layers with
 :func:`jaxbias.models.layers.tap`; a network written elsewhere does not, and
 need not be edited:
 
-``from_linen(module, layers=("layer4",))`` wraps any Linen module. The named
-submodules are tapped where their ``__call__`` returns, through
-:func:`flax.linen.intercept_methods`: their outputs appear in ``acts``,
+``from_linen(module, layers=("layer4",))`` wraps any Linen module, and
+``from_nnx(model, layers=(...))`` any ``flax.nnx`` model. The named
+submodules are tapped where their ``__call__`` returns (Linen: through
+:func:`flax.linen.intercept_methods`; NNX: on the model merged for each call
+from its pure state, ``nnx.split``/``nnx.merge``): their outputs appear in ``acts``,
 ``edit[name]`` replaces one and ``perturb[name]`` is added to it, exactly as
 ``tap`` does inside a bundled network, and the rest of the forward pass sees the
-changed value. The network's parameters are the wrapper's own (the two share
-one scope), so weights saved for the unwrapped network load unchanged.
+changed value. The network's parameters are the wrapper's own (Linen: the two
+share one scope; NNX: its ``nnx.Param`` state as a nested dict, list indices as
+``"0"``, ``"1"``…; its ``nnx.BatchStat`` state in ``batch_stats``), so weights
+saved for the unwrapped network load unchanged.
 
 Layer names are submodule paths below the network, ``/``-separated
-(``"layer4"``, ``"backbone/stage3/block2"``), as in the network's parameter
-tree. What cannot be tapped, and why:
+(``"layer4"``, ``"backbone/stage3/block2"``, ``"blocks/0"``), as in the
+network's parameter tree. What cannot be tapped, and why:
 
 - a plain function call inside ``__call__`` (``nn.relu(x)``, ``x.mean(...)``)
   is not a submodule: tap the submodule whose output it changes, or wrap it in
@@ -38,7 +42,7 @@ import jax
 
 from jaxbias.models.layers import check_hooks, tap
 
-__all__ = ["Tapped", "from_linen", "MODE_ARGS"]
+__all__ = ["MODE_ARGS", "NNXTapped", "Tapped", "from_linen", "from_nnx"]
 
 #: How a network hears train/eval mode, by the keyword its ``__call__`` takes: ``train=True`` in training,
 #: ``deterministic=False`` / ``use_running_average=False`` (the flags of Dropout and BatchNorm), or nothing.
@@ -50,6 +54,43 @@ MODE_ARGS: dict[str | None, Callable[[bool], dict[str, bool]]] = {
     "use_running_average": lambda train: {"use_running_average": not train},
     None: lambda train: {},
 }
+
+
+class _Taps:
+    """What one forward pass records: each tapped layer's output (through :func:`tap`), and which
+    submodules were called, how often (for the errors)."""
+
+    def __init__(self, layers: Sequence[str], perturb, edit):
+        self.wanted, self.perturb, self.edit = set(layers), perturb, edit
+        self.acts: dict[str, jax.Array] = {}
+        self.called: dict[str, int] = {}
+
+    def returned(self, path: str, out: Any) -> Any:
+        """A submodule at ``path`` returned ``out``: tapped if wanted, else passed on."""
+        self.called[path] = self.called.get(path, 0) + 1
+        if path not in self.wanted:
+            return out
+        if self.called[path] > 1:
+            raise ValueError(f"layer {path!r} is called more than once in one forward pass (a shared "
+                             "submodule): which call to tap is ambiguous; tap a submodule called once")
+        if not isinstance(out, jax.Array):
+            raise ValueError(f"layer {path!r} returns {type(out).__name__}, not one array: it cannot be "
+                             "tapped; tap a submodule that returns an array")
+        return tap(path, out, self.acts, self.perturb, self.edit)
+
+    def finish(self, network: Any, out: Any, output: Callable[[Any], jax.Array] | None, submodules: Sequence[str]):
+        """The ``(logits, acts)`` of the pass, the logits tapped as ``"logits"``; missing layers refused."""
+        missing = sorted(self.wanted - set(self.acts))
+        if missing:
+            raise ValueError(f"layers {missing} are not submodules called by {type(network).__name__} (a "
+                             f"plain function call is not a layer); its submodules: {list(submodules)}")
+        logits = out if output is None else output(out)
+        if not (isinstance(logits, jax.Array) and logits.ndim == 2):
+            raise ValueError(f"{type(network).__name__} returns {_describe(logits)}; expected logits (B, k): "
+                             "pass output= to pick them from what it returns")
+        logits = tap("logits", logits, self.acts, self.perturb, self.edit)
+        check_hooks(self.acts, self.perturb, self.edit)
+        return logits, self.acts
 
 
 class Tapped(nn.Module):
@@ -75,42 +116,19 @@ class Tapped(nn.Module):
 
     def __call__(self, x, *, train: bool, perturb: Mapping[str, jax.Array] | None = None,
                  edit: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None):
-        wanted = set(self.layers)
-        acts: dict[str, jax.Array] = {}
-        called: dict[str, int] = {}
+        taps = _Taps(self.layers, perturb, edit)
         root = len(self.network.path)
 
         def interceptor(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
-            if context.method_name != "__call__":
-                return out
             path = "/".join(context.module.path[root:])
-            if not path:  # the network's own call: its output is the logits, tapped below
+            if context.method_name != "__call__" or not path:  # the network's own call: its logits, tapped below
                 return out
-            called[path] = called.get(path, 0) + 1
-            if path not in wanted:
-                return out
-            if called[path] > 1:
-                raise ValueError(f"layer {path!r} is called more than once in one forward pass (a shared "
-                                 "submodule): which call to tap is ambiguous; tap a submodule called once")
-            if not isinstance(out, jax.Array):
-                raise ValueError(f"layer {path!r} returns {type(out).__name__}, not one array: it cannot be "
-                                 "tapped; tap a submodule that returns an array")
-            return tap(path, out, acts, perturb, edit)
+            return taps.returned(path, out)
 
         with nn.intercept_methods(interceptor):
             out = self.network(x, **self._mode_args(train))
-        missing = sorted(wanted - set(acts))
-        if missing:
-            raise ValueError(f"layers {missing} are not submodules called by {type(self.network).__name__} (a "
-                             f"plain function call is not a layer); its submodules, in call order: {list(called)}")
-        logits = out if self.output is None else self.output(out)
-        if not (isinstance(logits, jax.Array) and logits.ndim == 2):
-            raise ValueError(f"{type(self.network).__name__} returns {_describe(logits)}; expected logits (B, k): "
-                             "pass output= to pick them from what it returns")
-        logits = tap("logits", logits, acts, perturb, edit)
-        check_hooks(acts, perturb, edit)
-        return logits, acts
+        return taps.finish(self.network, out, self.output, taps.called)
 
     def _mode_args(self, train: bool) -> dict[str, Any]:
         if callable(self.mode):
@@ -151,3 +169,143 @@ def from_linen(network: nn.Module, *, layers: Sequence[str], mode: Any = "train"
     if num_classes is None:
         num_classes = getattr(network, "num_classes", None)
     return Tapped(network=network, layers=tuple(layers), mode=mode, output=output, num_classes=num_classes)
+
+
+def _text_keys(tree: Any) -> Any:
+    """A pure state dict with text keys (Linen's collections need them; NNX lists index by int)."""
+    return {str(k): _text_keys(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
+
+
+def _keys_like(template: Any, tree: Any) -> Any:
+    """``tree`` (text keys) with the keys of ``template`` (NNX's own: ints for list items)."""
+    if isinstance(template, Mapping):
+        return {k: _keys_like(v, tree[str(k)]) for k, v in template.items()}
+    return tree
+
+
+def _filled(template: Any, pure: Any) -> Any:
+    """A fresh copy of the ``nnx.State`` ``template`` holding the values of the pure dict ``pure``."""
+    from flax import nnx
+
+    state = jax.tree.map(lambda v: v, template)
+    nnx.replace_by_pure_dict(state, _keys_like(nnx.to_pure_dict(template), pure))
+    return state
+
+
+def _step(obj: Any, part: str) -> Any:
+    return obj[int(part)] if part.isdigit() and not hasattr(obj, part) else getattr(obj, part)
+
+
+def _put(obj: Any, part: str, value: Any) -> None:
+    if part.isdigit() and not hasattr(obj, part):
+        obj[int(part)] = value
+    else:
+        setattr(obj, part, value)
+
+
+class _Proxy:
+    """Stands in for one NNX submodule during a pass: calls it and hands its output to the recorder."""
+
+    def __init__(self, inner: Any, path: str, taps: _Taps):
+        self._inner, self._path, self._taps = inner, path, taps
+
+    def __call__(self, *args, **kwargs):
+        return self._taps.returned(self._path, self._inner(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class NNXTapped(nn.Module):
+    """A ``flax.nnx`` model with named submodules tapped, as a Linen module of the house contract; build it with
+    :func:`from_nnx`.
+
+    Attributes:
+      graphdef: the model's ``nnx.GraphDef`` (its structure, static).
+      templates: its ``(nnx.Param, nnx.BatchStat, rest)`` states at wrapping time: the initial values (the
+        weights the model held), and the structure the Linen collections are read back into.
+      layers: the tapped submodule paths, ``/``-separated (list items by index: ``"blocks/0"``).
+      mode: ``"train"`` (the model's ``train()``/``eval()``: Dropout and BatchNorm follow), ``None`` (left as
+        it is), or a function ``(model, train) -> None`` that sets it.
+      output: picks the logits from what the model returns (default: it returns the logits).
+      num_classes: the classes it predicts (the run layer's label checks); ``None``: not checked.
+    """
+
+    graphdef: Any
+    templates: Any
+    layers: tuple[str, ...]
+    mode: Any = "train"
+    output: Callable[[Any], jax.Array] | None = None
+    num_classes: int | None = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, perturb: Mapping[str, jax.Array] | None = None,
+                 edit: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None):
+        from flax import nnx
+
+        p0, s0, rest = self.templates
+        params = {k: self.param(k, lambda _key, v=v: v) for k, v in _text_keys(nnx.to_pure_dict(p0)).items()}
+        stats = {k: self.variable("batch_stats", k, lambda v=v: v) for k, v in _text_keys(nnx.to_pure_dict(s0)).items()}
+        model = nnx.merge(self.graphdef, _filled(p0, params), _filled(s0, {k: v.value for k, v in stats.items()}),
+                          rest)
+        if self.mode == "train":
+            model.train() if train else model.eval()
+        elif callable(self.mode):
+            self.mode(model, train)
+        taps = _Taps(self.layers, perturb, edit)
+        submodules = ["/".join(map(str, path)) for path, _ in nnx.iter_modules(model) if path]
+        originals = []
+        for path in self.layers:
+            if path not in submodules:
+                continue  # refused by finish(), with the list of what can be tapped
+            *parents, last = path.split("/")
+            parent = model
+            for part in parents:
+                parent = _step(parent, part)
+            originals.append((parent, last, _step(parent, last)))
+            _put(parent, last, _Proxy(originals[-1][2], path, taps))
+        try:
+            out = model(x)
+        finally:
+            for parent, last, inner in originals:
+                _put(parent, last, inner)
+        if self.is_mutable_collection("batch_stats"):
+            new = _text_keys(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+            for k, var in stats.items():
+                var.value = new[k]
+        return taps.finish(model, out, self.output, submodules)
+
+
+def from_nnx(model: Any, *, layers: Sequence[str], mode: Any = "train",
+             output: Callable[[Any], jax.Array] | None = None, num_classes: int | None = None) -> NNXTapped:
+    """``model`` (any ``flax.nnx.Module``, unmodified) with ``layers`` tapped: a module every method accepts.
+
+    The model is made pure once (``nnx.split``): its ``nnx.Param`` values become the ``params`` collection
+    (the weights it holds now are the initial ones, whatever seed the run layer is given), its
+    ``nnx.BatchStat`` values ``batch_stats``; each call merges a fresh model from them, sets its mode
+    (``train()``/``eval()``), taps ``layers`` and hands the updated batch statistics back. Other state
+    (``nnx.Rngs`` streams) stays as it was at wrapping time: a ``Dropout`` would draw the same mask at every
+    step, so keep dropout out of models trained this way (or deterministic through ``mode``).
+
+    Args:
+      model: an ``nnx.Module`` whose ``__call__(x)`` returns the logits (or see ``output``).
+      layers: submodule paths, ``/``-separated (``"conv2"``, ``"blocks/0"``).
+      mode: ``"train"`` (default), ``None``, or a function ``(model, train) -> None``.
+      output: a function picking the logits ``(B, k)`` from what the model returns.
+      num_classes: the classes the model predicts (default: its ``num_classes`` attribute, if any).
+    """
+    from flax import nnx
+
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"from_nnx needs a flax.nnx.Module; got {type(model).__name__}")
+    if isinstance(layers, str) or not all(isinstance(n, str) and n for n in layers):
+        raise ValueError(f"layers must be a sequence of submodule paths such as ('conv2',); got {layers!r}")
+    if len(set(layers)) != len(layers) or "logits" in layers:
+        raise ValueError(f"layers must be distinct and not 'logits' (the output's own name); got {list(layers)}")
+    if not (mode in ("train", None) or callable(mode)):
+        raise ValueError(f"mode must be 'train', None or a function (model, train) -> None; got {mode!r}")
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None)
+    return NNXTapped(graphdef=graphdef, templates=(params, stats, rest), layers=tuple(layers), mode=mode,
+                     output=output, num_classes=num_classes)

@@ -1,17 +1,19 @@
-"""from_linen: an unmodified Linen network, tapped at named submodules, behaves in every method as the same network
-written with the house's taps (same weights: same logits, activations, perturb gradients, losses and gradients)."""
+"""from_linen / from_nnx: an unmodified Linen or NNX network, tapped at named submodules, behaves in every method as
+the same network written with the house's taps (same weights: same logits, activations, batch-norm statistics,
+perturb gradients, losses and gradients)."""
 import dataclasses
 import json
 
 import flax.linen as nn
 import jax
+from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxbias import methods, models, runs
 from jaxbias.evaluation import latent_sensitivity
-from jaxbias.models.adapters import from_linen
+from jaxbias.models.adapters import from_linen, from_nnx
 from jaxbias.models.layers import check_hooks, tap
 from jaxbias.train import method_loss
 from jaxbias.types import Batch
@@ -65,22 +67,74 @@ class TappedByHand(nn.Module):
 LAYERS = ("stage1", "stage2", "dense")
 
 
-@pytest.fixture(scope="module")
-def pair():
+class TutorialCNN(nnx.Module):
+    """The CNN of flax's NNX MNIST tutorial, smaller, with a BatchNorm: as a researcher has it, no taps."""
+
+    def __init__(self, num_classes: int = 4, size: int = 8, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(3, 6, kernel_size=(3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(6, momentum=0.9, rngs=rngs)
+        self.conv2 = nnx.Conv(6, 8, kernel_size=(3, 3), rngs=rngs)
+        self.linear1 = nnx.Linear(8 * (size // 4) ** 2, 16, rngs=rngs)
+        self.linear2 = nnx.Linear(16, num_classes, rngs=rngs)
+        self.num_classes = num_classes
+
+    def __call__(self, x):
+        x = nnx.avg_pool(nnx.relu(self.bn(self.conv1(x))), window_shape=(2, 2), strides=(2, 2))
+        x = nnx.avg_pool(nnx.relu(self.conv2(x)), window_shape=(2, 2), strides=(2, 2))
+        x = nnx.relu(self.linear1(x.reshape(x.shape[0], -1)))
+        return self.linear2(x)
+
+
+class TutorialByHand(nn.Module):
+    """The tutorial CNN in Linen with the house's taps (same parameter names: the NNX weights load into it)."""
+
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, x, *, train, perturb=None, edit=None):
+        acts = {}
+        x = nn.Conv(6, (3, 3), name="conv1")(x)
+        x = tap("bn", nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x), acts, perturb, edit)
+        x = nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        x = tap("conv2", nn.Conv(8, (3, 3), name="conv2")(x), acts, perturb, edit)
+        x = nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        x = nn.relu(tap("linear1", nn.Dense(16, name="linear1")(x.reshape(x.shape[0], -1)), acts, perturb, edit))
+        logits = tap("logits", nn.Dense(self.num_classes, name="linear2")(x), acts, perturb, edit)
+        check_hooks(acts, perturb, edit)
+        return logits, acts
+
+
+#: per network: the wrapped module, its hand-tapped twin, and its tapped layers as (first, conv, dense)
+NETWORKS = {
+    "linen": (lambda: from_linen(CNN(), layers=LAYERS), TappedByHand, LAYERS),
+    "nnx": (lambda: from_nnx(TutorialCNN(rngs=nnx.Rngs(0)), layers=("bn", "conv2", "linear1")), TutorialByHand,
+            ("bn", "conv2", "linear1")),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(NETWORKS))
+def pair(request):
+    make, Hand, layers = NETWORKS[request.param]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 8, 8, 3)).astype(np.float32)
     y = (np.arange(16) % 4).astype(np.int32)
     bias = (np.arange(16) // 4 % 2).astype(np.int32)
     mask = (rng.uniform(size=x.shape[:3]) < 0.3).astype(np.float32)
-    wrapped, hand = from_linen(CNN(), layers=LAYERS), TappedByHand()
+    wrapped, hand = make(), Hand()
     params, state = models.init(wrapped, jax.random.key(1), jnp.asarray(x[:1]))
     ref_params, ref_state = models.init(hand, jax.random.key(1), jnp.asarray(x[:1]))
-    # the wrapper's parameters are the network's own: same tree, same names, same initial values
-    assert jax.tree.structure(params) == jax.tree.structure(CNN().init(jax.random.key(1), x[:1])["params"])
+    # the wrapper's parameters are the network's own tree, with the names it gave them
     assert jax.tree.structure((params, state)) == jax.tree.structure((ref_params, ref_state))
+    if request.param == "linen":
+        assert jax.tree.structure(params) == jax.tree.structure(CNN().init(jax.random.key(1), x[:1])["params"])
+    else:  # the weights the NNX model held when it was wrapped
+        held = nnx.to_pure_dict(nnx.state(TutorialCNN(rngs=nnx.Rngs(0)), nnx.Param))
+        _close(params, held)
     # non-trivial batch-norm statistics, so that evaluation mode differs from training mode
     state = models.bind(wrapped, state, train=True)(params, jnp.asarray(x)).state
-    return wrapped, hand, params, state, Batch(jnp.asarray(x), jnp.asarray(y), jnp.asarray(bias), jnp.asarray(mask))
+    assert float(sum(jnp.abs(v).sum() for v in jax.tree.leaves(state))) > 0
+    batch = Batch(jnp.asarray(x), jnp.asarray(y), jnp.asarray(bias), jnp.asarray(mask))
+    return wrapped, hand, params, state, batch, layers
 
 
 def _close(a, b, rtol=1e-5):
@@ -90,34 +144,35 @@ def _close(a, b, rtol=1e-5):
 
 @pytest.mark.parametrize("train", [True, False])
 def test_forward_acts_state_and_hooks_match_the_hand_tapped_network(pair, train):
-    wrapped, hand, params, state, batch = pair
+    wrapped, hand, params, state, batch, layers = pair
     a, b = (models.bind(m, state, train=train) for m in (wrapped, hand))
     out, ref = a(params, batch.x), b(params, batch.x)
-    assert sorted(out.acts) == sorted(ref.acts) == sorted([*LAYERS, "logits"])
+    assert sorted(out.acts) == sorted(ref.acts) == sorted([*layers, "logits"])
     _close((out.logits, out.acts, out.state), (ref.logits, ref.acts, ref.state))
     # perturb: the latent gradient at each tapped layer; edit: the rest of the pass sees the changed value
-    for layer in LAYERS:
+    for layer in layers:
         z = jnp.zeros_like(out.acts[layer])
         g = jax.grad(lambda p, m: m(params, batch.x, perturb={layer: p}).logits[:, 0].sum(), argnums=0)
         _close(g(z, a), g(z, b))
         assert float(jnp.abs(g(z, a)).sum()) > 0
-    edit = {"stage2": lambda h: 0.5 * h}
+    edit = {layers[1]: lambda h: 0.5 * h}
     _close(a(params, batch.x, edit=edit).logits, b(params, batch.x, edit=edit).logits)
     assert not np.allclose(a(params, batch.x, edit=edit).logits, out.logits)
 
 
 @pytest.mark.parametrize("name,settings", [
-    ("rrclarc", {"layer": "stage2", "lam": 10.0}),
-    ("rrclarc", {"layer": "dense", "lam": 10.0, "classes": (1, 2)}),
-    ("aclarc", {"layer": "stage1"}),
+    ("rrclarc", {"layer": 1, "lam": 10.0}),
+    ("rrclarc", {"layer": 2, "lam": 10.0, "classes": (1, 2)}),
+    ("aclarc", {"layer": 0}),
     ("rrr", {"lam": 10.0}),
-    ("end", {"layer": "dense", "num_classes": 4, "num_biases": 2}),
+    ("end", {"layer": 2, "num_classes": 4, "num_biases": 2}),
     ("targeted_noise", {}),
     ("vanilla", {}),
 ])
 def test_every_training_method_gives_the_same_loss_and_gradient(pair, name, settings):
-    wrapped, hand, params, state, batch = pair
+    wrapped, hand, params, state, batch, layers = pair
     method = methods.get(name)
+    settings = {k: layers[v] if k == "layer" else v for k, v in settings.items()}  # (first, conv, dense)
     hp = methods.make_hparams(method, settings)
     key = jax.random.key(3)
     results = []
@@ -133,15 +188,21 @@ def test_every_training_method_gives_the_same_loss_and_gradient(pair, name, sett
 
 
 def test_tcav_sensitivities_match(pair):
-    wrapped, hand, params, state, batch = pair
+    wrapped, hand, params, state, batch, layers = pair
     cav = jnp.ones((8,)) / jnp.sqrt(8.0)
-    s = [latent_sensitivity(models.bind(m, state, train=False), params, batch.x, cav, layer="stage2", target=1) for m in (wrapped, hand)]
+    s = [latent_sensitivity(models.bind(m, state, train=False), params, batch.x, cav, layer=layers[1], target=1) for m in (wrapped, hand)]
     _close(s[0], s[1])
     assert float(jnp.abs(s[0]).sum()) > 0
 
 
 def test_what_cannot_be_tapped_is_refused_in_one_line(pair):
-    _, _, params, state, batch = pair
+    wrapped, _, params, state, batch, _ = pair
+    if isinstance(wrapped, type(from_nnx(TutorialCNN(rngs=nnx.Rngs(0)), layers=()))):
+        with pytest.raises(ValueError, match=r"\['pool'\] are not submodules called by TutorialCNN .*'conv2'"):
+            models.bind(from_nnx(TutorialCNN(rngs=nnx.Rngs(0)), layers=("pool",)), state, train=False)(params, batch.x)
+        with pytest.raises(ValueError, match="from_nnx needs a flax.nnx.Module"):
+            from_nnx(CNN(), layers=())
+        return
 
     def call(module, **kw):
         return models.bind(module, state, train=False)(params, batch.x, **kw)
@@ -178,7 +239,7 @@ def test_what_cannot_be_tapped_is_refused_in_one_line(pair):
             from_linen(CNN(), **bad)
 
 
-def test_mode_keywords(pair):
+def test_mode_keywords():
     """A network that hears the mode as `deterministic` (Dropout's flag) gets deterministic=not train."""
     seen = []
 
@@ -188,7 +249,7 @@ def test_mode_keywords(pair):
             seen.append(deterministic)
             return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
 
-    _, _, _, _, batch = pair
+    batch = Batch(jnp.ones((2, 8, 8, 3)), jnp.zeros((2,), jnp.int32))
     module = from_linen(Det(), layers=(), mode="deterministic", num_classes=3)
     params, state = models.init(module, jax.random.key(0), batch.x[:1])
     models.bind(module, state, train=True)(params, batch.x)
@@ -204,29 +265,42 @@ class CNNSettings:
     head_only: bool = False
 
 
-def test_a_wrapped_network_trains_from_the_cli_with_a_method_on_its_own_layer(fewer_digits, tmp_path, capsys):
+CLI_NETWORKS = {  # factory, the layer EnD works on, the network's own parameter names
+    "linen": (lambda num_classes: from_linen(CNN(num_classes=num_classes), layers=LAYERS), "dense",
+              {"stem", "stage1", "stage2", "dense", "head"}),
+    "nnx": (lambda num_classes: from_nnx(TutorialCNN(num_classes, size=28, rngs=nnx.Rngs(0)),
+                                         layers=("bn", "conv2", "linear1")), "linear1",
+            {"conv1", "bn", "conv2", "linear1", "linear2"}),
+}
+
+
+@pytest.mark.parametrize("network", sorted(CLI_NETWORKS))
+def test_a_wrapped_network_trains_and_sweeps_from_the_cli_with_a_method_on_its_own_layer(network, fewer_digits,
+                                                                                         tmp_path, capsys):
     from jaxbias import cli
 
+    make, layer, names = CLI_NETWORKS[network]
+
     def factory(*, num_classes, head_only):
-        return from_linen(CNN(num_classes=num_classes), layers=LAYERS)
+        return make(num_classes)
 
     models.register("flax_cnn", factory, CNNSettings)
     try:
         wd = tmp_path / "run"
         argv = ["train", "--dataset", "biased_mnist", "--rho", "0.9", "--model", "flax_cnn", "--method", "end",
-                "--layer", "dense", "--epochs", "2", "--batch-size", "64", "--lr", "0.003", "--decay-every", "0",
+                "--layer", layer, "--epochs", "2", "--batch-size", "64", "--lr", "0.003", "--decay-every", "0",
                 "--no-progress", "--json", "--workdir", str(wd)]
         assert cli.main(argv) == 0
         results = json.loads(capsys.readouterr().out)
         assert np.isfinite(results["history"][-1]["loss"]) and results["history"][-1]["end"] > 0
         run = runs.restore(wd)
-        assert set(run.state.params) == {"stem", "stage1", "stage2", "dense", "head"}  # the network's own names
+        assert set(run.state.params) == names  # the network's own names
         assert results["eval"]["biased"]["accuracy"] > 0.2  # ten classes: it learnt (the colour shortcut at least)
         # a sweep of two learning rates in one program, on the same network
-        sweep = [*argv[:-3], "--lrs", "0.001,0.003", "--json", "--workdir", str(tmp_path / "sweep")]
-        sweep[0] = "sweep"
+        sweep = ["sweep", *argv[1:-4], "--epochs", "1", "--lrs", "0.001,0.003", "--no-progress", "--json",
+                 "--workdir", str(tmp_path / "sweep")]
         assert cli.main(sweep) == 0
         members = json.loads(capsys.readouterr().out)
-        assert len(members["members"]) == 2
+        assert len(members["members"]) == 2 and members["traces"] == 1
     finally:
         models.unregister("flax_cnn")
