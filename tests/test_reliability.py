@@ -244,6 +244,19 @@ def test_a_batch_larger_than_the_data_is_refused_before_the_workdir_is_written(t
     assert cli.main(_train_argv(adult, wd)) == 0  # the same workdir then takes the corrected run
 
 
+def test_a_layer_the_model_lacks_is_refused_before_the_workdir_is_written(tmp_path, capfd, adult):
+    from jaxbias import cli
+
+    wd = tmp_path / "run"
+    assert cli.main(_train_argv(adult, wd, "--method", "end", "--layer", "nope", "--num-biases", "2",
+                                "--num-classes", "2")) == cli.USAGE_ERROR
+    line = _one_error_line(capfd.readouterr().err)
+    assert "hp.layer='nope' is not an activation of the model" in line and "'dense1'" in line
+    assert not wd.exists()
+    assert cli.main(_train_argv(adult, wd, "--method", "end", "--layer", "dense1", "--num-biases", "2",
+                                "--num-classes", "2")) == 0  # the same workdir then takes the corrected run
+
+
 def test_resume_is_strict_and_auto_resume_starts_or_resumes(tmp_path, capfd, adult):
     from jaxbias import cli
 

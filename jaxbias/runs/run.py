@@ -30,7 +30,8 @@ from jaxbias.data.sources import SOURCES
 from jaxbias.runs.config import DERIVED, RunConfig
 from jaxbias.datasets import Dataset
 from jaxbias.engine import check_eval_sets
-from jaxbias.train import TrainState, create_train_state, evaluate, fit, freeze, hp_dict, make_optimizer, make_predict
+from jaxbias.train import (TrainState, create_train_state, evaluate, fit, freeze, hp_dict, initial_method_state,
+                           make_optimizer, make_predict, method_loss)
 from jaxbias.types import Batch, BoundModel
 from jaxbias.workdir import lock as workdir_lock
 from jaxbias.workdir import holds_run, run_path, write_json
@@ -187,7 +188,27 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
     record["input_shape"] = [int(d) for d in np.shape(dataset.train.x)[1:]]
     module = make_module(record["model"])
     method_state = None if base is None else fit_method_state(method, hp, base, dataset)
+    trace_loss(module, method, hp, method_state, dataset.train, batch_size=config.batch_size,
+               train_mode=config.trainable is None)
     return Prepared(config, record, dataset, module, method, hp, base, method_state, mesh)
+
+
+def trace_loss(module: Any, method: ModuleType, hp: Any, method_state: Any, train: Batch, *, batch_size: int,
+               train_mode: bool = True) -> None:
+    """Trace the model's init and the method's loss once on the data's shapes (``jax.eval_shape``: nothing is
+    computed), so that a layer the model lacks, a model that cannot take the data or a method state of the wrong
+    shape fails here, before a workdir is written, in the method's or the model's own words."""
+    batch = Batch(*(None if a is None else jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), a.dtype)
+                    for a in train))
+
+    def loss(batch):
+        params, model_state = models_lib.init(module, jax.random.key(0), batch.x[:1])
+        state = method_state
+        if state is None:
+            state = initial_method_state(method, module, hp, (params, model_state), batch)
+        return method_loss(method, module, hp, train=train_mode)(params, model_state, state, batch, jax.random.key(1))
+
+    jax.eval_shape(loss, batch)
 
 
 def resolve_resume(workdir: str | os.PathLike | None, resume: bool | str) -> bool:
