@@ -69,8 +69,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=S, choices=datasets.available(),
                    help="a dataset of jaxbias.datasets (a new file there is a new dataset); its settings are the "
                    f"data flags below; default {d('dataset')}")
-    p.add_argument("--model", default=S, choices=models.available(),
-                   help="a registered model (jaxbias.models.register); its settings are the model flags below; "
+    p.add_argument("--model", default=S, metavar="NAME",
+                   help=f"a registered model ({', '.join(models.available())}; jaxbias.models.register adds one) or "
+                   "package.module:factory, a factory of your package returning a Linen or NNX network (wrapped, "
+                   "its --layers tapped); its settings are the model flags below; "
                    f"default {d('model')}")
     p.add_argument("--maps", default=S, metavar="DIR",
                    help="per-image maps of the training images from `jaxbias attribute --out DIR` on the same data, "
@@ -89,7 +91,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="how batches reach the step: device = the training set on the device, each epoch one "
                    "compiled scan; host = gathered and sent per step; auto (default) = device when the data fit")
     _add_data_args(p, datasets.available())
-    _add_owned_args(p, "model", {n: models.get(n).Settings for n in models.available()},
+    _add_owned_args(p, "model", {**{n: models.get(n).Settings for n in models.available()},
+                                 models.IMPORTED: models.Imported},
                     "model settings (from each registered model's Settings; those of --model apply)",
                     taken=set(RunConfig.__dataclass_fields__) | _data_names())
     _add_method_args(p, methods.training())
@@ -234,7 +237,7 @@ def run_config(args: argparse.Namespace, **extra: Any):
     """
     import dataclasses
 
-    from jaxbias import datasets
+    from jaxbias import datasets, models
     from jaxbias.runs import RunConfig
     from jaxbias.runs.config import data_fields
 
@@ -246,7 +249,7 @@ def run_config(args: argparse.Namespace, **extra: Any):
     dataset = given.get("dataset", file.get("dataset", RunConfig.dataset))
     file_model = file.get("model", RunConfig.model)
     model = given.get("model", file_model.get("name") if isinstance(file_model, dict) else file_model)
-    model_flags = _owned_overrides(args, "model", model)
+    model_flags = _owned_overrides(args, "model", models.IMPORTED if models.is_import(model) else model)
     # the file's hyperparameters go with the method that results, its data settings with the dataset that
     # results; those of a file whose own method or dataset the flags replace are left out
     file_hp = dict(file.get("hparams") or {}) if file.get("method", method) == method else {}

@@ -44,7 +44,7 @@ def test_a_config_is_immutable_and_hashable():
     ({"feed": "disk"}, "feed must be one of"),
     ({"model_settings": {"channels": (4, 0)}}, "channels must be positive ints, one per block"),
     ({"model_settings": {"hidden": (4,)}}, "unknown settings of model 'simple_conv' ['hidden']"),
-    ({"model": "resnet50"}, "model must be one of"),
+    ({"model": "resnet50"}, "model .resnet50. is unknown; expected one of"),
     ({"trainable": ("fc",)}, "set init_from"),
 ])
 def test_bad_settings_name_the_setting(bad, message):

@@ -21,7 +21,7 @@ from jaxbias.models.convnet import SimpleConvNet
 from jaxbias.models.efficientnet import EfficientNetB0
 from jaxbias.models.mlp import MLP
 from jaxbias.models.resnet import ResNet18
-from jaxbias.models.registry import Model, NoSettings, available, get, register, unregister
+from jaxbias.models.registry import IMPORTED, Imported, Model, NoSettings, available, get, is_import, register, unregister
 from jaxbias.models.vgg import VGG16
 from jaxbias.types import BoundModel, ModelOutput, ModelState, Params
 
@@ -77,5 +77,6 @@ def bind(module: nn.Module, state: ModelState, *, train: bool) -> BoundModel:
     return model
 
 
-__all__ = ["SimpleConvNet", "MLP", "VGG16", "ResNet18", "EfficientNetB0", "Model", "NNXTapped", "NoSettings", "Tapped",
-           "available", "bind", "build", "create", "from_linen", "from_nnx", "get", "init", "register", "settings", "unregister"]
+__all__ = ["SimpleConvNet", "MLP", "VGG16", "ResNet18", "EfficientNetB0", "IMPORTED", "Imported", "Model",
+           "NNXTapped", "NoSettings", "Tapped", "available", "bind", "build", "create", "from_linen", "from_nnx", "get",
+           "init", "is_import", "register", "settings", "unregister"]

@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+from flax import nnx
 
 from jaxbias.models.layers import check_hooks, tap
 
@@ -185,8 +186,6 @@ def _keys_like(template: Any, tree: Any) -> Any:
 
 def _filled(template: Any, pure: Any) -> Any:
     """A fresh copy of the ``nnx.State`` ``template`` holding the values of the pure dict ``pure``."""
-    from flax import nnx
-
     state = jax.tree.map(lambda v: v, template)
     nnx.replace_by_pure_dict(state, _keys_like(nnx.to_pure_dict(template), pure))
     return state
@@ -241,8 +240,6 @@ class NNXTapped(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool, perturb: Mapping[str, jax.Array] | None = None,
                  edit: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None):
-        from flax import nnx
-
         p0, s0, rest = self.templates
         params = {k: self.param(k, lambda _key, v=v: v) for k, v in _text_keys(nnx.to_pure_dict(p0)).items()}
         stats = {k: self.variable("batch_stats", k, lambda v=v: v) for k, v in _text_keys(nnx.to_pure_dict(s0)).items()}
@@ -294,8 +291,6 @@ def from_nnx(model: Any, *, layers: Sequence[str], mode: Any = "train",
       output: a function picking the logits ``(B, k)`` from what the model returns.
       num_classes: the classes the model predicts (default: its ``num_classes`` attribute, if any).
     """
-    from flax import nnx
-
     if not isinstance(model, nnx.Module):
         raise ValueError(f"from_nnx needs a flax.nnx.Module; got {type(model).__name__}")
     if isinstance(layers, str) or not all(isinstance(n, str) and n for n in layers):

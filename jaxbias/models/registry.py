@@ -4,7 +4,11 @@
 the CLI (``--model NAME`` and one flag per settings field) and config files
 (``model = "NAME"`` with its settings beside it or in ``config.json``'s
 ``"model"`` entry). The bundled models register themselves this way in their
-own files; a model of yours is registered the same way.
+own files; a model of yours is registered the same way, or named by where its
+factory lives: ``package.module:factory`` (``--model mypkg.nets:resnet``) is
+imported when asked for, and the network it returns is wrapped by
+:func:`jaxbias.models.from_linen` / :func:`~jaxbias.models.from_nnx` with the
+layers of its :class:`Imported` settings.
 
 - ``factory(*, num_classes, **fields) -> module``: the classes count is a fact
   of the data; the other keyword arguments are the fields of ``Settings``
@@ -17,9 +21,16 @@ own files; a model of yours is registered the same way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+import functools
+import importlib
+import inspect
+from typing import Any, Callable, ClassVar, Mapping
+
+import flax.linen as nn
+from flax import nnx
 
 from jaxbias import settings as settings_lib
+from jaxbias.models import adapters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +104,76 @@ def available() -> list[str]:
 
 
 def get(name: str) -> Model:
-    """The registered model ``name``."""
+    """The registered model ``name``, or the factory ``package.module:factory`` names (see :class:`Imported`)."""
+    if is_import(name):
+        return _imported(name)
     if name not in _MODELS:
-        raise ValueError(f"model {name!r} is unknown; expected one of {available()} (jaxbias.models.register adds one)")
+        raise ValueError(f"model {name!r} is unknown; expected one of {available()} (jaxbias.models.register adds one) "
+                         "or package.module:factory")
     return _MODELS[name]
+
+
+#: The owner of :class:`Imported`'s fields in flags and messages.
+IMPORTED = "package.module:factory"
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+    """A network returned by ``factory(num_classes=...)`` of your package (``--model package.module:factory``): a
+    Linen or NNX module as written (wrapped by from_linen/from_nnx), or one already of the house's contract.
+
+    Attributes:
+      layers: its submodules to tap, comma-separated paths below it ('layer4', 'backbone/stage3'); default: the
+        method's layer.
+      train_keyword: the keyword by which a Linen network hears train/eval mode (train, training, is_training,
+        deterministic, use_running_average) or none.
+    """
+
+    CHOICES: ClassVar[dict] = {"train_keyword": ("train", "training", "is_training", "deterministic",
+                                                 "use_running_average", "none")}
+    layers: tuple[str, ...] = ()
+    train_keyword: str = "train"
+
+
+def is_import(name: Any) -> bool:
+    """Whether ``name`` names a factory by where it lives (``package.module:factory``)."""
+    return isinstance(name, str) and ":" in name
+
+
+@functools.lru_cache(maxsize=None)
+def _imported(spec: str) -> Model:
+    where, _, attr = spec.partition(":")
+    if not (where and attr and all(p.isidentifier() for p in [*where.split("."), *attr.split(".")])):
+        raise ValueError(f"model {spec!r}: expected package.module:factory (dotted names)")
+    try:
+        obj = importlib.import_module(where)
+    except ImportError as e:
+        raise ValueError(f"model {spec!r}: cannot import {where} ({type(e).__name__}: {e}); is its folder on "
+                         "PYTHONPATH or the package installed?") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"model {spec!r}: {where} has no {attr}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"model {spec!r}: {attr} is not callable; expected factory(num_classes=...) returning a "
+                         "flax.linen or flax.nnx module")
+    return Model(spec, functools.partial(_wrapped, spec, obj), Imported)
+
+
+def _wrapped(spec: str, factory: Callable[..., Any], *, num_classes: int, layers: tuple[str, ...],
+             train_keyword: str) -> nn.Module:
+    """``factory``'s network under the house's contract: wrapped unless it already is (taps of its own)."""
+    net = factory(num_classes=num_classes)
+    if isinstance(net, (adapters.Tapped, adapters.NNXTapped)):
+        return net
+    if isinstance(net, nnx.Module):
+        return adapters.from_nnx(net, layers=layers, num_classes=num_classes)
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"model {spec!r} returned {type(net).__name__}; expected a flax.linen or flax.nnx module")
+    if {"perturb", "edit"} <= set(inspect.signature(type(net).__call__).parameters):
+        return net  # written with the house's taps (jaxbias.models.layers.tap)
+    return adapters.from_linen(net, layers=layers, mode=None if train_keyword == "none" else train_keyword,
+                               num_classes=num_classes)
 
 
 def unregister(name: str) -> None:

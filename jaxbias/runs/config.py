@@ -97,7 +97,8 @@ class RunConfig:
         targeted noise hides): a workdir of ``jaxbias attribute`` on the same data, or a
         :class:`jaxbias.runs.Attribution` in memory; ``None``: the dataset's own masks.
       model: a registered model (:mod:`jaxbias.models.registry`): ``simple_conv``, ``mlp``, ``vgg16``,
-        ``resnet18``, ``efficientnet_b0`` or one you registered.
+        ``resnet18``, ``efficientnet_b0`` or one you registered; or ``package.module:factory``, a factory of
+        your package whose network is wrapped (settings ``layers``, ``train_keyword``: ``models.Imported``).
       model_settings: the model's ``Settings`` (``simple_conv``: ``channels``, ``kernel_size``,
         ``last_activation``; ``mlp``: ``hidden``), as a mapping or the value, like ``data``; :meth:`replace`
         and :meth:`from_dict` also take its fields by name (``hidden=(64, 32)``).
@@ -145,9 +146,7 @@ class RunConfig:
         if not (isinstance(self.dataset, str) and self.dataset in datasets_lib.available()):
             raise ValueError(f"dataset must be one of {datasets_lib.available()}; got {self.dataset!r}")
         object.__setattr__(self, "data", datasets_lib.settings(self.dataset, self.data))
-        if not (isinstance(self.model, str) and self.model in models_lib.available()):
-            raise ValueError(f"model must be one of {models_lib.available()} (or one registered with "
-                             f"jaxbias.models.register); got {self.model!r}")
+        _check_model(self.model)
         object.__setattr__(self, "model_settings", models_lib.settings(self.model, self.model_settings))
         if self.decay_every == 0:
             object.__setattr__(self, "decay_every", None)
@@ -330,18 +329,24 @@ def _model_part(d: dict[str, Any], default: str, known: set[str]) -> tuple[str, 
     if isinstance(model, Mapping):
         settings = {k: v for k, v in model.items() if k not in ("name", "num_classes")}
         model = model.get("name", default)
-    if model not in models_lib.available():
-        raise ValueError(f"model must be one of {models_lib.available()} (or one registered with "
-                         f"jaxbias.models.register); got {model!r}")
+    _check_model(model)
     settings.update(settings_lib.as_dict(d.pop("model_settings", None)))
     mine = model_fields(model)
-    for k in [k for k in d if k not in known and any(k in model_fields(m) for m in models_lib.available())]:
+    everyone = [*models_lib.available(), models_lib.IMPORTED]
+    for k in [k for k in d if k not in known and any(k in model_fields(m) for m in everyone)]:
         if k not in mine:
-            owners = [m for m in models_lib.available() if k in model_fields(m)]
+            owners = [m for m in everyone if k in model_fields(m)]
             raise ValueError(f"{k} is a setting of model {', '.join(owners)}, not of model {model!r} (its settings: "
                              f"{', '.join(mine) or 'none'})")
         settings[k] = d.pop(k)
     return model, settings
+
+
+def _check_model(model: Any) -> None:
+    """Refuse a model that is neither registered nor ``package.module:factory`` (whose import is tried here)."""
+    if not isinstance(model, str):
+        raise ValueError(f"model must be a registered model's name or package.module:factory; got {model!r}")
+    models_lib.get(model)
 
 
 def data_fields(dataset: str) -> list[str]:
@@ -350,7 +355,9 @@ def data_fields(dataset: str) -> list[str]:
 
 
 def model_fields(model: str) -> list[str]:
-    """The settings fields of a registered model."""
+    """The settings fields of a registered model (of an imported one: :data:`jaxbias.models.IMPORTED`)."""
+    if model == models_lib.IMPORTED or models_lib.is_import(model):
+        return [f.name for f in dataclasses.fields(models_lib.Imported)]
     return [f.name for f in dataclasses.fields(models_lib.get(model).Settings)]
 
 
@@ -359,6 +366,6 @@ def settings_names() -> Sequence[str]:
     have)."""
     names = [f.name for f in dataclasses.fields(RunConfig)]
     for fields in [data_fields(n) for n in datasets_lib.available()] + [model_fields(n) for n in
-                                                                        models_lib.available()]:
+                                                                        [*models_lib.available(), models_lib.IMPORTED]]:
         names += [n for n in fields if n not in names]
     return names

@@ -150,6 +150,10 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
         config = config.replace(model=bc.model, model_settings=bc.model_settings)
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
+    layer = getattr(hp, "layer", None)
+    if models_lib.is_import(config.model) and not config.model_settings.layers and isinstance(layer, str):
+        # a network of yours, wrapped: tapped where the method works unless --layers says more
+        config = config.replace(model_settings={**settings_lib.as_dict(config.model_settings), "layers": (layer,)})
     if sweep:  # the members' settings (equal members, a NaN lr) before the data, and before any workdir is written
         from jaxbias.sweep import check_members
 
@@ -241,7 +245,8 @@ def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
     their own ``Settings``; such a file is read through :meth:`RunConfig.from_dict` to find them)."""
     record = dict(record)
     model = record.get("model")
-    if isinstance(model, Mapping) and model.get("name") in models_lib.available():
+    if isinstance(model, Mapping) and (model.get("name") in models_lib.available()
+                                       or models_lib.is_import(model.get("name"))):
         # settings a model gained since the run was written compare as their defaults (kernel_size: 7)
         fields = {k: v for k, v in model.items() if k not in ("name", "num_classes")}
         with contextlib.suppress(ValueError, TypeError):
@@ -456,6 +461,10 @@ def restore(workdir: str) -> Run:
     module = make_module(record["model"])
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
+    layer = getattr(hp, "layer", None)
+    if models_lib.is_import(config.model) and not config.model_settings.layers and isinstance(layer, str):
+        # a network of yours, wrapped: tapped where the method works unless --layers says more
+        config = config.replace(model_settings={**settings_lib.as_dict(config.model_settings), "layers": (layer,)})
     def fresh_state():  # traced by eval_shape: nothing below is computed
         params, model_state = models_lib.init(module, jax.random.key(0), jnp.zeros((1, *input_shape(record))))
         tx = _tx(config, 1, params)  # the schedule's length does not change the state's structure

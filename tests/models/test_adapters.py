@@ -304,3 +304,85 @@ def test_a_wrapped_network_trains_and_sweeps_from_the_cli_with_a_method_on_its_o
         assert len(members["members"]) == 2 and members["traces"] == 1
     finally:
         models.unregister("flax_cnn")
+
+
+USER_NETS = '''"""A researcher's own networks, in their own package: no jaxbias import, no taps."""
+import flax.linen as nn
+from flax import nnx
+
+
+class Net(nn.Module):
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(8, (3, 3), name="conv")(x))
+        x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+        x = nn.relu(nn.Dense(32, name="hidden")(x.mean((1, 2))))
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+def linen_net(num_classes):
+    return Net(num_classes=num_classes)
+
+
+class NNXNet(nnx.Module):
+    def __init__(self, num_classes, *, rngs):
+        self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.hidden = nnx.Linear(8, 32, rngs=rngs)
+        self.head = nnx.Linear(32, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(nnx.relu(self.hidden(nnx.relu(self.conv(x)).mean((1, 2)))))
+
+
+def nnx_net(num_classes):
+    return NNXNet(num_classes, rngs=nnx.Rngs(0))
+
+
+not_a_factory = 3
+'''
+
+
+def test_a_network_of_your_package_trains_by_name_from_the_cli(fewer_digits, tmp_path, monkeypatch, capsys):
+    from jaxbias import cli
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "user_nets_cli.py").write_text(USER_NETS)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    common = ["--dataset", "biased_mnist", "--rho", "0.9", "--epochs", "1", "--batch-size", "64", "--no-progress",
+              "--json"]
+    # EnD on the network's own 'hidden' layer: the layer to tap comes from the method's setting
+    wd = tmp_path / "linen"
+    assert cli.main(["train", *common, "--model", "user_nets_cli:linen_net", "--method", "end", "--layer", "hidden",
+                     "--workdir", str(wd)]) == 0
+    assert capsys.readouterr().out
+    record = json.loads((wd / "config.json").read_text())
+    assert record["model"] == {"name": "user_nets_cli:linen_net", "layers": ["hidden"], "train_keyword": "train",
+                               "num_classes": 10}
+    run = runs.restore(wd)  # config.json names the factory: the module is rebuilt from it
+    assert set(run.state.params) == {"conv", "bn", "hidden", "head"} and "batch_stats" in run.state.model_state
+    assert cli.main(["train", *common, "--epochs", "2", "--model", "user_nets_cli:linen_net", "--method", "end",
+                     "--layer", "hidden", "--resume", "--workdir", str(wd)]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_from"] == 1
+    # an NNX model, tapped at two layers given as a model setting
+    wd = tmp_path / "nnx"
+    assert cli.main(["train", *common, "--model", "user_nets_cli:nnx_net", "--layers", "conv,hidden",
+                     "--workdir", str(wd)]) == 0
+    capsys.readouterr()
+    assert models.bind(runs.restore(wd).module, {}, train=False)(runs.restore(wd).state.params,
+                                                                  jnp.zeros((2, 28, 28, 3))).acts.keys() == {
+        "conv", "hidden", "logits"}
+    # what is not a network of a package, or not a layer of it: one line, exit 2, no workdir
+    for model, more, message in [
+        ("no_such_package_xyz:f", [], "cannot import no_such_package_xyz"),
+        ("user_nets_cli:nope", [], "user_nets_cli has no nope"),
+        ("user_nets_cli:not_a_factory", [], "not_a_factory is not callable"),
+        ("user_nets_cli:linen_net", ["--method", "end", "--layer", "pool"],
+         "layers ['pool'] are not submodules called by Net"),
+        ("mlp", ["--layers", "a"], "--layers is a setting of package.module:factory, not of model 'mlp'"),
+    ]:
+        bad = tmp_path / "bad"
+        assert cli.main(["train", *common, "--model", model, *more, "--workdir", str(bad)]) == 2
+        assert message in capsys.readouterr().err
+        assert not bad.exists()
