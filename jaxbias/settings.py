@@ -115,6 +115,21 @@ def build(cls: type, values: Mapping[str, Any] | None, *, what: str) -> Any:
     return cls(**kwargs)
 
 
+def resolve(cls: type, values: Any, *, owner: str) -> Any:
+    """``cls`` settings from ``None`` (the defaults), a mapping (:func:`build`) or already a ``cls`` value; each
+    field's type and ``CHOICES`` checked (:func:`check`). ``owner`` names whose settings they are in the errors
+    (``"dataset 'adult'"``, ``"model 'mlp'"``); another settings class is refused."""
+    if not isinstance(values, cls):
+        if dataclasses.is_dataclass(values) and not isinstance(values, type):
+            raise ValueError(f"settings {type(values).__module__}.{type(values).__qualname__} are not those of "
+                             f"{owner} ({cls.__module__}.{cls.__qualname__})")
+        if values is not None and not isinstance(values, Mapping):
+            raise ValueError(f"settings of {owner} must be a mapping or its Settings; got {values!r}")
+        values = build(cls, values, what=f"settings of {owner}")
+    check(values)
+    return values
+
+
 def as_dict(value: Any) -> dict[str, Any]:
     """A settings dataclass as JSON-able values (tuples as lists); a mapping as a dict, ``None`` as ``{}``."""
     if not dataclasses.is_dataclass(value):

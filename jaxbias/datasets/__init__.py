@@ -107,15 +107,7 @@ def image_names() -> list[str]:
 def settings(name: str, values: Any = None) -> Any:
     """Dataset ``name``'s ``Settings`` from ``values``: ``None`` (the defaults), a mapping (text or values,
     cast to each field's type; unknown keys refused) or already a ``Settings`` of it."""
-    cls = get(name).Settings
-    if isinstance(values, cls):
-        return values
-    if dataclasses.is_dataclass(values) and not isinstance(values, type):
-        raise ValueError(f"data settings {type(values).__module__}.{type(values).__qualname__} are not those of "
-                         f"dataset {name!r} ({cls.__module__}.Settings)")
-    if values is not None and not isinstance(values, Mapping):
-        raise ValueError(f"data settings of dataset {name!r} must be a mapping or its Settings; got {values!r}")
-    return settings_lib.build(cls, values, what=f"settings of dataset {name!r}")
+    return settings_lib.resolve(get(name).Settings, values, owner=f"dataset {name!r}")
 
 
 def load(name: str, values: Any = None, *, seed: int = 0) -> Dataset:

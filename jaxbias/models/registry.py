@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 from flax import nnx
@@ -61,17 +61,7 @@ class Model:
     def settings(self, values: Any = None) -> Any:
         """``Settings`` from ``None`` (the defaults), a mapping (text or values, cast to each field's type;
         unknown keys refused) or already a ``Settings`` value of this model."""
-        if isinstance(values, self.Settings):
-            settings_lib.check(values)
-            return values
-        if dataclasses.is_dataclass(values) and not isinstance(values, type):
-            raise ValueError(f"model settings {type(values).__module__}.{type(values).__qualname__} are not those "
-                             f"of model {self.name!r} ({self.Settings.__module__}.{self.Settings.__qualname__})")
-        if values is not None and not isinstance(values, Mapping):
-            raise ValueError(f"model settings of {self.name!r} must be a mapping or its Settings; got {values!r}")
-        built = settings_lib.build(self.Settings, values, what=f"settings of model {self.name!r}")
-        settings_lib.check(built)  # each field's type and CHOICES, whether or not its __post_init__ checks them
-        return built
+        return settings_lib.resolve(self.Settings, values, owner=f"model {self.name!r}")
 
 
 _MODELS: dict[str, Model] = {}

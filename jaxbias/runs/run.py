@@ -245,11 +245,11 @@ def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
     their own ``Settings``; such a file is read through :meth:`RunConfig.from_dict` to find them)."""
     record = dict(record)
     model = record.get("model")
-    if isinstance(model, Mapping) and (model.get("name") in models_lib.available()
-                                       or models_lib.is_import(model.get("name"))):
-        # settings a model gained since the run was written compare as their defaults (kernel_size: 7)
+    if isinstance(model, Mapping):
+        # settings a model gained since the run was written compare as their defaults (kernel_size: 7); a model
+        # no longer known compares as written
         fields = {k: v for k, v in model.items() if k not in ("name", "num_classes")}
-        with contextlib.suppress(ValueError, TypeError):
+        with contextlib.suppress(KeyError, ValueError, TypeError):
             record["model"] = {**model, **settings_lib.as_dict(models_lib.settings(model["name"], fields))}
     if "data" not in record:
         try:
