@@ -7,7 +7,8 @@ non-trainable state into the plain function the methods call:
 The models the run layer and the CLI know are registered (:mod:`.registry`):
 each bundled model's file calls :func:`register` with its factory and
 ``Settings``, as a model of yours does. A network written elsewhere joins
-unmodified through :func:`from_linen` or :func:`from_nnx` (:mod:`.adapters`).
+unmodified through :func:`from_linen`, :func:`from_nnx` or, written as plain
+functions of its parameters, :func:`from_functions` (:mod:`.adapters`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from jaxbias.models.adapters import NNXTapped, Tapped, from_linen, from_nnx
+from jaxbias.models.adapters import FunctionTapped, NNXTapped, Tapped, from_functions, from_linen, from_nnx
 from jaxbias.models.convnet import SimpleConvNet
 from jaxbias.models.efficientnet import EfficientNetB0
 from jaxbias.models.mlp import MLP
@@ -78,5 +79,5 @@ def bind(module: nn.Module, state: ModelState, *, train: bool) -> BoundModel:
 
 
 __all__ = ["SimpleConvNet", "MLP", "VGG16", "ResNet18", "EfficientNetB0", "IMPORTED", "Imported", "Model",
-           "NNXTapped", "NoSettings", "Tapped", "available", "bind", "build", "create", "from_linen", "from_nnx", "get",
-           "init", "is_import", "register", "settings", "unregister"]
+           "FunctionTapped", "NNXTapped", "NoSettings", "Tapped", "available", "bind", "build", "create", "from_functions",
+           "from_linen", "from_nnx", "get", "init", "is_import", "register", "settings", "unregister"]

@@ -7,8 +7,11 @@ acts)``. The bundled networks record their layers with
 :func:`jaxbias.models.layers.tap`; a network written elsewhere does not, and
 need not be edited:
 
-``from_linen(module, layers=("layer4",))`` wraps any Linen module, and
-``from_nnx(model, layers=(...))`` any ``flax.nnx`` model. The named
+``from_linen(module, layers=("layer4",))`` wraps any Linen module,
+``from_nnx(model, layers=(...))`` any ``flax.nnx`` model, and
+``from_functions(features, head, params)`` any other JAX model written as
+functions of its parameters (equinox, a haiku ``apply``, plain ``jnp``): the
+features' output is the layer ``"features"`` (or each named stage's). The named
 submodules are tapped where their ``__call__`` returns (Linen: through
 :func:`flax.linen.intercept_methods`; NNX: on the model merged for each call
 from its pure state, ``nnx.split``/``nnx.merge``): their outputs appear in ``acts``,
@@ -40,10 +43,11 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 from flax import nnx
+from flax.core import unfreeze
 
 from jaxbias.models.layers import check_hooks, tap
 
-__all__ = ["MODE_ARGS", "NNXTapped", "Tapped", "from_linen", "from_nnx"]
+__all__ = ["MODE_ARGS", "FunctionTapped", "NNXTapped", "Tapped", "from_functions", "from_linen", "from_nnx"]
 
 #: How a network hears train/eval mode, by the keyword its ``__call__`` takes: ``train=True`` in training,
 #: ``deterministic=False`` / ``use_running_average=False`` (the flags of Dropout and BatchNorm), or nothing.
@@ -139,7 +143,8 @@ class Tapped(nn.Module):
 
 def _describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
-    return f"{type(value).__name__} of shape {tuple(shape)}" if shape is not None else type(value).__name__
+    kind = "an array" if isinstance(value, jax.Array) else type(value).__name__
+    return f"{kind} of shape {tuple(shape)}" if shape is not None else kind
 
 
 def from_linen(network: nn.Module, *, layers: Sequence[str], mode: Any = "train",
@@ -304,3 +309,111 @@ def from_nnx(model: Any, *, layers: Sequence[str], mode: Any = "train",
         num_classes = getattr(model, "num_classes", None)
     return NNXTapped(graphdef=graphdef, templates=(params, stats, rest), layers=tuple(layers), mode=mode,
                      output=output, num_classes=num_classes)
+
+
+#: The collection of a function model's state (``from_functions(..., state=...)``): Linen's name for running statistics.
+FUNCTION_STATE = "batch_stats"
+
+
+def _groups(tree: Any) -> dict[str, Any]:
+    """A parameter or state tree as named groups: a mapping's own keys, another pytree as one group (plain dicts
+    again: a Linen module's attributes hold their dicts frozen)."""
+    if isinstance(tree, Mapping):
+        return {str(k): unfreeze(v) for k, v in tree.items()}
+    return {"weights": unfreeze(tree)}
+
+
+def _ungroup(template: Any, groups: Mapping[str, Any]) -> Any:
+    """The tree the functions take, from the groups (:func:`_groups`'s inverse)."""
+    if isinstance(template, Mapping):
+        return {k: groups[str(k)] for k in template}
+    return groups["weights"]
+
+
+class FunctionTapped(nn.Module):
+    """A model written as functions of its parameters, its stages tapped, as a Linen module of the house contract;
+    build it with :func:`from_functions`.
+
+    Attributes:
+      stages: ``(name, function)`` pairs run in order; each stage's output is the layer ``name`` and the next
+        stage's input; the last stage is the head, whose output (the logits) is tapped as ``"logits"``.
+      params: the initial parameters (the weights the functions are called with at the start).
+      state: the initial non-trainable state (running statistics), or ``None``: a stateless model.
+      num_classes: the classes it predicts (the run layer's label checks); ``None``: not checked.
+    """
+
+    stages: tuple[tuple[str, Callable[..., Any]], ...]
+    params: Any
+    state: Any = None
+    num_classes: int | None = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, perturb: Mapping[str, jax.Array] | None = None,
+                 edit: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None):
+        params = _ungroup(self.params, {k: self.param(k, lambda _key, v=v: v) for k, v in _groups(self.params).items()})
+        stats = None
+        if self.state is not None:
+            stats = {k: self.variable(FUNCTION_STATE, k, lambda v=v: v) for k, v in _groups(self.state).items()}
+            state = _ungroup(self.state, {k: v.value for k, v in stats.items()})
+        acts: dict[str, jax.Array] = {}
+        h = x
+        for i, (name, fn) in enumerate(self.stages):
+            if self.state is None:
+                h = fn(params, h, train)
+            else:
+                h, state = _stateful(name, fn(params, state, h, train))
+            last = i == len(self.stages) - 1
+            if not isinstance(h, jax.Array) or (last and h.ndim != 2):
+                raise ValueError(f"stage {name!r} returns {_describe(h)}; expected "
+                                 f"{'logits (B, k)' if last else 'one array'}")
+            h = tap("logits" if last else name, h, acts, perturb, edit)
+        if stats is not None and self.is_mutable_collection(FUNCTION_STATE):
+            for k, v in _groups(state).items():
+                stats[k].value = v
+        check_hooks(acts, perturb, edit)
+        return h, acts
+
+
+def _stateful(name: str, out: Any) -> tuple[Any, Any]:
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError(f"stage {name!r} returns {_describe(out)}; a model with state= returns (output, new state)")
+    return out
+
+
+def from_functions(features: Callable[..., Any] | Sequence[tuple[str, Callable[..., Any]]],
+                   head: Callable[..., Any], params: Any, *, state: Any = None, layer: str = "features",
+                   num_classes: int | None = None) -> FunctionTapped:
+    """A model written as plain functions of its parameters, its features tapped: a module every method accepts.
+
+    Args:
+      features: ``features(params, x, train) -> h`` (the layer ``layer``), or a sequence of ``(name, function)``
+        stages, each taking the previous stage's output, for more than one tapped layer.
+      head: ``head(params, h, train) -> logits (B, k)``.
+      params: the model's parameters, any pytree (a mapping's top-level keys are the groups that ``trainable``
+        and FMD's block choose among; another pytree is one group, ``"weights"``). Every function receives
+        the whole tree.
+      state: non-trainable state (batch-norm statistics), or ``None``. With state, each function is called
+        ``fn(params, state, h, train)`` and returns ``(output, new_state)``; the new state is kept in training
+        mode and dropped in evaluation mode, as the run layer does with batch statistics.
+      layer: the name of ``features``' output when it is one function.
+      num_classes: the classes the model predicts.
+
+    An equinox model ``m`` becomes ``params, static = eqx.partition(m, eqx.is_array)`` with
+    ``features = lambda p, x, train: eqx.combine(p, static).features(x)``; a haiku ``apply`` is called with
+    its ``params`` as they are. The functions must be pure and deterministic (no random keys: dropout
+    cannot draw a fresh mask per step through this form).
+    """
+    stages = [(layer, features)] if callable(features) else list(features)
+    if not stages or not all(isinstance(s, tuple) and len(s) == 2 and isinstance(s[0], str) and s[0]
+                             and callable(s[1]) for s in stages):
+        raise ValueError("features must be a function features(params, x, train) or a sequence of (name, function) "
+                         f"stages; got {features!r}")
+    names = [n for n, _ in stages]
+    if len(set(names)) != len(names) or "logits" in names:
+        raise ValueError(f"the stages' names must be distinct and not 'logits' (the head's); got {names}")
+    if not callable(head):
+        raise ValueError(f"head must be a function head(params, h, train) -> logits; got {head!r}")
+    if not jax.tree.leaves(params):
+        raise ValueError("params holds no arrays: pass the model's parameters (a pytree of arrays)")
+    return FunctionTapped(stages=tuple(stages) + (("logits", head),), params=params, state=state,
+                          num_classes=num_classes)

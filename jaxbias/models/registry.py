@@ -154,7 +154,7 @@ def _wrapped(spec: str, factory: Callable[..., Any], *, num_classes: int, layers
              train_keyword: str) -> nn.Module:
     """``factory``'s network under the house's contract: wrapped unless it already is (taps of its own)."""
     net = factory(num_classes=num_classes)
-    if isinstance(net, (adapters.Tapped, adapters.NNXTapped)):
+    if isinstance(net, (adapters.Tapped, adapters.NNXTapped, adapters.FunctionTapped)):
         return net
     if isinstance(net, nnx.Module):
         return adapters.from_nnx(net, layers=layers, num_classes=num_classes)

@@ -13,7 +13,7 @@ import pytest
 
 from jaxbias import methods, models, runs
 from jaxbias.evaluation import latent_sensitivity
-from jaxbias.models.adapters import from_linen, from_nnx
+from jaxbias.models.adapters import from_functions, from_linen, from_nnx
 from jaxbias.models.layers import check_hooks, tap
 from jaxbias.train import method_loss
 from jaxbias.types import Batch
@@ -104,11 +104,68 @@ class TutorialByHand(nn.Module):
         return logits, acts
 
 
+def _conv(p, x):
+    return jax.lax.conv_general_dilated(x, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+
+
+def _batch_norm(p, s, x, train, momentum=0.9, eps=1e-5):
+    """flax's BatchNorm in jnp: batch statistics while training (running averages updated), else the averages."""
+    if train:
+        mean, var = x.mean((0, 1, 2)), (x * x).mean((0, 1, 2)) - x.mean((0, 1, 2)) ** 2
+        s = {"mean": momentum * s["mean"] + (1 - momentum) * mean, "var": momentum * s["var"] + (1 - momentum) * var}
+    else:
+        mean, var = s["mean"], s["var"]
+    return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"], s
+
+
+# a model written as plain functions of its parameters (as equinox/haiku users have it), with batch-norm state
+def block1(p, s, x, train):
+    h, bn = _batch_norm(p["bn"], s["bn"], _conv(p["conv1"], x), train)
+    return jax.nn.relu(h), {**s, "bn": bn}
+
+
+def block2(p, s, h, train):
+    return _conv(p["conv2"], h), s
+
+
+def features(p, s, h, train):
+    return jax.nn.relu(h).mean((1, 2)) @ p["dense"]["kernel"] + p["dense"]["bias"], s
+
+
+def head(p, s, h, train):
+    return jax.nn.relu(h) @ p["head"]["kernel"] + p["head"]["bias"], s
+
+
+class FunctionsByHand(nn.Module):
+    """The function model in Linen with the house's taps (same parameter and statistics names)."""
+
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, x, *, train, perturb=None, edit=None):
+        acts = {}
+        x = nn.Conv(6, (3, 3), name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x)
+        x = tap("block1", nn.relu(x), acts, perturb, edit)
+        x = tap("block2", nn.Conv(8, (3, 3), name="conv2")(x), acts, perturb, edit)
+        x = tap("features", nn.Dense(16, name="dense")(nn.relu(x).mean((1, 2))), acts, perturb, edit)
+        logits = tap("logits", nn.Dense(self.num_classes, name="head")(nn.relu(x)), acts, perturb, edit)
+        check_hooks(acts, perturb, edit)
+        return logits, acts
+
+
+def _function_model():
+    variables = FunctionsByHand().init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)), train=False)
+    return from_functions([("block1", block1), ("block2", block2), ("features", features)], head,
+                          variables["params"], state=variables["batch_stats"], num_classes=4)
+
+
 #: per network: the wrapped module, its hand-tapped twin, and its tapped layers as (first, conv, dense)
 NETWORKS = {
     "linen": (lambda: from_linen(CNN(), layers=LAYERS), TappedByHand, LAYERS),
     "nnx": (lambda: from_nnx(TutorialCNN(rngs=nnx.Rngs(0)), layers=("bn", "conv2", "linear1")), TutorialByHand,
             ("bn", "conv2", "linear1")),
+    "functions": (_function_model, FunctionsByHand, ("block1", "block2", "features")),
 }
 
 
@@ -127,6 +184,8 @@ def pair(request):
     assert jax.tree.structure((params, state)) == jax.tree.structure((ref_params, ref_state))
     if request.param == "linen":
         assert jax.tree.structure(params) == jax.tree.structure(CNN().init(jax.random.key(1), x[:1])["params"])
+    elif request.param == "functions":  # the parameters the functions were given
+        _close((params, state), (wrapped.params, {"batch_stats": wrapped.state}))
     else:  # the weights the NNX model held when it was wrapped
         held = nnx.to_pure_dict(nnx.state(TutorialCNN(rngs=nnx.Rngs(0)), nnx.Param))
         _close(params, held)
@@ -182,7 +241,7 @@ def test_every_training_method_gives_the_same_loss_and_gradient(pair, name, sett
         mstate = method.init(model, params, concept if methods.kind(method).fits_on_model else batch, hp=hp)
         fn = method_loss(method, module, hp, train=True)
         (loss, aux), grads = jax.value_and_grad(fn, has_aux=True)(params, state, mstate, batch, key)
-        results.append((loss, aux.metrics, grads, aux.state))
+        results.append((loss, aux.metrics, grads, aux.state, mstate))  # mstate: the CAV fitted on the model
     _close(results[0], results[1])
     assert float(results[0][0]) > 0 and float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(results[0][2]))) > 0
 
@@ -193,6 +252,32 @@ def test_tcav_sensitivities_match(pair):
     s = [latent_sensitivity(models.bind(m, state, train=False), params, batch.x, cav, layer=layers[1], target=1) for m in (wrapped, hand)]
     _close(s[0], s[1])
     assert float(jnp.abs(s[0]).sum()) > 0
+
+
+@pytest.mark.parametrize("mode", ["counterfactual", "training"])
+def test_fmd_edit_and_influence_match(pair, mode):
+    """FMD on the wrapped network: the same Newton edit of its last layer (counterfactual pairs), the same
+    harmful samples ranked by influence (training mode), as on the hand-tapped network."""
+    from jaxbias.methods import fmd
+
+    wrapped, hand, params, state, batch, layers = pair
+    x_cf = jnp.where(batch.mask[..., None] > 0, -batch.x, batch.x)  # the "protected attribute" flipped
+    pairs = (batch.x, x_cf, batch.y)
+    hp = fmd.Hparams(mode=mode, params="last", scale=1.0, top_k=4, solver="exact")
+    train = (batch.x, batch.y) if mode == "training" else None
+    train_cf = x_cf if mode == "training" else None
+    results = []
+    for module in (wrapped, hand):
+        model = models.bind(module, state, train=False)
+        res = fmd.debias(lambda p, x, model=model: model(p, x).logits, params, pairs, hp=hp, order=list(params),
+                         train=train, train_cf=train_cf)
+        results.append(res)
+    a, b = results
+    assert a.subset == b.subset and len(a.subset) == 1  # the network's own last layer
+    _close((a.params, a.bias_after), (b.params, b.bias_after))
+    assert float(jnp.abs(a.params[a.subset[0]]["kernel"] - params[a.subset[0]]["kernel"]).max()) > 1e-3
+    if mode == "training":
+        np.testing.assert_array_equal(np.asarray(a.removed), np.asarray(b.removed))
 
 
 def test_what_cannot_be_tapped_is_refused_in_one_line(pair):
@@ -206,6 +291,22 @@ def test_what_cannot_be_tapped_is_refused_in_one_line(pair):
 
     def call(module, **kw):
         return models.bind(module, state, train=False)(params, batch.x, **kw)
+
+    if isinstance(wrapped, models.FunctionTapped):
+        with pytest.raises(ValueError, match=r"perturb names unknown layer\(s\) \['pool'\]"):
+            call(wrapped, perturb={"pool": jnp.zeros((16, 16))})
+        with pytest.raises(ValueError, match=r"stage 'block2' returns an array of shape \(16, 8, 8, 6\); a model with "
+                                             r"state= returns \(output, new state\)"):
+            call(from_functions([("block1", block1), ("block2", lambda p, s, h, t: h)], head, wrapped.params,
+                                state=wrapped.state))
+        with pytest.raises(ValueError, match=r"stage 'logits' returns an array of shape \(16, 8, 8, 8\); expected logits"):
+            call(from_functions([("block1", block1)], block2, wrapped.params, state=wrapped.state))
+        for bad, message in [(dict(features="f"), "features must be a function"),
+                             (dict(features=[("logits", block1)]), "not 'logits'"),
+                             (dict(head=None), "head must be a function"), (dict(params={}), "params holds no arrays")]:
+            with pytest.raises(ValueError, match=message):
+                from_functions(**{"features": block1, "head": head, "params": wrapped.params, **bad})
+        return
 
     with pytest.raises(ValueError, match=r"\['pool'\] are not submodules called by CNN .*'stage2/conv'"):
         call(from_linen(CNN(), layers=("pool",)))
@@ -340,6 +441,25 @@ def nnx_net(num_classes):
     return NNXNet(num_classes, rngs=nnx.Rngs(0))
 
 
+def function_net(num_classes):
+    """A model written as two functions of its parameters (no Flax module)."""
+    import jax
+    import jax.numpy as jnp
+    from jaxbias.models import from_functions
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {"hidden": {"w": jax.random.normal(k1, (3, 32)), "b": jnp.zeros(32)},
+              "head": {"w": 0.2 * jax.random.normal(k2, (32, num_classes)), "b": jnp.zeros(num_classes)}}
+
+    def features(p, x, train):
+        return jax.nn.relu(x.mean((1, 2)) @ p["hidden"]["w"] + p["hidden"]["b"])
+
+    def head(p, h, train):
+        return h @ p["head"]["w"] + p["head"]["b"]
+
+    return from_functions(features, head, params, num_classes=num_classes)
+
+
 not_a_factory = 3
 '''
 
@@ -373,6 +493,13 @@ def test_a_network_of_your_package_trains_by_name_from_the_cli(fewer_digits, tmp
     assert models.bind(runs.restore(wd).module, {}, train=False)(runs.restore(wd).state.params,
                                                                   jnp.zeros((2, 28, 28, 3))).acts.keys() == {
         "conv", "hidden", "logits"}
+    # a model written as functions: EnD on its features
+    wd = tmp_path / "functions"
+    assert cli.main(["train", *common, "--lr", "0.01", "--model", "user_nets_cli:function_net", "--method", "end",
+                     "--layer", "features", "--workdir", str(wd)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert np.isfinite(results["history"][-1]["loss"]) and results["eval"]["biased"]["accuracy"] > 0.2
+    assert set(runs.restore(wd).state.params) == {"hidden", "head"}
     # what is not a network of a package, or not a layer of it: one line, exit 2, no workdir
     for model, more, message in [
         ("no_such_package_xyz:f", [], "cannot import no_such_package_xyz"),
@@ -380,6 +507,7 @@ def test_a_network_of_your_package_trains_by_name_from_the_cli(fewer_digits, tmp
         ("user_nets_cli:not_a_factory", [], "not_a_factory is not callable"),
         ("user_nets_cli:linen_net", ["--method", "end", "--layer", "pool"],
          "layers ['pool'] are not submodules called by Net"),
+        ("user_nets_cli:function_net", ["--method", "end", "--layer", "pool"], "'pool'"),
         ("mlp", ["--layers", "a"], "--layers is a setting of package.module:factory, not of model 'mlp'"),
     ]:
         bad = tmp_path / "bad"
