@@ -399,7 +399,7 @@ def cmd_correct(args: argparse.Namespace) -> int:
         base=args.base, method=args.method, hparams=hp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, chosen=chosen, workdir=args.workdir,
         resume=args.resume, progress=not args.no_progress, log=_epoch_log(),
-        trainable=args.trainable,
+        trainable=args.trainable, cav_layer=args.cav_layer,
     )
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k not in ("state", "run")}, indent=2))
@@ -630,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0: P-ClArC needs none)")
     p.add_argument("--trainable", type=_names, default=None,
                    help="train only these parameter groups, comma-separated (e.g. fc: the head), batch-norm frozen")
+    p.add_argument("--cav-layer", default=None,
+                   help="the layer of the report's TCAV direction, fitted once on the base model (default: block4 of "
+                        "the bundled conv net, else the model's last tapped feature map)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.0)

@@ -34,7 +34,7 @@ def correct(
     progress: bool = True,
     log=None,
     data=None,
-    cav_layer: str = "block4",
+    cav_layer: str | None = None,
     cav_method: str = "signal",
     trainable: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -43,33 +43,44 @@ def correct(
     Fine-tunes for ``epochs`` epochs (``0`` is allowed: P-ClArC needs no
     training) with Adam at ``lr``, then reports :func:`artifact_report` for the
     corrected model (P-ClArC evaluated through its projection). TCAV scores use
-    one artifact CAV fitted on the *uncorrected* model (``cav_layer``,
-    ``cav_method``) so that every correction is measured along the same
-    direction. ``trainable=("fc",)`` fine-tunes only the head, with the
-    network in evaluation mode (frozen batch-norm statistics).
+    one artifact CAV fitted on the *uncorrected* model (``cav_layer``, default
+    :func:`jaxbias.runs.measure.report_layer`: ``block4`` of the bundled conv
+    net, else the model's last tapped feature map, else the method's layer;
+    ``cav_method``) so that
+    every correction is measured along the same direction; a network of yours
+    (``--model package.module:factory``) is tapped there too.
+    ``trainable=("fc",)`` fine-tunes only the head, with the network in
+    evaluation mode (frozen batch-norm statistics). R_bias needs the model's
+    LRP graph (:func:`jaxbias.explain.supported`: the bundled conv net and
+    MLP); for another model, and for P-ClArC's projected pass, it is ``None``.
 
     Returns:
       ``{"config", "report", "base_report", "seconds", "seconds_per_epoch", "history"}``.
     """
     from jaxbias import methods as methods_lib
     from jaxbias import runs
-    from jaxbias.runs.measure import reference_cav
+    from jaxbias.runs.measure import reference_cav, report_layer
 
     base_run = base if isinstance(base, runs.Run) else runs.restore(base)  # restored once, then passed on
+    if base_run.config.dataset != "artifact_mnist":
+        raise ValueError(f"correct needs a base run on the artifact dataset; {base!r} was trained on "
+                         f"{base_run.config.dataset!r}")
+    cav_layer = cav_layer or report_layer(base_run) or getattr(methods_lib.make_hparams(
+        methods_lib.get(method), dict(hparams or {})), "layer", None)
+    if cav_layer is None:
+        raise ValueError(f"the report's CAV needs a layer and the model of {base!r} taps none: pass cav_layer "
+                         "(--cav-layer) naming one of its submodules")
+    base_run = base_run.tapped([cav_layer])  # a network of yours: tapped there, and so is the corrected run
     bcfg = base_run.config
-    if bcfg.dataset != "artifact_mnist":
-        raise ValueError(f"correct needs a base run on the artifact dataset; {base!r} was trained on {bcfg.dataset!r}")
     dataset = bcfg.load_data(data)
     evals = dataset.evals
-    module = base_run.module
     bstate = base_run.state
 
     # one reference CAV on the uncorrected model, shared by every report
     cav = reference_cav(base_run, dataset, layer=cav_layer, cav=cav_method)
     report_kw = dict(cav=cav, layer=cav_layer, target_class=dataset.target_class, chosen=chosen)
     base_report = artifact_report(base_run.inference_model(), bstate.params, evals, **report_kw)
-    base_report.update(lrp_r_bias(module, {"params": bstate.params, **bstate.model_state}, evals["artifact"],
-                                  target_class=dataset.target_class))
+    base_report.update(_r_bias(base_run, evals, dataset.target_class))
 
     t0 = time.perf_counter()
     config = bcfg.replace(method=method, hparams=dict(hparams or {}), epochs=epochs, batch_size=batch_size, lr=lr,
@@ -80,11 +91,7 @@ def correct(
     seconds = time.perf_counter() - t0
     state = run.state
     report = artifact_report(run.inference_model(), state.params, evals, **report_kw)
-    if methods_lib.kind(method).corrects_inference:  # an edited forward pass (P-ClArC's projection): no LRP graph
-        report.update({"r_bias": None, "r_bias_chosen": None, "r_bias_pull": None})
-    else:
-        report.update(lrp_r_bias(module, {"params": state.params, **state.model_state}, evals["artifact"],
-                                 target_class=dataset.target_class))
+    report.update(_r_bias(run, evals, dataset.target_class))
     epoch_secs = [h["seconds"] for h in run.history]
     return {
         "config": {**run.record, "base": base_run.workdir,
@@ -97,3 +104,16 @@ def correct(
         "state": state,
         "run": run,
     }
+
+
+def _r_bias(run: Any, evals: Mapping[str, Any], target_class: int) -> dict[str, float | None]:
+    """LRP's R_bias of a run's model, or ``None`` where it has no LRP graph (a model jaxbias.explain cannot walk
+    yet; P-ClArC's projected forward pass)."""
+    from jaxbias import methods as methods_lib
+    from jaxbias.explain import supported
+
+    if methods_lib.kind(run.method).corrects_inference or not supported(run.module):
+        return {"r_bias": None, "r_bias_chosen": None, "r_bias_pull": None}
+    state = run.state
+    return lrp_r_bias(run.module, {"params": state.params, **state.model_state}, evals["artifact"],
+                      target_class=target_class)

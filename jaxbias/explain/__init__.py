@@ -16,6 +16,7 @@ from jaxbias.explain.graph import (
     check_graph,
     fold_batchnorm,
     forward,
+    supported,
     to_graph,
 )
 from jaxbias.explain.lrp import RULES, composite_rules, first_linear, grad_times_input, gradient, lrp, make_lrp
@@ -23,5 +24,5 @@ from jaxbias.explain.lrp import RULES, composite_rules, first_linear, grad_times
 __all__ = [
     "Activation", "AvgPool", "BatchNorm", "Conv", "Dense", "Flatten", "GlobalAvgPool", "MaxPool", "Residual",
     "RULES", "check_graph", "composite_rules", "first_linear", "fold_batchnorm", "forward", "grad_times_input",
-    "gradient", "lrp", "make_lrp", "to_graph",
+    "gradient", "lrp", "make_lrp", "supported", "to_graph",
 ]

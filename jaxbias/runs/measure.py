@@ -5,13 +5,15 @@ import dataclasses
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxbias import methods as methods_lib
+from jaxbias import models as models_lib
 from jaxbias import datasets as datasets_lib
 from jaxbias.datasets import Dataset
-from jaxbias.runs.run import Run, fit_method_state, restore
+from jaxbias.runs.run import Run, fit_method_state, input_shape, restore
 from jaxbias.workdir import run_path
 
 #: The layer and fitter of the reference CAV every artifact report measures along.
@@ -35,19 +37,46 @@ def with_base(run: Run) -> Run:
     return dataclasses.replace(run, config=dataclasses.replace(run.config, init_from=restore(src)))
 
 
+def report_layer(run: Run) -> str | None:
+    """The layer of the artifact report's CAV on ``run``'s model: ``REPORT_CAV``'s (``block4``, the bundled conv
+    net's last block) where the model has it, else its last tapped feature map (``(B, H, W, C)``), else its last
+    tapped layer before the logits; ``None`` when it taps none (a network of yours trained without ``--layers``
+    by a method without a layer)."""
+    order: dict[str, int] = {}
+    model = models_lib.bind(run.module, run.state.model_state, train=False)
+
+    def acts(x):  # traced once, nothing computed: the tapped layers in forward order, and their ranks
+        out = model(run.state.params, x)
+        order.update((k, v.ndim) for k, v in out.acts.items() if k != "logits")
+        return out.logits
+
+    jax.eval_shape(acts, jax.ShapeDtypeStruct((1, *input_shape(run.record)), jnp.float32))
+    if REPORT_CAV["layer"] in order:
+        return REPORT_CAV["layer"]
+    maps = [k for k, ndim in order.items() if ndim == 4]
+    return (maps or list(order) or [None])[-1]
+
+
 def reference_cav(run: Run, dataset: Dataset, *, layer: str = REPORT_CAV["layer"], cav: str = REPORT_CAV["cav"]):
-    """The artifact CAV (signal, max-pooled) fitted on ``run``'s model."""
+    """The artifact CAV (signal, max-pooled) fitted on ``run``'s model at ``layer``."""
     rrc = methods_lib.get("rrclarc")
-    return fit_method_state(rrc, rrc.Hparams(layer=layer, cav=cav), run, dataset).cav
+    return fit_method_state(rrc, rrc.Hparams(layer=layer, cav=cav), run.tapped([layer]), dataset).cav
 
 
 def artifact_report(run: Run, dataset: Dataset, *, cav=None, chosen=None) -> dict[str, Any]:
-    """:func:`jaxbias.evaluation.artifact_report` of a run, TCAV along ``cav`` (default: fitted on its base)."""
+    """:func:`jaxbias.evaluation.artifact_report` of a run, TCAV along ``cav`` (default: fitted on its base at
+    :func:`report_layer`)."""
     from jaxbias.evaluation import artifact_report as report
 
+    base = base_of(run)
+    layer = report_layer(base) or report_layer(run)  # a base that taps nothing: the layer its correction tapped
+    if layer is None:
+        raise ValueError(f"the artifact report fits its CAV at a layer of the model, and {run.config.model!r} taps "
+                         "none: train it with --layers naming one")
     if cav is None:
-        cav = reference_cav(base_of(run), dataset)
-    return report(run.inference_model(), run.state.params, dataset.evals, cav=cav, layer=REPORT_CAV["layer"],
+        cav = reference_cav(base, dataset, layer=layer)
+    run = run.tapped([layer])
+    return report(run.inference_model(), run.state.params, dataset.evals, cav=cav, layer=layer,
                   target_class=dataset.target_class, chosen=chosen)
 
 

@@ -87,6 +87,31 @@ class Run:
                         dataset.evals)
 
 
+    def tapped(self, layers: Any) -> "Run":
+        """This run with its network tapped at ``layers`` too (a network of yours; see :func:`tap_layers`): same
+        parameters and state, a module that also records these layers (a report's CAV layer). Else ``self``."""
+        config = tap_layers(self.config, layers)
+        if config is self.config:
+            return self
+        model = {**self.record["model"], "layers": list(config.model_settings.layers)}
+        return dataclasses.replace(self, config=config, record={**self.record, "model": model},
+                                   module=make_module(model))
+
+
+def tap_layers(config: RunConfig, layers: Any) -> RunConfig:
+    """``config`` with its network tapped at ``layers`` too, when it is a network of yours (``--model
+    package.module:factory``, whose ``layers`` setting lists the submodules it is tapped at): a tap changes no
+    parameter, so the method's layer and a report's CAV layer join what ``--layers`` names. Other models (whose
+    layers are their own), names already tapped and ``None`` leave ``config`` as it is."""
+    if not models_lib.is_import(config.model):
+        return config
+    have = tuple(config.model_settings.layers)
+    extra = tuple(dict.fromkeys(n for n in layers if isinstance(n, str) and n not in have))
+    if not extra:
+        return config
+    return config.replace(model_settings={**settings_lib.as_dict(config.model_settings), "layers": have + extra})
+
+
 @dataclasses.dataclass
 class Prepared:
     """What :func:`train` and :func:`sweep` both start from."""
@@ -150,10 +175,7 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
         config = config.replace(model=bc.model, model_settings=bc.model_settings)
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
-    layer = getattr(hp, "layer", None)
-    if models_lib.is_import(config.model) and not config.model_settings.layers and isinstance(layer, str):
-        # a network of yours, wrapped: tapped where the method works unless --layers says more
-        config = config.replace(model_settings={**settings_lib.as_dict(config.model_settings), "layers": (layer,)})
+    config = tap_layers(config, [getattr(hp, "layer", None)])  # a network of yours: tapped where the method works
     if sweep:  # the members' settings (equal members, a NaN lr) before the data, and before any workdir is written
         from jaxbias.sweep import check_members
 
@@ -461,10 +483,8 @@ def restore(workdir: str) -> Run:
     module = make_module(record["model"])
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
-    layer = getattr(hp, "layer", None)
-    if models_lib.is_import(config.model) and not config.model_settings.layers and isinstance(layer, str):
-        # a network of yours, wrapped: tapped where the method works unless --layers says more
-        config = config.replace(model_settings={**settings_lib.as_dict(config.model_settings), "layers": (layer,)})
+    config = tap_layers(config, [getattr(hp, "layer", None)])
+
     def fresh_state():  # traced by eval_shape: nothing below is computed
         params, model_state = models_lib.init(module, jax.random.key(0), jnp.zeros((1, *input_shape(record))))
         tx = _tx(config, 1, params)  # the schedule's length does not change the state's structure

@@ -514,3 +514,34 @@ def test_a_network_of_your_package_trains_by_name_from_the_cli(fewer_digits, tmp
         assert cli.main(["train", *common, "--model", model, *more, "--workdir", str(bad)]) == 2
         assert message in capsys.readouterr().err
         assert not bad.exists()
+
+
+@pytest.mark.parametrize("factory,layer", [("linen_net", "hidden"), ("nnx_net", "hidden"), ("function_net", "features")])
+def test_jaxbias_correct_on_a_network_of_your_package(factory, layer, fewer_digits, tmp_path, monkeypatch, capsys):
+    """`jaxbias correct` on a wrapped network: a base trained with no taps at all, corrected with RR-ClArC at the
+    network's own layer; the report's CAV is fitted there on the base (tapped for it), R_bias is None (no LRP
+    graph for the network yet), and the correction lowers the stamp's latent sensitivity."""
+    from jaxbias import cli
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "user_nets_correct.py").write_text(USER_NETS)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    model = f"user_nets_correct:{factory}"
+    base = tmp_path / "base"
+    assert cli.main(["train", "--dataset", "artifact_mnist", "--model", model, "--epochs", "2", "--batch-size", "64",
+                     "--lr", "0.01", "--no-progress", "--json", "--workdir", str(base)]) == 0
+    capsys.readouterr()
+    assert json.loads((base / "config.json").read_text())["model"]["layers"] == []
+    wd = tmp_path / "rrclarc"
+    assert cli.main(["correct", "--from", str(base), "--method", "rrclarc", "--layer", layer, "--lam", "100",
+                     "--epochs", "1", "--lr", "0.001", "--no-progress", "--json", "--workdir", str(wd)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["config"]["model"]["layers"] == [layer]
+    before, after = res["base_report"], res["report"]
+    assert before["r_bias"] is None and after["r_bias"] is None
+    assert np.isfinite([before["tcav_sens"], after["tcav_sens"], after["clean"]]).all()
+    assert abs(after["tcav_sens"]) < abs(before["tcav_sens"])
+    # the corrected run evaluates with the same report (its base restored from the workdir, untapped)
+    assert cli.main(["evaluate", "--workdir", str(wd), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["artifact_report"]["tcav_sens"] == pytest.approx(after["tcav_sens"],
+                                                                                              rel=1e-5)
