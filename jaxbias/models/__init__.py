@@ -8,6 +8,8 @@ The models the run layer and the CLI know are registered (:mod:`.registry`):
 each bundled model's file calls :func:`register` with its factory and
 ``Settings``, as a model of yours does. A network written elsewhere joins
 unmodified through :func:`from_linen` or :func:`from_nnx` (:mod:`.adapters`).
+Weights you already have (``.npz``, ``.safetensors``, an orbax checkpoint) load,
+checked against the module, with :func:`load_weights` (:mod:`.weights`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from jaxbias.models.mlp import MLP
 from jaxbias.models.resnet import ResNet18
 from jaxbias.models.registry import IMPORTED, Imported, Model, NoSettings, available, get, is_import, register, unregister
 from jaxbias.models.vgg import VGG16
+from jaxbias.models.weights import load_weights, save_weights
 from jaxbias.types import BoundModel, ModelOutput, ModelState, Params
 
 
@@ -79,4 +82,4 @@ def bind(module: nn.Module, state: ModelState, *, train: bool) -> BoundModel:
 
 __all__ = ["SimpleConvNet", "MLP", "VGG16", "ResNet18", "EfficientNetB0", "IMPORTED", "Imported", "Model",
            "NNXTapped", "NoSettings", "Tapped", "available", "bind", "build", "create", "from_linen", "from_nnx", "get",
-           "init", "is_import", "register", "settings", "unregister"]
+           "init", "is_import", "load_weights", "register", "save_weights", "settings", "unregister"]
