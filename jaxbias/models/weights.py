@@ -124,10 +124,13 @@ def load_weights(path: str | os.PathLike, module: Any, sample_x: Any) -> tuple[A
       ValueError: one line naming the file: missing, unknown format, keys the model lacks, variables the file
       lacks, a shape or dtype-kind mismatch.
     """
-    from jaxbias import models
-
     path = os.fspath(path)
-    template = jax.eval_shape(lambda x: models.init(module, jax.random.key(0), x), sample_x)
+
+    def init(x):  # jaxbias.models.init (this module sits below it: no import cycle)
+        variables = dict(module.init(jax.random.key(0), x, train=False))
+        return variables.pop(PARAMS), variables
+
+    template = jax.eval_shape(init, sample_x)
     params_t, state_t = template
     collections = {PARAMS, *state_t}
     wanted = {**{f"{PARAMS}/{k}": v for k, v in _flat(params_t).items()},
