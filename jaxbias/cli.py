@@ -77,6 +77,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maps", default=S, metavar="DIR",
                    help="per-image maps of the training images from `jaxbias attribute --out DIR` on the same data, "
                    "as the training masks (what --method targeted_noise hides)")
+    p.add_argument("--weights", default=S, metavar="PATH",
+                   help="start from these weights instead of the seed's initialisation: a .npz or .safetensors file "
+                   "or an orbax checkpoint directory, keys params/..., batch_stats/... as in the model's variables "
+                   "(jaxbias.models.save_weights writes them); checked against the model before the workdir is "
+                   "written; not with --from")
     p.add_argument("--method", default=S, choices=methods.training(),
                    help=f"training method (default {d('method')}); its hyperparameters are the flags below")
     p.add_argument("--epochs", type=int, default=S, help=f"default {d('epochs')}")

@@ -9,6 +9,8 @@ each bundled model's file calls :func:`register` with its factory and
 ``Settings``, as a model of yours does. A network written elsewhere joins
 unmodified through :func:`from_linen`, :func:`from_nnx` or, written as plain
 functions of its parameters, :func:`from_functions` (:mod:`.adapters`).
+Weights you already have (``.npz``, ``.safetensors``, an orbax checkpoint) load,
+checked against the module, with :func:`load_weights` (:mod:`.weights`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from jaxbias.models.mlp import MLP
 from jaxbias.models.resnet import ResNet18
 from jaxbias.models.registry import IMPORTED, Imported, Model, NoSettings, available, get, is_import, register, unregister
 from jaxbias.models.vgg import VGG16
+from jaxbias.models.weights import load_weights, save_weights
 from jaxbias.types import BoundModel, ModelOutput, ModelState, Params
 
 
@@ -80,4 +83,5 @@ def bind(module: nn.Module, state: ModelState, *, train: bool) -> BoundModel:
 
 __all__ = ["SimpleConvNet", "MLP", "VGG16", "ResNet18", "EfficientNetB0", "IMPORTED", "Imported", "Model",
            "FunctionTapped", "NNXTapped", "NoSettings", "Tapped", "available", "bind", "build", "create", "from_functions",
-           "from_linen", "from_nnx", "get", "init", "is_import", "register", "settings", "unregister"]
+           "from_linen", "from_nnx", "get", "init", "is_import", "load_weights", "register", "save_weights", "settings",
+           "unregister"]

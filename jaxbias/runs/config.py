@@ -106,6 +106,9 @@ class RunConfig:
       epochs, batch_size, lr, weight_decay, decay_every: Adam(W) with a step decay ×0.1 every ``decay_every`` epochs.
       seed: initialisation, data order and step keys.
       init_from: a workdir (or a :class:`jaxbias.runs.Run`) to start from; ``trainable``: only these groups train.
+      weights: a file of weights to start from instead of the seed's initialisation: ``.npz``, ``.safetensors`` or
+        an orbax checkpoint directory (keys ``params/...``, ``batch_stats/...``: :mod:`jaxbias.models.weights`),
+        checked against the model before anything is written; not with ``init_from``.
       devices: data parallelism (a single run) or member sharding (a sweep) over this many devices.
       data_devices: a sweep: each member's batch over this many of them.
       feed: how batches reach the step (:mod:`jaxbias.engine`).
@@ -129,6 +132,7 @@ class RunConfig:
     decay_every: int | None = 20
     seed: int = 0
     init_from: Any = None
+    weights: str | None = None
     trainable: tuple[str, ...] | None = None
     devices: int | None = None
     data_devices: int = 1
@@ -143,6 +147,8 @@ class RunConfig:
             if isinstance(v, (list, tuple)):
                 object.__setattr__(self, name, tuple(_freeze(m) if isinstance(m, Mapping) else m for m in v))
         object.__setattr__(self, "hparams", _freeze(dict(self.hparams or {})))
+        if isinstance(self.weights, os.PathLike):
+            object.__setattr__(self, "weights", os.fspath(self.weights))
         if not (isinstance(self.dataset, str) and self.dataset in datasets_lib.available()):
             raise ValueError(f"dataset must be one of {datasets_lib.available()}; got {self.dataset!r}")
         object.__setattr__(self, "data", datasets_lib.settings(self.dataset, self.data))
@@ -185,8 +191,13 @@ class RunConfig:
         need(self.devices is None or (is_int(self.devices) and self.devices >= 1), "devices", "a positive int or None")
         need(is_int(self.data_devices) and self.data_devices >= 1, "data_devices", "a positive int")
         need(is_int(self.eval_every) and self.eval_every >= 1, "eval_every", "a positive int")
-        if self.trainable is not None and self.init_from is None:
-            raise ValueError("trainable freezes layers of a trained model: set init_from (a workdir) too")
+        need(self.weights is None or (isinstance(self.weights, str) and self.weights != ""), "weights",
+             "a path to a .npz / .safetensors file or an orbax checkpoint directory, or None")
+        if self.weights is not None and self.init_from is not None:
+            raise ValueError(f"weights ({self.weights!r}) and init_from both give the starting model: set one "
+                             "(--weights FILE or --from WORKDIR)")
+        if self.trainable is not None and self.init_from is None and self.weights is None:
+            raise ValueError("trainable freezes layers of a trained model: set init_from (a workdir) or weights too")
         if self.init_from is None and methods.kind(self.method).fits_on_model:
             raise ValueError(
                 f"method {self.method!r} corrects a trained model (it fits a CAV on it): train a base model first "

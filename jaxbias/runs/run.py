@@ -39,7 +39,7 @@ from jaxbias.workdir import holds_run, run_path, write_json
 #: Settings a resumed run may change (how long, on what, fed how); everything else must match config.json.
 RESUMABLE_CHANGES = ("epochs", "devices", "data_devices", "feed", "eval_every")
 #: Settings that may name a file or folder: compared by the path they resolve to.
-PATH_SETTINGS = ("data_path", "data_dir", "maps", "init_from", "data_file")
+PATH_SETTINGS = ("data_path", "data_dir", "maps", "init_from", "data_file", "weights")
 
 
 @dataclasses.dataclass
@@ -125,11 +125,12 @@ class Prepared:
     base: Run | None
     method_state: Any
     mesh: Any
+    weights: tuple[Any, Any] | None = None  # (params, model_state) read from config.weights
 
     @property
     def init_params(self) -> tuple[Any, Any] | None:
-        """The starting run's variables (``None``: initialise from the seed)."""
-        return None if self.base is None else self.base.variables
+        """The starting run's variables, or the weights file's (``None``: initialise from the seed)."""
+        return self.base.variables if self.base is not None else self.weights
 
 
 def make_module(model: Mapping[str, Any]):
@@ -150,11 +151,12 @@ def fit_method_state(method: ModuleType, hp: Any, run: Run, dataset: Dataset) ->
     return method.init(model, run.state.params, dataset.concept, hp=hp)
 
 
-def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prepared:
+def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False, read_weights: bool = True) -> Prepared:
     """Check ``config``, make the mesh, restore the starting run, load the data, build model and method state.
 
     ``data``: an already loaded dataset (a :class:`Dataset` or the loader's
     object, e.g. shared by the seeds of an experiment); ``None`` loads it.
+    ``read_weights=False``: leave ``config.weights`` unread (a resumed run starts from its checkpoint).
     """
     if sweep and config.members is None:
         raise ValueError("a sweep needs members (e.g. jaxbias.sweep.grid(lam=[0.1, 1], seed=[0, 1]))")
@@ -213,10 +215,14 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False) -> Prep
                              f"{int(np.max(labels)) + 1}")
     record["input_shape"] = [int(d) for d in np.shape(dataset.train.x)[1:]]
     module = make_module(record["model"])
+    weights = None
+    if config.weights is not None and read_weights:  # checked against the model the run builds, before any workdir
+        sample = jax.ShapeDtypeStruct((1, *np.shape(dataset.train.x)[1:]), np.asarray(dataset.train.x[:1]).dtype)
+        weights = models_lib.load_weights(config.weights, module, sample)
     method_state = None if base is None else fit_method_state(method, hp, base, dataset)
     trace_loss(module, method, hp, method_state, dataset.train, batch_size=config.batch_size,
                train_mode=config.trainable is None)
-    return Prepared(config, record, dataset, module, method, hp, base, method_state, mesh)
+    return Prepared(config, record, dataset, module, method, hp, base, method_state, mesh, weights)
 
 
 def trace_loss(module: Any, method: ModuleType, hp: Any, method_state: Any, train: Batch, *, batch_size: int,
@@ -253,6 +259,14 @@ def resolve_resume(workdir: str | os.PathLike | None, resume: bool | str) -> boo
                                 " (no config.json, no checkpoints/); drop --resume to start a new run, or pass "
                                 "--auto-resume (resume='auto') to resume when there is a run and start otherwise")
     return bool(resume)
+
+
+def _has_checkpoint(workdir: str | os.PathLike | None) -> bool:
+    """Whether ``workdir`` holds a complete checkpoint: a run resumed from one starts from it, not from ``weights``."""
+    from jaxbias.checkpoint import Checkpointer
+
+    folder = run_path(workdir, "checkpoint_dir") if workdir is not None else None
+    return bool(folder and os.path.isdir(folder) and Checkpointer(folder).latest_epoch() is not None)
 
 
 def _same(key: str, saved: Any, now: Any) -> bool:
@@ -327,7 +341,7 @@ def train(config: RunConfig, *, data: Any = None, workdir: str | None = None, re
     otherwise (:func:`resolve_resume`).
     """
     resume = resolve_resume(workdir, resume)  # before the data are loaded: a wrong workdir fails fast
-    prep = prepare(config, data=data)
+    prep = prepare(config, data=data, read_weights=not (resume and _has_checkpoint(workdir)))
     with workdir_lock(workdir, enabled=jax.process_index() == 0):  # held until results.json is written
         return _train(prep, workdir, resume, progress, log)
 
@@ -416,7 +430,7 @@ def sweep(config: RunConfig, *, data: Any = None, workdir: str | None = None, re
     Returns the :class:`Sweep`; its ``results`` are also written as ``results.json``.
     """
     resume = resolve_resume(workdir, resume)  # before the data are loaded: a wrong workdir fails fast
-    prep = prepare(config, data=data, sweep=True)
+    prep = prepare(config, data=data, sweep=True, read_weights=not (resume and _has_checkpoint(workdir)))
     with workdir_lock(workdir, enabled=jax.process_index() == 0):  # held until results.json is written
         return _sweep(prep, workdir, resume, progress, log)
 
