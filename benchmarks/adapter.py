@@ -19,6 +19,16 @@ Networks, each written twice:
   ``dense1`` … ``dense3``, ``features``, ``logits``) against
   :class:`PlainMLP`, the same way.
 
+Each network is also written twice more, as the other adapters take it (``--variants``, all three by default):
+
+- ``from_nnx``: :class:`NNXConvNet` / :class:`NNXMLP`, ``flax.nnx`` modules with ``nnx.Conv`` (the house's
+  convolution passed as its ``conv_general_dilated``), ``nnx.BatchNorm``, ``nnx.Linear`` and parameter-free
+  activation / pool / identity submodules under the bundled net's names, loaded with its weights and statistics
+  (``nnx.update``) and wrapped by ``from_nnx(model, layers=...)`` at the same layers;
+- ``from_functions``: :func:`function_conv_net` / :func:`function_mlp`, plain ``jnp`` functions of a params dict
+  of the bundled net's structure (batch-norm statistics through ``state=``), stages ``block1`` … / ``dense1`` …
+  and ``features``, head ``fc`` / ``out``.
+
 Before timing, each pair is checked on the same parameters and batch-norm
 statistics: the same parameter tree, the same activation names, logits and
 activations equal to 1e-5 in training and evaluation mode, and the first
@@ -31,16 +41,17 @@ Methods: ``vanilla``, ``rrclarc`` (l2, random signs, CAV at ``block4`` /
 ``rrr`` (l2 input-gradient penalty, a 6×6 corner mask). A step is
 :func:`jaxbias.train.make_train_step` of :func:`jaxbias.train.method_loss`
 with Adam, jitted once with the state donated. All steps are compiled first,
-then timed round-robin (per round and method: hand-tapped, adapter; the order
-flips every round) so that both see the same machine load; the ratio is the
+then timed round-robin (per round and method: hand-tapped, then each adapter; the order
+reverses every round) so that all see the same machine load; the ratio is the
 adapter's median over the hand-tapped median, shown with the median of the
-per-round ratios.
+per-round ratios. Besides identical HLO text, the table says whether two programs differ only in
+XLA's instruction/computation names and order ("up to names"), and each program's instruction count.
 
 Usage::
 
     python benchmarks/adapter.py [--out benchmarks/results] [--tag cpu] [--channels 16,32,64,128]
         [--conv-batch 32] [--mlp-batch 256] [--methods vanilla,rrclarc,rrr] [--repeats 9] [--mlp-repeats 50]
-        [--warmup 2] [--networks conv,mlp]
+        [--warmup 2] [--networks conv,mlp] [--variants linen,nnx,functions]
 """
 from __future__ import annotations
 
