@@ -124,6 +124,10 @@ def freeze(tx: optax.GradientTransformation, params: Params, trainable: Sequence
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
+#: What the step's key is folded with to give the network's dropout stream (:func:`method_loss`).
+DROPOUT_STREAM = 0x0D
+
+
 def method_loss(method: ModuleType, module: flax.linen.Module, hp: Any, *, train: bool = True) -> LossFn:
     """Adapt ``method.loss(params, state, batch, key, *, model, hp)`` to the step's signature.
 
@@ -132,7 +136,9 @@ def method_loss(method: ModuleType, module: flax.linen.Module, hp: Any, *, train
     """
 
     def loss_fn(params, model_state, method_state, batch, key):
-        model = models_lib.bind(module, model_state, train=train)
+        # the network's dropout draws from its own stream of the step's key (the method keeps ``key``)
+        model = models_lib.bind(module, model_state, train=train,
+                                key=jax.random.fold_in(key, DROPOUT_STREAM) if train else None)
         return method.loss(params, method_state, batch, key, model=model, hp=hp)
 
     return loss_fn

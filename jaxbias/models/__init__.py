@@ -59,23 +59,27 @@ def init(module: nn.Module, key: jax.Array, sample_x: jax.Array) -> tuple[Params
     return params, variables
 
 
-def bind(module: nn.Module, state: ModelState, *, train: bool) -> BoundModel:
+def bind(module: nn.Module, state: ModelState, *, train: bool, key: jax.Array | None = None) -> BoundModel:
     """Close a module over its non-trainable state.
 
     In training mode the returned function updates the batch-norm statistics and
     hands them back in ``ModelOutput.state``; in evaluation mode it uses the
-    running averages and returns ``state`` unchanged.
+    running averages and returns ``state`` unchanged. ``key``: the random
+    stream of the network's dropout (Linen's ``"dropout"`` rng; an NNX model's
+    streams are reseeded from it), one per training step; a network without
+    dropout ignores it.
     """
     mutable = list(state) if (train and state) else False
+    rngs = {"dropout": key} if key is not None else None
 
     def model(params: Params, x: jax.Array, *, perturb=None, edit=None) -> ModelOutput:
         variables = {"params": params, **state}
         if mutable:
             (logits, acts), new_state = module.apply(
-                variables, x, train=True, perturb=perturb, edit=edit, mutable=mutable
+                variables, x, train=True, perturb=perturb, edit=edit, mutable=mutable, rngs=rngs
             )
             return ModelOutput(logits, acts, dict(new_state))
-        logits, acts = module.apply(variables, x, train=train, perturb=perturb, edit=edit)
+        logits, acts = module.apply(variables, x, train=train, perturb=perturb, edit=edit, rngs=rngs)
         return ModelOutput(logits, acts, state)
 
     return model

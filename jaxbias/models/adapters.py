@@ -76,8 +76,10 @@ class _Taps:
         if path not in self.wanted:
             return out
         if self.called[path] > 1:
-            raise ValueError(f"layer {path!r} is called more than once in one forward pass (a shared "
-                             "submodule): which call to tap is ambiguous; tap a submodule called once")
+            raise ValueError(f"layer {path!r} is called more than once in one forward pass (a shared submodule, "
+                             "or a layer inside a lifted loop such as nn.scan, whose body runs once per step): which "
+                             "call to tap is ambiguous; tap a submodule called once (a scanned stack: the module "
+                             "around the nn.scan)")
         if not isinstance(out, jax.Array):
             raise ValueError(f"layer {path!r} returns {type(out).__name__}, not one array: it cannot be "
                              "tapped; tap a submodule that returns an array")
@@ -254,6 +256,11 @@ class NNXTapped(nn.Module):
             model.train() if train else model.eval()
         elif callable(self.mode):
             self.mode(model, train)
+        if train and self.has_rng("dropout"):  # a fresh stream per step (its Rngs as wrapped would repeat one mask)
+            streams = sorted({v.tag for _, v in nnx.to_flat_state(nnx.state(model, nnx.RngKey))})
+            if streams:
+                key = self.make_rng("dropout")
+                nnx.reseed(model, **{tag: jax.random.fold_in(key, i) for i, tag in enumerate(streams)})
         taps = _Taps(self.layers, perturb, edit)
         submodules = ["/".join(map(str, path)) for path, _ in nnx.iter_modules(model) if path]
         originals = []
@@ -285,9 +292,9 @@ def from_nnx(model: Any, *, layers: Sequence[str], mode: Any = "train",
     The model is made pure once (``nnx.split``): its ``nnx.Param`` values become the ``params`` collection
     (the weights it holds now are the initial ones, whatever seed the run layer is given), its
     ``nnx.BatchStat`` values ``batch_stats``; each call merges a fresh model from them, sets its mode
-    (``train()``/``eval()``), taps ``layers`` and hands the updated batch statistics back. Other state
-    (``nnx.Rngs`` streams) stays as it was at wrapping time: a ``Dropout`` would draw the same mask at every
-    step, so keep dropout out of models trained this way (or deterministic through ``mode``).
+    (``train()``/``eval()``), taps ``layers`` and hands the updated batch statistics back. Its ``nnx.Rngs``
+    streams (``Dropout``) are reseeded in training from the ``"dropout"`` rng the run layer gives each step
+    (:func:`jaxbias.models.bind`'s ``key``): a fresh mask per step, the same for the same step.
 
     Args:
       model: an ``nnx.Module`` whose ``__call__(x)`` returns the logits (or see ``output``).
@@ -339,12 +346,14 @@ class FunctionTapped(nn.Module):
         stage's input; the last stage is the head, whose output (the logits) is tapped as ``"logits"``.
       params: the initial parameters (the weights the functions are called with at the start).
       state: the initial non-trainable state (running statistics), or ``None``: a stateless model.
+      keyed: each function also takes a random key (its dropout), ``None`` in evaluation mode.
       num_classes: the classes it predicts (the run layer's label checks); ``None``: not checked.
     """
 
     stages: tuple[tuple[str, Callable[..., Any]], ...]
     params: Any
     state: Any = None
+    keyed: bool = False
     num_classes: int | None = None
 
     @nn.compact
@@ -356,12 +365,14 @@ class FunctionTapped(nn.Module):
             stats = {k: self.variable(FUNCTION_STATE, k, lambda v=v: v) for k, v in _groups(self.state).items()}
             state = _ungroup(self.state, {k: v.value for k, v in stats.items()})
         acts: dict[str, jax.Array] = {}
+        key = self.make_rng("dropout") if self.keyed and train and self.has_rng("dropout") else None
         h = x
         for i, (name, fn) in enumerate(self.stages):
+            more = (None if key is None else jax.random.fold_in(key, i),) if self.keyed else ()
             if self.state is None:
-                h = fn(params, h, train)
+                h = fn(params, h, train, *more)
             else:
-                h, state = _stateful(name, fn(params, state, h, train))
+                h, state = _stateful(name, fn(params, state, h, train, *more))
             last = i == len(self.stages) - 1
             if not isinstance(h, jax.Array) or (last and h.ndim != 2):
                 raise ValueError(f"stage {name!r} returns {_describe(h)}; expected "
@@ -381,8 +392,8 @@ def _stateful(name: str, out: Any) -> tuple[Any, Any]:
 
 
 def from_functions(features: Callable[..., Any] | Sequence[tuple[str, Callable[..., Any]]],
-                   head: Callable[..., Any], params: Any, *, state: Any = None, layer: str = "features",
-                   num_classes: int | None = None) -> FunctionTapped:
+                   head: Callable[..., Any], params: Any, *, state: Any = None, keyed: bool = False,
+                   layer: str = "features", num_classes: int | None = None) -> FunctionTapped:
     """A model written as plain functions of its parameters, its features tapped: a module every method accepts.
 
     Args:
@@ -395,13 +406,14 @@ def from_functions(features: Callable[..., Any] | Sequence[tuple[str, Callable[.
       state: non-trainable state (batch-norm statistics), or ``None``. With state, each function is called
         ``fn(params, state, h, train)`` and returns ``(output, new_state)``; the new state is kept in training
         mode and dropped in evaluation mode, as the run layer does with batch statistics.
+      keyed: each function also takes a last argument ``key``: a random key for its dropout, fresh each
+        training step (from the run layer's ``"dropout"`` stream, one per stage), ``None`` in evaluation mode.
       layer: the name of ``features``' output when it is one function.
       num_classes: the classes the model predicts.
 
     An equinox model ``m`` becomes ``params, static = eqx.partition(m, eqx.is_array)`` with
     ``features = lambda p, x, train: eqx.combine(p, static).features(x)``; a haiku ``apply`` is called with
-    its ``params`` as they are. The functions must be pure and deterministic (no random keys: dropout
-    cannot draw a fresh mask per step through this form).
+    its ``params`` as they are. The functions must be pure; randomness comes only through ``keyed``.
     """
     stages = [(layer, features)] if callable(features) else list(features)
     if not stages or not all(isinstance(s, tuple) and len(s) == 2 and isinstance(s[0], str) and s[0]
@@ -415,5 +427,5 @@ def from_functions(features: Callable[..., Any] | Sequence[tuple[str, Callable[.
         raise ValueError(f"head must be a function head(params, h, train) -> logits; got {head!r}")
     if not jax.tree.leaves(params):
         raise ValueError("params holds no arrays: pass the model's parameters (a pytree of arrays)")
-    return FunctionTapped(stages=tuple(stages) + (("logits", head),), params=params, state=state,
+    return FunctionTapped(stages=tuple(stages) + (("logits", head),), params=params, state=state, keyed=bool(keyed),
                           num_classes=num_classes)

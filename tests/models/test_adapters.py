@@ -329,6 +329,24 @@ def test_what_cannot_be_tapped_is_refused_in_one_line(pair):
             h = nn.Dense(4, name="dense")(x.reshape(x.shape[0], -1))
             return h, {"aux": h}
 
+    class Scanned(nn.Module):  # a stack of layers under nn.scan: its layers are not one array of the pass
+        @nn.compact
+        def __call__(self, x, train=False):
+            class Layer(nn.Module):
+                @nn.compact
+                def __call__(self, h, _):
+                    return nn.relu(nn.Dense(8, name="dense")(h)), None
+
+            h = nn.Dense(8, name="inp")(x.reshape(x.shape[0], -1))
+            h, _ = nn.scan(Layer, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)(name="stack")(h, None)
+            return nn.Dense(4, name="head")(h)
+
+    p = Scanned().init(jax.random.key(0), batch.x)["params"]
+    with pytest.raises(ValueError, match="'stack/dense' is called more than once .* inside a lifted loop such as nn.scan"):
+        models.bind(from_linen(Scanned(), layers=("stack/dense",)), {}, train=False)(p, batch.x)
+    with pytest.raises(ValueError, match="layer 'stack' returns tuple, not one array"):
+        models.bind(from_linen(Scanned(), layers=("stack",)), {}, train=False)(p, batch.x)
+
     p = Pair().init(jax.random.key(0), batch.x)["params"]
     with pytest.raises(ValueError, match=r"returns tuple; expected logits \(B, k\): pass output="):
         models.bind(from_linen(Pair(), layers=("dense",)), {}, train=False)(p, batch.x)
@@ -500,6 +518,14 @@ def test_a_network_of_your_package_trains_by_name_from_the_cli(fewer_digits, tmp
     results = json.loads(capsys.readouterr().out)
     assert np.isfinite(results["history"][-1]["loss"]) and results["eval"]["biased"]["accuracy"] > 0.2
     assert set(runs.restore(wd).state.params) == {"hidden", "head"}
+    # ... sweeps two learning rates in one program, and FMD edits its last layer (jaxbias unlearn)
+    assert cli.main(["sweep", *common, "--model", "user_nets_cli:function_net", "--lrs", "0.003,0.01",
+                     "--workdir", str(tmp_path / "functions_sweep")]) == 0
+    members = json.loads(capsys.readouterr().out)
+    assert len(members["members"]) == 2 and members["traces"] == 1
+    assert cli.main(["unlearn", "--from", str(wd), "--external", "50", "--json"]) == 0
+    unlearned = json.loads(capsys.readouterr().out)
+    assert unlearned["fmd"]["block"] == ["head"] and unlearned["fmd"]["bias_pairs"][1] <= unlearned["fmd"]["bias_pairs"][0]
     # what is not a network of a package, or not a layer of it: one line, exit 2, no workdir
     for model, more, message in [
         ("no_such_package_xyz:f", [], "cannot import no_such_package_xyz"),
@@ -545,3 +571,55 @@ def test_jaxbias_correct_on_a_network_of_your_package(factory, layer, fewer_digi
     assert cli.main(["evaluate", "--workdir", str(wd), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["artifact_report"]["tcav_sens"] == pytest.approx(after["tcav_sens"],
                                                                                               rel=1e-5)
+
+
+class DropoutNet(nn.Module):
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.relu(nn.Dense(32, name="hidden")(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.num_classes, name="head")(nn.Dropout(0.5, deterministic=not train)(h))
+
+
+class NNXDropoutNet(nnx.Module):
+    def __init__(self, num_classes=4, *, rngs):
+        self.hidden = nnx.Linear(8 * 8 * 3, 32, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.head = nnx.Linear(32, num_classes, rngs=rngs)
+        self.num_classes = num_classes
+
+    def __call__(self, x):
+        return self.head(self.drop(nnx.relu(self.hidden(x.reshape(x.shape[0], -1)))))
+
+
+def _keyed_function_net():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {"hidden": {"w": 0.1 * jax.random.normal(k1, (192, 32))}, "head": {"w": jax.random.normal(k2, (32, 4))}}
+
+    def features(p, x, train, key):
+        h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["hidden"]["w"])
+        if key is None:
+            return h
+        return jnp.where(jax.random.bernoulli(key, 0.5, h.shape), 2 * h, 0.0)
+
+    return from_functions(features, lambda p, h, train, key: h @ p["head"]["w"], params, keyed=True, num_classes=4)
+
+
+@pytest.mark.parametrize("make", [lambda: from_linen(DropoutNet(), layers=("hidden",)),
+                                  lambda: from_nnx(NNXDropoutNet(rngs=nnx.Rngs(0)), layers=("hidden",)),
+                                  _keyed_function_net], ids=["linen", "nnx", "functions"])
+def test_dropout_draws_a_fresh_mask_each_step_from_the_step_key(make):
+    """The training step's key reaches the network's dropout: another step, another mask; the same step, the same
+    mask (resume repeats it); evaluation mode has no dropout."""
+    module = make()
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8, 8, 3)), jnp.float32)
+    batch = Batch(x, jnp.arange(8, dtype=jnp.int32) % 4)
+    params, state = models.init(module, jax.random.key(1), x[:1])
+    fn = method_loss(methods.get("vanilla"), module, methods.make_hparams(methods.get("vanilla"), {}), train=True)
+    loss = [float(fn(params, state, None, batch, jax.random.key(k))[0]) for k in (0, 1, 0)]
+    assert loss[0] != loss[1] and loss[0] == loss[2]
+    evaluation = models.bind(module, state, train=False)
+    np.testing.assert_array_equal(evaluation(params, x).logits, evaluation(params, x).logits)
+    train_logits = models.bind(module, state, train=True, key=jax.random.key(0))(params, x).logits
+    assert not np.allclose(train_logits, evaluation(params, x).logits)
