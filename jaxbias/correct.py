@@ -50,9 +50,10 @@ def correct(
     every correction is measured along the same direction; a network of yours
     (``--model package.module:factory``) is tapped there too.
     ``trainable=("fc",)`` fine-tunes only the head, with the network in
-    evaluation mode (frozen batch-norm statistics). R_bias needs the model's
-    LRP graph (:func:`jaxbias.explain.supported`: the bundled conv net and
-    MLP); for another model, and for P-ClArC's projected pass, it is ``None``.
+    evaluation mode (frozen batch-norm statistics). R_bias needs LRP of the
+    model (:func:`jaxbias.explain.supported`: any Linen network, a wrapped one
+    too); for an NNX or a function model, and for P-ClArC's projected pass, it
+    is ``None``.
 
     Returns:
       ``{"config", "report", "base_report", "seconds", "seconds_per_epoch", "history"}``.
@@ -107,8 +108,8 @@ def correct(
 
 
 def _r_bias(run: Any, evals: Mapping[str, Any], target_class: int) -> dict[str, float | None]:
-    """LRP's R_bias of a run's model, or ``None`` where it has no LRP graph (a model jaxbias.explain cannot walk
-    yet; P-ClArC's projected forward pass)."""
+    """LRP's R_bias of a run's model, or ``None`` where LRP cannot explain it (an NNX or a function model, whose
+    layers it cannot intercept yet; P-ClArC's projected forward pass)."""
     from jaxbias import methods as methods_lib
     from jaxbias.explain import supported
 

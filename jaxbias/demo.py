@@ -180,7 +180,7 @@ def _heatmap_inputs(trained: dict[str, runs.Run], dataset) -> dict[str, Any]:
     The digits shown are the first the biased model calls 0 (the shortcut at
     work), topped up with other stamped non-0 digits.
     """
-    from jaxbias.explain import make_lrp, to_graph
+    from jaxbias.explain import make_lrp_model
 
     art = dataset.evals["artifact"]
     x, y = np.asarray(art.x), np.asarray(art.y)
@@ -194,7 +194,7 @@ def _heatmap_inputs(trained: dict[str, runs.Run], dataset) -> dict[str, Any]:
     for label, run in trained.items():
         if methods_lib.kind(run.method).corrects_inference:
             continue
-        fn = make_lrp(to_graph(run.module, {"params": run.state.params, **run.state.model_state}))
+        fn = make_lrp_model(run.module, {"params": run.state.params, **run.state.model_state})
         rows[label] = np.asarray(fn(jnp.asarray(x[keep]), jnp.full((keep.size,), target, jnp.int32)))
     titles = [f"{int(y[i])}, called {int(pred[i])}" for i in keep]
     return {"images": x[keep], "rows": rows, "titles": titles}

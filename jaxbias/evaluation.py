@@ -186,11 +186,11 @@ def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_cla
     ``blur_sigma`` px: 2 by default, for the small images here (the release's
     σ = 8 is for 224-px images).
     """
-    from jaxbias.explain import make_lrp, to_graph
+    from jaxbias.explain import make_lrp_model
 
     if batch.mask is None:
         raise ValueError("batch.mask must mark the artifact pixels")
-    fn = make_lrp(to_graph(module, dict(variables)))
+    fn = make_lrp_model(module, dict(variables))
     x, y = np.asarray(batch.x), np.asarray(batch.y)
     mask = np.asarray(batch.mask)
     if postprocess:

@@ -16,13 +16,13 @@ from jaxbias.explain.graph import (
     check_graph,
     fold_batchnorm,
     forward,
-    supported,
     to_graph,
 )
+from jaxbias.explain.intercept import lrp_model, make_lrp_model, supported
 from jaxbias.explain.lrp import RULES, composite_rules, first_linear, grad_times_input, gradient, lrp, make_lrp
 
 __all__ = [
     "Activation", "AvgPool", "BatchNorm", "Conv", "Dense", "Flatten", "GlobalAvgPool", "MaxPool", "Residual",
     "RULES", "check_graph", "composite_rules", "first_linear", "fold_batchnorm", "forward", "grad_times_input",
-    "gradient", "lrp", "make_lrp", "supported", "to_graph",
+    "gradient", "lrp", "lrp_model", "make_lrp", "make_lrp_model", "supported", "to_graph",
 ]

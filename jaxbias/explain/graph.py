@@ -175,14 +175,6 @@ def fold_batchnorm(graph: Sequence[Layer]) -> list[Layer]:
     return out
 
 
-def supported(module) -> bool:
-    """Whether :func:`to_graph` knows ``module``'s layers (the bundled ``SimpleConvNet`` and ``MLP``)."""
-    from jaxbias.models.convnet import SimpleConvNet
-    from jaxbias.models.mlp import MLP
-
-    return isinstance(module, (SimpleConvNet, MLP))
-
-
 def to_graph(module, variables: dict) -> list[Layer]:
     """The layer graph of a bundled model (``SimpleConvNet`` or ``MLP``) with its variables.
 

@@ -53,7 +53,7 @@ from jaxbias.explain.graph import (
 Array = jax.Array
 RULES = ("epsilon", "zplus", "flat")
 
-__all__ = ["RULES", "lrp", "make_lrp", "gradient", "grad_times_input", "first_linear", "composite_rules"]
+__all__ = ["RULES", "lrp", "make_lrp", "gradient", "grad_times_input", "first_linear", "composite_rules", "target_onehot"]
 
 
 def _stab(z: Array, eps: float) -> Array:
@@ -149,7 +149,8 @@ def _propagate(graph: Sequence[Layer], x: Array, r: Array, rule: Callable[[Layer
     return r
 
 
-def _target_onehot(logits: Array, target) -> Array:
+def target_onehot(logits: Array, target) -> Array:
+    """One-hot rows of the explained class per sample: ``target`` (an int, ``(B,)`` indices) or the predicted one."""
     b, k = logits.shape
     if target is None:
         target = jnp.argmax(logits, axis=-1)
@@ -211,7 +212,7 @@ def lrp(
     logits = forward(g, x)
     if logits.ndim != 2:
         raise ValueError(f"the graph must end in (B, classes) logits; got shape {logits.shape}")
-    r = logits * _target_onehot(logits, target)
+    r = logits * target_onehot(logits, target)
     return _propagate(g, x, r, rule, epsilon, zplus_bias)
 
 
@@ -231,7 +232,7 @@ def gradient(logits_fn: Callable[[Array], Array], x: Array, *, target=None) -> A
     """``∂ f_target / ∂x`` per sample (one VJP for the batch; samples must not interact)."""
     x = jnp.asarray(x)
     logits, vjp = jax.vjp(logits_fn, x)
-    return vjp(_target_onehot(logits, target))[0]
+    return vjp(target_onehot(logits, target))[0]
 
 
 def grad_times_input(logits_fn: Callable[[Array], Array], x: Array, *, target=None) -> Array:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxbias import settings as settings_lib
 from jaxbias.models.conv import Conv
-from jaxbias.models.layers import check_hooks, tap
+from jaxbias.models.layers import Activation, check_hooks, tap
 from jaxbias.models.registry import register
 
 Array = jax.Array
@@ -75,7 +75,7 @@ class SimpleConvNet(nn.Module):
                 use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, name=f"bn{i + 1}"
             )(h)
             last = i == len(self.channels) - 1
-            act = _ACTIVATIONS[self.last_activation] if last else nn.relu
+            act = Activation(self.last_activation if last else "relu", name=f"act{i + 1}")  # a module: LRP sees it
             h = tap(f"block{i + 1}", act(h), acts, perturb, edit)
         h = tap("features", jnp.mean(h, axis=(1, 2)), acts, perturb, edit)
         logits = tap("logits", nn.Dense(self.num_classes, name="fc")(h), acts, perturb, edit)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbias.models._imagenet import KAIMING_FAN_OUT, batch_norm, check_images, check_rate, conv, uniform
-from jaxbias.models.layers import check_hooks, tap
+from jaxbias.models.layers import Activation, Gate, check_hooks, tap
 from jaxbias.models.registry import register
 
 Array = jax.Array
@@ -70,13 +70,13 @@ class MBConv(nn.Module):
         h = x
         if self.expand_ratio != 1:
             h = conv(width, 1, name="expand_conv")(h)
-            h = nn.silu(batch_norm(train, eps=BN_EPS, name="expand_bn")(h))
+            h = Activation("silu")(batch_norm(train, eps=BN_EPS, name="expand_bn")(h))
         h = conv(width, self.kernel, stride=self.stride, groups=width, name="dw_conv")(h)
-        h = nn.silu(batch_norm(train, eps=BN_EPS, name="dw_bn")(h))
+        h = Activation("silu")(batch_norm(train, eps=BN_EPS, name="dw_bn")(h))
         s = jnp.mean(h, axis=(1, 2))
-        s = nn.silu(nn.Dense(max(1, cin // 4), kernel_init=KAIMING_FAN_OUT, name="se_fc1")(s))
+        s = Activation("silu")(nn.Dense(max(1, cin // 4), kernel_init=KAIMING_FAN_OUT, name="se_fc1")(s))
         s = nn.sigmoid(nn.Dense(width, kernel_init=KAIMING_FAN_OUT, name="se_fc2")(s))
-        h = h * s[:, None, None, :]
+        h = Gate()(h, s[:, None, None, :])  # modules, not calls: LRP passes relevance through them (layers.py)
         h = conv(self.out_channels, 1, name="project_conv")(h)
         h = batch_norm(train, eps=BN_EPS, name="project_bn")(h)
         if self.stride == 1 and cin == self.out_channels:
@@ -132,7 +132,7 @@ class EfficientNetB0(nn.Module):
         check_rate("stochastic_depth_rate", self.stochastic_depth_rate)
         acts: dict[str, Array] = {}
         h = conv(STEM_CHANNELS, 3, stride=2, name="stem_conv")(x)
-        h = nn.silu(batch_norm(train, eps=BN_EPS, name="stem_bn")(h))
+        h = Activation("silu")(batch_norm(train, eps=BN_EPS, name="stem_bn")(h))
         h = tap("stem", h, acts, perturb, edit)
         k = 0
         for s, (ratio, kernel, stride, _, cout, n) in enumerate(STAGES, start=1):
@@ -143,7 +143,7 @@ class EfficientNetB0(nn.Module):
                 k += 1
             h = tap(f"stage{s}", h, acts, perturb, edit)
         h = conv(HEAD_CHANNELS, 1, name="head_conv")(h)
-        h = nn.silu(batch_norm(train, eps=BN_EPS, name="head_bn")(h))
+        h = Activation("silu")(batch_norm(train, eps=BN_EPS, name="head_bn")(h))
         h = tap("last_conv", h, acts, perturb, edit)
         h = tap("features", jnp.mean(h, axis=(1, 2)), acts, perturb, edit)
         if train and self.dropout_rate > 0:

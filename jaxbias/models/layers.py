@@ -1,13 +1,43 @@
-"""The named-layer hook shared by every bundled model, and PyTorch's adaptive pooling."""
+"""The named-layer hook shared by every bundled model, activations as modules, and PyTorch's adaptive pooling."""
 from __future__ import annotations
 
 from typing import Callable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+
+#: The elementwise activations :class:`Activation` applies, by name.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"relu": nn.relu, "tanh": jnp.tanh, "silu": nn.silu,
+                                                    "gelu": nn.gelu, "sigmoid": nn.sigmoid}
+
+
+class Activation(nn.Module):
+    """An elementwise activation written as a module (no parameters): the same function as ``ACTIVATIONS[kind]``,
+    visible to LRP (:mod:`jaxbias.explain.intercept`), which passes relevance through it unchanged as the
+    EpsilonPlusFlat composite does; a plain function call other than ReLU would follow autodiff instead.
+    """
+
+    kind: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.kind not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {self.kind!r}")
+        return ACTIVATIONS[self.kind](x)
+
+
+class Gate(nn.Module):
+    """``x · gate``: a multiplicative gate (squeeze-excitation's channel scales) written as a module, so that LRP
+    (:mod:`jaxbias.explain.intercept`) passes the relevance of the product on to ``x``, the gated branch, and none
+    into the gate, as the EpsilonPlusFlat composite treats gates."""
+
+    @nn.compact
+    def __call__(self, x: Array, gate: Array) -> Array:
+        return x * gate
 
 
 def tap(

@@ -100,7 +100,7 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
     Biased-MNIST runs: the first ``n`` images of the unbiased test set. ``data``
     as for :func:`evaluate` (checked after the arguments: a bad ``n`` reads no data).
     """
-    from jaxbias.explain import make_lrp, to_graph
+    from jaxbias.explain import make_lrp_model, supported
     from jaxbias.report import heatmap_overlay, heatmaps_before_after
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -111,6 +111,9 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
     if methods_lib.kind(run.method).corrects_inference:
         raise ValueError(f"{run.workdir!r} is a {run.config.method} run: its projected forward pass has no layer "
                          "graph for LRP")
+    if not supported(run.module):
+        raise ValueError(f"{run.workdir!r}: LRP intercepts Linen layers, and {run.config.model!r} is an NNX model or "
+                         "functions (their layers are not visible to it yet)")
     dataset = run.config.load_data(data)
     if dataset.name == "artifact_mnist":
         art = dataset.evals["artifact"]
@@ -120,7 +123,7 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
         x, y = np.asarray(dataset.evals["unbiased"].x)[:n], np.asarray(dataset.evals["unbiased"].y)[:n]
 
     def relevance(r: Run):
-        fn = make_lrp(to_graph(r.module, {"params": r.state.params, **r.state.model_state}))
+        fn = make_lrp_model(r.module, {"params": r.state.params, **r.state.model_state})
         return np.asarray(fn(jnp.asarray(x), jnp.asarray(y)))
 
     out_dir = out_dir or run.workdir

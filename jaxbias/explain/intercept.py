@@ -1,0 +1,266 @@
+"""LRP of any Linen network, its rules applied by intercepting its layers (no layer graph to write).
+
+:func:`lrp_model` explains a logit of a Flax Linen module as it is — a bundled
+network, a network of yours wrapped by :func:`jaxbias.models.from_linen` —
+with the EpsilonPlusFlat composite of :mod:`jaxbias.explain.lrp` (SPEC §7):
+the flat rule for the first linear layer, z⁺ for convolutions, ε for dense
+layers, each batch-norm folded into the convolution or dense layer whose
+output it normalises.
+
+How: every ``nn.Conv`` / ``nn.Dense`` / ``nn.BatchNorm`` call is intercepted
+(:func:`flax.linen.intercept_methods`) and its output ``z`` replaced by the
+same value with the rule's gradient,
+
+    ``y = sg(z) + (z_ρ − sg(z_ρ)) · sg(z / stab(z_ρ))``,
+
+where ``z_ρ`` is the layer recomputed the rule's way (z⁺: positive weights on
+positive inputs plus negative weights on negative inputs, and the positive
+part of the bias; ε: the layer itself) and ``sg`` stops the gradient. The
+gradient of the explained logit then carries ``R / z`` at every layer output:
+relevance is the activation times that gradient, and everything between the
+intercepted layers — ReLU, max and average pooling, means, reshapes, residual
+additions — follows autodiff, which is the rule the composite gives them
+(ReLU and reshapes pass relevance on; a mean or a sum splits it in proportion
+to its inputs; max pooling gives it to the maximum). A batch-norm right after
+a linear layer (its input is that layer's output) is folded: its output is
+the folded layer's, recomputed from the linear layer's input. The first
+linear layer's relevance is taken at its (folded) output from the gradient of
+a zero probe added there, and its rule (flat) applied to it directly.
+
+Elementwise functions other than ReLU (tanh, SiLU…) do not pass relevance
+through unchanged under autodiff, and a product ``x · gate`` would send
+relevance into the gate too: in a network they are plain function calls this
+module cannot see, so write them as :class:`jaxbias.models.layers.Activation`
+and :class:`~jaxbias.models.layers.Gate` modules (the bundled networks do),
+which are intercepted: an activation passes relevance on unchanged, a gate
+gives all of it to ``x``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxbias.explain.lrp import RULES, target_onehot
+from jaxbias.models.layers import Activation, Gate
+
+Array = jax.Array
+sg = jax.lax.stop_gradient
+
+#: The layers the rules apply to (``jaxbias.models.conv.Conv`` is an ``nn.Conv``).
+LINEAR = (nn.Conv, nn.Dense)
+
+__all__ = ["LINEAR", "lrp_model", "make_lrp_model", "supported"]
+
+
+def supported(module: Any) -> bool:
+    """Whether :func:`lrp_model` can explain ``module``: a Linen network, whose layers it intercepts (an NNX model
+    or functions wrapped as a Linen module hide theirs: :func:`jaxbias.models.from_nnx`, ``from_functions``)."""
+    from jaxbias.models.adapters import FunctionTapped, NNXTapped
+
+    return isinstance(module, nn.Module) and not isinstance(module, (NNXTapped, FunctionTapped))
+
+
+def _path(module: nn.Module) -> str:
+    return "/".join(module.path)
+
+
+def _stab(z: Array, eps: float) -> Array:
+    return z + eps * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What one trace of the network finds: its linear layers (unbound copies, to recompute them with other
+    weights), which batch-norm folds which linear layer, and where the first linear layer's relevance is read."""
+
+    layers: Mapping[str, nn.Module]
+    folds: Mapping[str, str]
+    first: str
+    probe_at: str
+    probe_shape: tuple[int, ...]
+
+
+def _forward(module: nn.Module, variables: Mapping[str, Any], x: Array) -> Array:
+    out = module.apply(dict(variables), x, train=False)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _plan(module: nn.Module, variables: Mapping[str, Any], x: jax.ShapeDtypeStruct) -> _Plan:
+    layers: dict[str, nn.Module] = {}
+    outputs: list[tuple[Any, str]] = []  # (output, linear path), held so that identity tests stay valid
+    folds: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        m = context.module
+        if context.method_name != "__call__":
+            return out
+        if isinstance(m, LINEAR):
+            path = _path(m)
+            if path in layers:
+                raise ValueError(f"layer {path!r} is called more than once in one forward pass: LRP needs each "
+                                 "linear layer once (a shared layer has no single relevance)")
+            layers[path] = m.clone(parent=None, use_bias=True)
+            outputs.append((out, path))
+            shapes[path] = tuple(out.shape)
+        elif isinstance(m, nn.BatchNorm) and args:
+            source = next((p for o, p in outputs if o is args[0]), None)
+            if source is not None:
+                folds[_path(m)] = source
+                shapes[_path(m)] = tuple(out.shape)
+        return out
+
+    def trace(x):
+        with nn.intercept_methods(interceptor):
+            return _forward(module, variables, x)
+
+    logits = jax.eval_shape(trace, x)
+    if len(logits.shape) != 2:
+        raise ValueError(f"{type(module).__name__} returns shape {tuple(logits.shape)}; LRP explains logits (B, k)")
+    if not outputs:
+        raise ValueError(f"{type(module).__name__} calls no nn.Conv or nn.Dense: LRP has no layer to apply its "
+                         "rules to")
+    first = outputs[0][1]
+    probe_at = next((bn for bn, lin in folds.items() if lin == first), first)
+    return _Plan(layers, folds, first, probe_at, (1, *shapes[probe_at][1:]))
+
+
+def _linear(layer: nn.Module, kernel: Array, bias: Array | None) -> Callable[[Array], Array]:
+    params = {"kernel": kernel, "bias": jnp.zeros(kernel.shape[-1], kernel.dtype) if bias is None else bias}
+    return lambda t: layer.apply({"params": params}, t)
+
+
+def _rule_output(layer: nn.Module, kernel: Array, bias: Array | None, a: Array, rule: str, zplus_bias: bool) -> Array:
+    """``z_ρ``: the layer recomputed the rule's way on its input ``a``."""
+    if rule == "epsilon":
+        return _linear(layer, kernel, bias)(a)
+    b = None if (bias is None or not zplus_bias) else jnp.maximum(bias, 0)
+    return (_linear(layer, jnp.maximum(kernel, 0), b)(jnp.maximum(a, 0))
+            + _linear(layer, jnp.minimum(kernel, 0), None)(jnp.minimum(a, 0)))
+
+
+def _relevance_in(layer: nn.Module, kernel: Array, bias: Array | None, a: Array, r: Array, rule: str, eps: float,
+                  zplus_bias: bool) -> Array:
+    """The relevance of the input ``a`` of a linear layer whose output holds ``r`` (the first layer's rule)."""
+    if rule == "flat":
+        ones = _linear(layer, jnp.ones_like(kernel), None)
+        n, vjp = jax.vjp(ones, jnp.ones_like(a))
+        return vjp(r / jnp.maximum(n, eps))[0]
+    z, vjp = jax.vjp(lambda t: _rule_output(layer, kernel, bias, t, rule, zplus_bias), a)
+    s = r / (z + eps) if rule == "zplus" else r / _stab(z, eps)
+    return a * vjp(s)[0]
+
+
+def _fold(kernel: Array, bias: Array | None, bn: nn.Module) -> tuple[Array, Array]:
+    """``W·k``, ``(b − mean)·k + β`` with ``k = γ / sqrt(var + ε)``: the linear layer and the batch-norm in one."""
+    v = bn.variables
+    mean, var = v["batch_stats"]["mean"], v["batch_stats"]["var"]
+    scale = v["params"].get("scale", jnp.ones_like(mean))
+    shift = v["params"].get("bias", jnp.zeros_like(mean))
+    k = scale / jnp.sqrt(var + bn.epsilon)
+    b = jnp.zeros_like(mean) if bias is None else bias
+    return kernel * k, (b - mean) * k + shift
+
+
+def lrp_model(module: nn.Module, variables: Mapping[str, Any], x: Array, *, target=None, epsilon: float = 1e-6,
+              first: str = "flat", conv: str = "zplus", dense: str = "epsilon", zplus_bias: bool = True) -> Array:
+    """Relevance of the ``target`` logit for every input element of ``x`` (its shape), EpsilonPlusFlat by default.
+
+    Args:
+      module: a Linen module called ``module.apply(variables, x, train=False)`` returning the logits or
+        ``(logits, acts)`` (every bundled network, and :func:`jaxbias.models.from_linen`'s wrapper).
+      variables: ``{"params": ..., "batch_stats": ...}`` (batch-norm in evaluation mode).
+      x: a batch of inputs.
+      target: class per sample ``(B,)``, one class for all, or ``None`` (the predicted class).
+      epsilon, first, conv, dense, zplus_bias: as :func:`jaxbias.explain.lrp` (``first`` also ``"flat"``;
+        ``conv`` and ``dense`` ``"zplus"`` or ``"epsilon"``).
+
+    Returns:
+      ``(B, ...)`` relevance; with zero biases (or ``zplus_bias=False`` and no ε-rule biases) and ``ε → 0`` it
+      sums to the explained logit per sample.
+    """
+    for name, rule, allowed in (("first", first, RULES), ("conv", conv, ("zplus", "epsilon")),
+                                ("dense", dense, ("zplus", "epsilon"))):
+        if rule not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}; got {rule!r}")
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be >= 0; got {epsilon}")
+    x = jnp.asarray(x)
+    plan = _plan(module, variables, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+
+    def rule_of(path: str) -> str:
+        return conv if isinstance(plan.layers[path], nn.Conv) else dense
+
+    def modified(z: Array, z_rho: Array, rule: str) -> Array:
+        ratio = z / (z_rho + epsilon) if rule == "zplus" else z / _stab(z_rho, epsilon)
+        return sg(z) + (z_rho - sg(z_rho)) * sg(ratio)
+
+    def explained(probe: Array):
+        seen: dict[str, Any] = {}
+
+        def interceptor(next_fun, args, kwargs, context):
+            m = context.module
+            if (context.method_name != "__call__" or not isinstance(m, (*LINEAR, nn.BatchNorm, Activation, Gate))
+                    or not m.path):  # not a layer of the network (a rule recomputing one, applied on its own)
+                return next_fun(*args, **kwargs)
+            path, z = _path(m), next_fun(*args, **kwargs)
+            if isinstance(m, Gate):  # x · gate: all relevance to x (dy/dx = gate), none into the gate's branch
+                x_in, gate = args
+                return sg(z) + (x_in - sg(x_in)) * sg(gate)
+            if isinstance(m, Activation):  # relevance passes on unchanged: R_in = a · z/a · G = R_out (0 where a = 0)
+                a = args[0]
+                return sg(z) + (a - sg(a)) * sg(jnp.where(a == 0, 0.0, z / jnp.where(a == 0, 1.0, a)))
+            if isinstance(m, LINEAR):
+                params = m.variables["params"]
+                kernel, bias = params["kernel"], params.get("bias")
+                if path == plan.first:
+                    seen["first"] = (args[0], kernel, bias)
+                if path in plan.folds.values():  # its batch-norm applies the rule, to the folded layer
+                    seen[path] = (args[0], kernel, bias)
+                    return z
+                if path == plan.probe_at:
+                    seen["z"] = z
+                    return z + probe
+                return modified(z, _rule_output(plan.layers[path], kernel, bias, args[0], rule_of(path),
+                                                zplus_bias), rule_of(path))
+            source = plan.folds.get(path)
+            if source is None:  # a batch-norm on its own: an affine layer, the ε rule
+                return modified(z, z, "epsilon")
+            a, kernel, bias = seen[source]
+            kernel, bias = _fold(kernel, bias, m)
+            if path == plan.probe_at:
+                seen["first"] = (a, kernel, bias)
+                seen["z"] = z
+                return z + probe
+            rule = rule_of(source)
+            return modified(z, _rule_output(plan.layers[source], kernel, bias, a, rule, zplus_bias), rule)
+
+        with nn.intercept_methods(interceptor):
+            logits = _forward(module, variables, x)
+        onehot = sg(target_onehot(logits, target))
+        return jnp.sum(logits * onehot), (seen["first"], seen["z"])
+
+    probe = jnp.zeros((x.shape[0], *plan.probe_shape[1:]), x.dtype)
+    g, ((a, kernel, bias), z) = jax.grad(explained, has_aux=True)(probe)
+    r = _relevance_in(plan.layers[plan.first], kernel, bias, a, z * g, first, epsilon, zplus_bias)
+    if r.shape != x.shape:  # the first layer read a reshaped input (a flattened image): relevance per element
+        if r.size != x.size:
+            raise ValueError(f"the first linear layer {plan.first!r} reads an input of shape {tuple(a.shape)}, not "
+                             f"the network's input {tuple(x.shape)} (reshaped): relevance cannot be mapped back")
+        r = r.reshape(x.shape)
+    return r
+
+
+def make_lrp_model(module: nn.Module, variables: Mapping[str, Any], **kwargs) -> Callable[..., Array]:
+    """``fn(x, target=None)``: :func:`lrp_model` of the module with these variables, compiled once per shape."""
+
+    @jax.jit
+    def fn(x, target=None):
+        return lrp_model(module, variables, x, target=target, **kwargs)
+
+    return fn
