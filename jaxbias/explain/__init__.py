@@ -18,11 +18,11 @@ from jaxbias.explain.graph import (
     forward,
     to_graph,
 )
-from jaxbias.explain.intercept import lrp_model, make_lrp_model, supported
+from jaxbias.explain.intercept import concept_masks, concept_relevance, lrp_model, make_lrp_model, supported
 from jaxbias.explain.lrp import RULES, composite_rules, first_linear, grad_times_input, gradient, lrp, make_lrp
 
 __all__ = [
     "Activation", "AvgPool", "BatchNorm", "Conv", "Dense", "Flatten", "GlobalAvgPool", "MaxPool", "Residual",
-    "RULES", "check_graph", "composite_rules", "first_linear", "fold_batchnorm", "forward", "grad_times_input",
+    "RULES", "check_graph", "composite_rules", "concept_masks", "concept_relevance", "first_linear", "fold_batchnorm", "forward", "grad_times_input",
     "gradient", "lrp", "lrp_model", "make_lrp", "make_lrp_model", "supported", "to_graph",
 ]

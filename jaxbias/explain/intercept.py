@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxbias.explain.lrp import RULES, target_onehot
 from jaxbias.models.layers import Activation, Gate
@@ -53,7 +54,7 @@ sg = jax.lax.stop_gradient
 #: The layers the rules apply to (``jaxbias.models.conv.Conv`` is an ``nn.Conv``).
 LINEAR = (nn.Conv, nn.Dense)
 
-__all__ = ["LINEAR", "lrp_model", "make_lrp_model", "supported"]
+__all__ = ["LINEAR", "concept_masks", "concept_relevance", "lrp_model", "make_lrp_model", "supported"]
 
 
 def supported(module: Any) -> bool:
@@ -84,8 +85,13 @@ class _Plan:
     probe_shape: tuple[int, ...]
 
 
-def _forward(module: nn.Module, variables: Mapping[str, Any], x: Array) -> Array:
+def _forward(module: nn.Module, variables: Mapping[str, Any], x: Array, with_acts: bool = False):
     out = module.apply(dict(variables), x, train=False)
+    if with_acts:
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping)):
+            raise ValueError(f"{type(module).__name__} returns no activations: LRP from a layer needs a network "
+                             "returning (logits, acts) (a bundled one, or one wrapped by jaxbias.models.from_linen)")
+        return out
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -167,9 +173,16 @@ def _fold(kernel: Array, bias: Array | None, bn: nn.Module) -> tuple[Array, Arra
     return kernel * k, (b - mean) * k + shift
 
 
-def lrp_model(module: nn.Module, variables: Mapping[str, Any], x: Array, *, target=None, epsilon: float = 1e-6,
+def lrp_model(module: nn.Module, variables: Mapping[str, Any], x: Array, *, target=None, layer: str | None = None,
+              start: Array | Callable[[Array], Array] | None = None, cav: Array | None = None, epsilon: float = 1e-6,
               first: str = "flat", conv: str = "zplus", dense: str = "epsilon", zplus_bias: bool = True) -> Array:
     """Relevance of the ``target`` logit for every input element of ``x`` (its shape), EpsilonPlusFlat by default.
+
+    From a layer instead of a logit (concept-conditioned LRP): with ``layer`` (a name in the network's ``acts``)
+    the relevance starts there as ``start`` — an array of the layer's shape, or a function of its activations
+    ``a`` — or, with ``cav``, as the activations weighted by the concept's direction, ``a ⊙ cav`` along the
+    channel axis (summed, the activation's projection on the CAV: where the network sees the concept), and is
+    propagated to the input by the same rules (:func:`concept_relevance`, :func:`concept_masks`).
 
     Args:
       module: a Linen module called ``module.apply(variables, x, train=False)`` returning the logits or
@@ -177,6 +190,7 @@ def lrp_model(module: nn.Module, variables: Mapping[str, Any], x: Array, *, targ
       variables: ``{"params": ..., "batch_stats": ...}`` (batch-norm in evaluation mode).
       x: a batch of inputs.
       target: class per sample ``(B,)``, one class for all, or ``None`` (the predicted class).
+      layer, start, cav: where and with what the relevance starts instead of the logit (above).
       epsilon, first, conv, dense, zplus_bias: as :func:`jaxbias.explain.lrp` (``first`` also ``"flat"``;
         ``conv`` and ``dense`` ``"zplus"`` or ``"epsilon"``).
 
@@ -190,6 +204,11 @@ def lrp_model(module: nn.Module, variables: Mapping[str, Any], x: Array, *, targ
             raise ValueError(f"{name} must be one of {allowed}; got {rule!r}")
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0; got {epsilon}")
+    if layer is None and (start is not None or cav is not None):
+        raise ValueError("start= and cav= set the relevance at a layer: name it with layer=")
+    if layer is not None and (start is None) == (cav is None):
+        raise ValueError(f"layer={layer!r}: give the relevance it starts with, start= (an array or a function of "
+                         "the activations) or cav= (the activations along a concept's direction), not both")
     x = jnp.asarray(x)
     plan = _plan(module, variables, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
 
@@ -241,9 +260,18 @@ def lrp_model(module: nn.Module, variables: Mapping[str, Any], x: Array, *, targ
             return modified(z, _rule_output(plan.layers[source], kernel, bias, a, rule, zplus_bias), rule)
 
         with nn.intercept_methods(interceptor):
-            logits = _forward(module, variables, x)
-        onehot = sg(target_onehot(logits, target))
-        return jnp.sum(logits * onehot), (seen["first"], seen["z"])
+            if layer is None:
+                logits = _forward(module, variables, x)
+                return jnp.sum(logits * sg(target_onehot(logits, target))), (seen["first"], seen["z"])
+            _, acts = _forward(module, variables, x, with_acts=True)
+        if layer not in acts:
+            raise ValueError(f"layer={layer!r} is not an activation of {type(module).__name__}; it has "
+                             f"{sorted(acts)}")
+        a = acts[layer]
+        r = _start(a, start, cav)
+        # the gradient at the layer is R / a, so that activation × gradient is R there (0 where a = 0)
+        safe = jnp.where(a == 0, 1.0, a)
+        return jnp.sum(a * sg(jnp.where(a == 0, 0.0, r / safe))), (seen["first"], seen["z"])
 
     probe = jnp.zeros((x.shape[0], *plan.probe_shape[1:]), x.dtype)
     g, ((a, kernel, bias), z) = jax.grad(explained, has_aux=True)(probe)
@@ -254,6 +282,39 @@ def lrp_model(module: nn.Module, variables: Mapping[str, Any], x: Array, *, targ
                              f"the network's input {tuple(x.shape)} (reshaped): relevance cannot be mapped back")
         r = r.reshape(x.shape)
     return r
+
+
+def _start(a: Array, start: Any, cav: Any) -> Array:
+    """The relevance a layer starts with: ``start`` (an array, or a function of the activations) or ``a ⊙ cav``."""
+    a = sg(a)
+    if cav is not None:
+        cav = jnp.asarray(cav, a.dtype)
+        if cav.shape != (a.shape[-1],):
+            raise ValueError(f"cav has shape {tuple(cav.shape)}; the layer's activations {tuple(a.shape)} need "
+                             f"({a.shape[-1]},), one weight per channel")
+        return a * cav
+    r = start(a) if callable(start) else jnp.asarray(start, a.dtype)
+    if r.shape != a.shape:
+        raise ValueError(f"start relevance has shape {tuple(r.shape)}; the layer's activations are {tuple(a.shape)}")
+    return r
+
+
+def concept_relevance(module: nn.Module, variables: Mapping[str, Any], x: Array, *, layer: str, cav: Array,
+                      **kwargs) -> Array:
+    """Where in each input the network sees a concept: LRP from ``layer``, started at the activations along the
+    concept's direction ``cav`` (a CAV fitted there, e.g. :func:`jaxbias.concepts.fit_cav`), to the input."""
+    return lrp_model(module, variables, x, layer=layer, cav=cav, **kwargs)
+
+
+def concept_masks(relevance: Array, *, sigma: float = 2.0, low: float = 0.1, high: float = 0.3) -> Any:
+    """Binary masks of where a concept sits, from :func:`concept_relevance` maps ``(B, H, W, C)``: the positive
+    relevance summed over channels, post-processed as the RR-ClArC release does (threshold ``low``·max, Gaussian
+    blur ``sigma`` px, threshold ``high``·max; :func:`jaxbias.metrics.postprocess_mask`) — the artifact masks RRR
+    (and targeted noise) train with, for images no mask was drawn for. ``(B, H, W)`` bool."""
+    from jaxbias.metrics import postprocess_mask
+
+    heat = np.maximum(np.asarray(relevance, np.float64).sum(-1), 0.0)
+    return postprocess_mask(heat, low=low, sigma=sigma, high=high)
 
 
 def make_lrp_model(module: nn.Module, variables: Mapping[str, Any], **kwargs) -> Callable[..., Array]:

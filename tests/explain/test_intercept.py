@@ -125,3 +125,50 @@ def test_what_lrp_cannot_explain_is_refused_in_one_line():
     variables = {"params": models.init(module, jax.random.key(0), x[:1])[0]}
     with pytest.raises(ValueError, match="conv must be one of"):
         lrp_model(module, variables, x, conv="flat")
+
+
+def test_lrp_from_a_layer_conserves_the_relevance_it_starts_with():
+    """Concept-conditioned LRP: started at a layer with a ⊙ cav (or any relevance), the input relevance sums to what
+    it started with (zero biases, ε rules), per sample."""
+    from jaxbias.explain import concept_relevance
+
+    module = models.create("simple_conv", channels=(4, 6, 8, 10), kernel_size=3, last_activation="relu")
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 12, 12, 3)), jnp.float32)
+    variables = _zero_biases(_perturbed(module, x))
+    cav = jnp.asarray(np.random.default_rng(2).normal(size=8), jnp.float32)
+    rel = concept_relevance(module, variables, x, layer="block3", cav=cav, zplus_bias=False, epsilon=1e-9,
+                            conv="epsilon")
+    a = module.apply(variables, x, train=False)[1]["block3"]
+    np.testing.assert_allclose(np.asarray(rel.sum((1, 2, 3))), np.asarray((a * cav).sum((1, 2, 3))), rtol=1e-4)
+    # any starting relevance: one position gives relevance only inside its receptive field
+    start = jnp.zeros_like(a).at[:, 0, 0, :].set(a[:, 0, 0, :])
+    rel = lrp_model(module, variables, x, layer="block3", start=start, zplus_bias=False, epsilon=1e-9)
+    assert float(jnp.abs(rel[:, 4:]).max()) == 0 and float(jnp.abs(rel[:, :4, :4]).sum()) > 0  # 3 layers of 3×3
+    for bad, message in [(dict(cav=cav), "name it with layer="), (dict(layer="block3"), "give the relevance"),
+                         (dict(layer="nope", cav=cav), r"layer='nope' is not an activation .*'block3'"),
+                         (dict(layer="block3", cav=cav[:3]), r"cav has shape \(3,\)")]:
+        with pytest.raises(ValueError, match=message):
+            lrp_model(module, variables, x, **bad)
+
+
+@pytest.mark.slow
+def test_concept_relevance_finds_the_stamp_on_a_trained_model(fewer_digits):
+    """On a model trained with the stamp shortcut, LRP started at the stamp's CAV puts more of its positive relevance
+    inside the stamp than the stamp's share of the image, and its masks cover the stamp."""
+    from jaxbias import metrics, runs
+    from jaxbias.explain import concept_masks, concept_relevance
+    from jaxbias.runs.measure import reference_cav
+
+    run = runs.train(runs.RunConfig(dataset="artifact_mnist", model_settings={"channels": (4, 8, 16, 32)}, epochs=4,
+                                    batch_size=32), progress=False)
+    data = run.config.load_data()
+    art = data.evals["artifact"]
+    x, stamp = jnp.asarray(art.x[:64]), np.asarray(art.mask[:64]) > 0
+    variables = {"params": run.state.params, **run.state.model_state}
+    rel = np.asarray(concept_relevance(run.module, variables, x, layer="block2",
+                                       cav=reference_cav(run, data, layer="block2")))
+    positive = np.maximum(rel.sum(-1), 0)
+    assert (positive * stamp).sum() / positive.sum() > 2 * stamp.mean()
+    masks = concept_masks(rel, low=0.3, high=0.5, sigma=1.0)
+    assert (masks & stamp).sum() / stamp.sum() > 0.5 and (masks & stamp).sum() / masks.sum() > 2 * stamp.mean()
+    assert metrics.r_bias(rel, stamp).mean() > 0
