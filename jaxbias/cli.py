@@ -6,12 +6,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
 import threading
+import typing
+import warnings
 from typing import Any, Sequence
+
+from jaxbias import __version__, datasets, methods, models, runs, settings
+from jaxbias.correct import correct
+from jaxbias.data.sources import DatasetUnavailableError  # data not given or not prepared: a usage error
+from jaxbias.demo import run_demo
+from jaxbias.methods import fmd
+from jaxbias.report import markdown_table
+from jaxbias.runs import RegionConfig, RunConfig, attribute, measure
+from jaxbias.runs.config import data_fields, settings_names
+from jaxbias.sweep import grid
+from jaxbias.unlearn import save_params, summary_rows, unlearn_workdir
+from jaxbias.workdir import WorkdirBusyError, WorkdirNotWritableError, run_path  # busy/unwritable: a usage error
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -44,8 +59,6 @@ def _summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _print_eval(results: dict[str, Any], as_json: bool) -> None:
-    from jaxbias.report import markdown_table
-
     if as_json:
         printable = {k: v for k, v in results.items() if k != "state"}
         print(json.dumps(printable, indent=2))
@@ -55,9 +68,6 @@ def _print_eval(results: dict[str, Any], as_json: bool) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The run settings (:class:`jaxbias.runs.RunConfig`) as flags; a flag given overrides ``--config``."""
-    from jaxbias import datasets, methods, models
-    from jaxbias.runs import RunConfig
-
     S = argparse.SUPPRESS  # only flags given reach the namespace: the others come from --config or the defaults
     defaults = RunConfig()
 
@@ -104,17 +114,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _data_names() -> set[str]:
-    from jaxbias import datasets
-    from jaxbias.runs.config import data_fields
-
     return {f for n in datasets.available() for f in data_fields(n)}
 
 
 def _add_data_args(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
     """The data flags of the given datasets (:func:`_add_owned_args` of their ``Settings``)."""
-    from jaxbias import datasets
-    from jaxbias.runs import RunConfig
-
     _add_owned_args(p, "data", {n: datasets.get(n).Settings for n in names},
                     "data settings (from each dataset's Settings; those of --dataset apply)",
                     taken=set(RunConfig.__dataclass_fields__))
@@ -125,11 +129,6 @@ def _add_owned_args(p: argparse.ArgumentParser, kind: str, classes: dict[str, ty
     """One flag per field of the owners' settings classes (``kind``: ``data`` or ``model``), read from each class
     (its field types, ``CHOICES``, defaults and docstring); a flag serves every owner with a field of its name.
     A field named like a run setting (``taken``) is ``--KIND-NAME``."""
-    import dataclasses
-    import typing
-
-    from jaxbias import settings
-
     owners: dict[str, list[str]] = {}
     hints: dict[str, Any] = {}
     choices: dict[str, list[Any]] = {}
@@ -177,8 +176,6 @@ def _data_overrides(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
 
 def _reserved() -> set[str]:
     """Names a hyperparameter flag must not shadow (a clashing field is --hp-NAME instead)."""
-    from jaxbias.runs.config import settings_names
-
     return set(settings_names()) | {"config", "no_progress", "hp", "workdir", "resume", "json", "sweep", "seeds",
                                     "lrs", "base", "no_vmap", "out", "n"}
 
@@ -189,8 +186,6 @@ def _hp_flag(field: str) -> str:
 
 def _add_method_args(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
     """One flag per hyperparameter of the given methods, read from each method's ``Hparams`` (no CLI edit)."""
-    from jaxbias import methods
-
     owners: dict[str, list[str]] = {}
     helps: dict[str, list[str]] = {}
     for name in names:
@@ -223,7 +218,6 @@ def _method_overrides(args: argparse.Namespace, method: str) -> dict[str, Any]:
                                  f"not of method "
                                  f"{method!r}")
             hp[field] = value
-    from jaxbias import methods
 
     for key, value in args.hp:  # checked here to name the flag; the text is kept (make_hparams casts it)
         try:
@@ -240,12 +234,6 @@ def run_config(args: argparse.Namespace, **extra: Any):
     Run-setting flags default to ``argparse.SUPPRESS``, so the namespace holds
     only the ones given: those, ``extra``, the data and the hyperparameter flags override the file.
     """
-    import dataclasses
-
-    from jaxbias import datasets, models
-    from jaxbias.runs import RunConfig
-    from jaxbias.runs.config import data_fields
-
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
     given = {k: v for k, v in vars(args).items() if k in run_fields}
     path = getattr(args, "config", None)
@@ -287,8 +275,6 @@ def _err(*parts: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxbias import runs
-
     def log(rec):
         ev = rec.get("eval", {})
         accs = " ".join(f"{k}={v['accuracy']:.4f}" for k, v in ev.items())
@@ -335,10 +321,6 @@ def _number_list(cast, flag: str):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from jaxbias import runs
-    from jaxbias.report import markdown_table
-    from jaxbias.sweep import grid
-
     axes: dict[str, list[Any]] = {}
     for key, values in args.sweep:
         if key in axes:
@@ -392,9 +374,6 @@ def _epoch_log():
 
 
 def cmd_correct(args: argparse.Namespace) -> int:
-    from jaxbias.correct import correct
-    from jaxbias.report import markdown_table
-
     hp = _method_overrides(args, args.method)
     try:
         chosen = _classes(hp["classes"]) if "classes" in hp else None
@@ -429,10 +408,6 @@ def _classes(text: str) -> tuple[int, ...]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from jaxbias import runs
-    from jaxbias.report import markdown_table
-    from jaxbias.runs import measure
-
     run = measure.with_base(runs.restore(args.workdir))  # one restore of the run and of its base
     dataset = run.config.load_data()
     results = measure.evaluate(run, dataset)
@@ -451,10 +426,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
-    from jaxbias.methods import fmd
-    from jaxbias.report import markdown_table
-    from jaxbias.unlearn import save_params, summary_rows, unlearn_workdir
-
     hp = _settings_from_args(fmd.Hparams, args)
     res = unlearn_workdir(args.base, external=args.external, hp=hp, seed=args.seed, baseline=not args.no_baseline)
     params = res.pop("_params")
@@ -475,8 +446,6 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from jaxbias.demo import run_demo
-
     summary = run_demo(out_dir=args.out, seeds=args.seeds, quick=args.quick, progress=not args.no_progress)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
@@ -488,10 +457,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from jaxbias.data.sources import DatasetUnavailableError
-    from jaxbias.report import markdown_table
-    from jaxbias.runs import RegionConfig, RunConfig, attribute
-
     name = "region_mnist" if args.dataset == "controlled" else args.dataset
     data = RunConfig(dataset=name, seed=args.seed, data=_data_overrides(args, name))
     region = _settings_from_args(RegionConfig, args, skip=("seed",))  # its seed: the data's (--seed)
@@ -518,8 +483,6 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 def _settings_type(hint: Any, flag: str):
     """An argparse ``type`` for a settings field (:func:`jaxbias.settings.parse_text` of its type hint)."""
-    from jaxbias import settings
-
     def convert(text: str):
         try:
             return settings.parse_text(hint, text)
@@ -532,11 +495,6 @@ def _settings_type(hint: Any, flag: str):
 def _add_settings_args(p: argparse.ArgumentParser, cls: type, title: str, *, skip: Sequence[str] = ()) -> None:
     """One flag per field of the frozen dataclass ``cls`` (its type, default, ``CHOICES`` and docstring): the
     command's flags follow the settings class, none copied by hand."""
-    import dataclasses
-    import typing
-
-    from jaxbias import settings
-
     hints = typing.get_type_hints(cls)
     docs = settings.attribute_docs(cls)
     choices = getattr(cls, "CHOICES", {})
@@ -555,8 +513,6 @@ def _add_settings_args(p: argparse.ArgumentParser, cls: type, title: str, *, ski
 
 def _settings_from_args(cls: type, args: argparse.Namespace, *, skip: Sequence[str] = (), **extra: Any):
     """``cls`` built from the flags :func:`_add_settings_args` added (the same ``skip``) and ``extra``."""
-    import dataclasses
-
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}, **extra)
 
 
@@ -569,10 +525,6 @@ EPILOG = ("exit status: 0 done; 2 bad usage (flags, files, settings, a busy or u
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxbias import __version__, methods
-    from jaxbias.methods import fmd
-    from jaxbias.runs.attribution import RegionConfig
-
     parser = argparse.ArgumentParser(prog="jaxbias", description="Find and remove shortcuts learned from biased data (JAX).",
                                      epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"jaxbias {__version__}")
@@ -696,7 +648,6 @@ def _one_line(e: BaseException) -> str:
 def _kept(args: argparse.Namespace) -> str:
     """What an interrupted training command leaves: the epoch of its newest complete checkpoint."""
     workdir = getattr(args, "workdir", None) if hasattr(args, "resume") else None
-    from jaxbias.workdir import run_path
 
     folder = run_path(workdir, "checkpoint_dir") if workdir else None
     epochs = [int(n) for n in os.listdir(folder) if n.isdigit()] if folder and os.path.isdir(folder) else []
@@ -707,9 +658,6 @@ def _kept(args: argparse.Namespace) -> str:
 
 def failure(e: Exception) -> tuple[int, str]:
     """The exit code and the one line a failed command ends with."""
-    from jaxbias.data.sources import DatasetUnavailableError  # data not given or not prepared: a usage error
-    from jaxbias.workdir import WorkdirBusyError, WorkdirNotWritableError  # choose another --workdir: usage too
-
     if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                       DatasetUnavailableError, WorkdirBusyError, WorkdirNotWritableError)):
         return USAGE_ERROR, f"error: {_one_line(e)}"
@@ -726,8 +674,6 @@ def _quiet_background(enabled: bool):
     orbax logs its writer threads' failures (absl, with tracebacks), and tensorstore's late callbacks
     into orbax's closed event loops end as unraisable exceptions or thread exceptions.
     """
-    import warnings
-
     absl = logging.getLogger("absl")
     saved = absl.level, sys.unraisablehook, threading.excepthook, warnings.filters[:]
     if enabled:
