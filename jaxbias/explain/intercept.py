@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbias.explain.lrp import RULES, target_onehot
+from jaxbias.metrics import postprocess_mask
+from jaxbias.models.adapters import FunctionTapped, NNXTapped
 from jaxbias.models.layers import Activation, Gate
 
 Array = jax.Array
@@ -60,8 +62,6 @@ __all__ = ["LINEAR", "concept_masks", "concept_relevance", "lrp_model", "make_lr
 def supported(module: Any) -> bool:
     """Whether :func:`lrp_model` can explain ``module``: a Linen network, whose layers it intercepts (an NNX model
     or functions wrapped as a Linen module hide theirs: :func:`jaxbias.models.from_nnx`, ``from_functions``)."""
-    from jaxbias.models.adapters import FunctionTapped, NNXTapped
-
     return isinstance(module, nn.Module) and not isinstance(module, (NNXTapped, FunctionTapped))
 
 
@@ -311,8 +311,6 @@ def concept_masks(relevance: Array, *, sigma: float = 2.0, low: float = 0.1, hig
     relevance summed over channels, post-processed as the RR-ClArC release does (threshold ``low``·max, Gaussian
     blur ``sigma`` px, threshold ``high``·max; :func:`jaxbias.metrics.postprocess_mask`) — the artifact masks RRR
     (and targeted noise) train with, for images no mask was drawn for. ``(B, H, W)`` bool."""
-    from jaxbias.metrics import postprocess_mask
-
     heat = np.maximum(np.asarray(relevance, np.float64).sum(-1), 0.0)
     return postprocess_mask(heat, low=low, sigma=sigma, high=high)
 
