@@ -247,3 +247,11 @@ class Checkpointer:
     def close(self) -> None:
         with interrupts_deferred():
             self._manager.close()
+
+
+def latest_epoch(directory: str | os.PathLike | None) -> int | None:
+    """The epoch of the newest complete checkpoint in ``directory``, or ``None`` (none yet, or no such folder:
+    nothing is created)."""
+    if directory is None or not os.path.isdir(directory):
+        return None
+    return Checkpointer(directory).latest_epoch()

@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Sequence
 
 from jaxbias import __version__, datasets, methods, models, runs, settings
+from jaxbias.checkpoint import latest_epoch
 from jaxbias.correct import correct
 from jaxbias.data.sources import DatasetUnavailableError  # data not given or not prepared: a usage error
 from jaxbias.demo import run_demo
@@ -648,11 +649,10 @@ def _one_line(e: BaseException) -> str:
 def _kept(args: argparse.Namespace) -> str:
     """What an interrupted training command leaves: the epoch of its newest complete checkpoint."""
     workdir = getattr(args, "workdir", None) if hasattr(args, "resume") else None
-
     folder = run_path(workdir, "checkpoint_dir") if workdir else None
-    epochs = [int(n) for n in os.listdir(folder) if n.isdigit()] if folder and os.path.isdir(folder) else []
-    if epochs:  # orbax renames a checkpoint's folder to its epoch only once it is complete
-        return f"; the checkpoint of epoch {max(epochs)} in {folder} is kept: --resume continues from it"
+    epoch = latest_epoch(folder)
+    if epoch is not None:
+        return f"; the checkpoint of epoch {epoch} in {folder} is kept: --resume continues from it"
     return "; no checkpoint was written yet" if workdir else ""
 
 
@@ -671,13 +671,15 @@ def failure(e: Exception) -> tuple[int, str]:
 def _quiet_background(enabled: bool):
     """Silence what library threads print about a failure we already report in one line.
 
-    orbax logs its writer threads' failures (absl, with tracebacks), and tensorstore's late callbacks
-    into orbax's closed event loops end as unraisable exceptions or thread exceptions.
+    orbax logs its writer threads' failures (absl, with tracebacks), a failed asynchronous write's task is
+    logged by asyncio when it is collected ("Task exception was never retrieved"), and tensorstore's late
+    callbacks into orbax's closed event loops end as unraisable exceptions or thread exceptions.
     """
-    absl = logging.getLogger("absl")
-    saved = absl.level, sys.unraisablehook, threading.excepthook, warnings.filters[:]
+    absl, aio = logging.getLogger("absl"), logging.getLogger("asyncio")
+    saved = absl.level, sys.unraisablehook, threading.excepthook, warnings.filters[:], aio.level
     if enabled:
         absl.setLevel(logging.CRITICAL)
+        aio.setLevel(logging.CRITICAL)
         sys.unraisablehook = lambda unraisable: None
         threading.excepthook = lambda args: None
         # an interrupted or failed asynchronous checkpoint leaves orbax's coroutines unawaited
@@ -688,6 +690,7 @@ def _quiet_background(enabled: bool):
         absl.setLevel(saved[0])
         sys.unraisablehook, threading.excepthook = saved[1:3]
         warnings.filters[:] = saved[3]
+        aio.setLevel(saved[4])
 
 
 def main(argv: Sequence[str] | None = None, *, _quiet_until_exit: bool = False) -> int:

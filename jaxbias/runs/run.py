@@ -29,6 +29,7 @@ from jaxbias import settings as settings_lib
 from jaxbias.data.sources import SOURCES
 from jaxbias.runs.config import DERIVED, RunConfig
 from jaxbias.datasets import Dataset
+from jaxbias.checkpoint import latest_epoch
 from jaxbias.engine import check_eval_sets
 from jaxbias.train import (TrainState, create_train_state, evaluate, fit, freeze, hp_dict, initial_method_state,
                            make_optimizer, make_predict, method_loss)
@@ -263,10 +264,7 @@ def resolve_resume(workdir: str | os.PathLike | None, resume: bool | str) -> boo
 
 def _has_checkpoint(workdir: str | os.PathLike | None) -> bool:
     """Whether ``workdir`` holds a complete checkpoint: a run resumed from one starts from it, not from ``weights``."""
-    from jaxbias.checkpoint import Checkpointer
-
-    folder = run_path(workdir, "checkpoint_dir") if workdir is not None else None
-    return bool(folder and os.path.isdir(folder) and Checkpointer(folder).latest_epoch() is not None)
+    return workdir is not None and latest_epoch(run_path(workdir, "checkpoint_dir")) is not None
 
 
 def _same(key: str, saved: Any, now: Any) -> bool:
