@@ -13,6 +13,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxbias import methods as methods_lib
+from jaxbias import runs
+from jaxbias.explain import supported
+from jaxbias.runs.measure import reference_cav, report_layer
 from jaxbias.evaluation import artifact_report, latent_gradient, latent_sensitivity, lrp_r_bias, tcav_test
 
 __all__ = ["correct", "artifact_report", "latent_gradient", "latent_sensitivity", "lrp_r_bias", "tcav_test"]
@@ -51,16 +55,13 @@ def correct(
     (``--model package.module:factory``) is tapped there too.
     ``trainable=("fc",)`` fine-tunes only the head, with the network in
     evaluation mode (frozen batch-norm statistics). R_bias needs LRP of the
-    model (:func:`jaxbias.explain.supported`: any Linen network, a wrapped one
-    too); for an NNX or a function model, and for P-ClArC's projected pass, it
-    is ``None``.
+    model (:func:`jaxbias.explain.supported`: any Linen network, a Linen or
+    NNX network wrapped by the adapters; P-ClArC explained through its
+    projection); for a function model it is ``None``.
 
     Returns:
       ``{"config", "report", "base_report", "seconds", "seconds_per_epoch", "history"}``.
     """
-    from jaxbias import methods as methods_lib
-    from jaxbias import runs
-    from jaxbias.runs.measure import reference_cav, report_layer
 
     base_run = base if isinstance(base, runs.Run) else runs.restore(base)  # restored once, then passed on
     if base_run.config.dataset != "artifact_mnist":
@@ -108,13 +109,10 @@ def correct(
 
 
 def _r_bias(run: Any, evals: Mapping[str, Any], target_class: int) -> dict[str, float | None]:
-    """LRP's R_bias of a run's model, or ``None`` where LRP cannot explain it (an NNX or a function model, whose
-    layers it cannot intercept yet; P-ClArC's projected forward pass)."""
-    from jaxbias import methods as methods_lib
-    from jaxbias.explain import supported
-
-    if methods_lib.kind(run.method).corrects_inference or not supported(run.module):
+    """LRP's R_bias of a run's inference model (P-ClArC: through its projection), or ``None`` where LRP cannot
+    explain it (a function model: no layers for its rules)."""
+    if not supported(run.module):
         return {"r_bias": None, "r_bias_chosen": None, "r_bias_pull": None}
     state = run.state
     return lrp_r_bias(run.module, {"params": state.params, **state.model_state}, evals["artifact"],
-                      target_class=target_class)
+                      target_class=target_class, edit=run.edits())

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxbias.batching import map_batches
 from jaxbias import metrics
+from jaxbias.explain import make_lrp_model
 from jaxbias.types import Batch, BoundModel, Params
 
 Array = jax.Array
@@ -171,7 +172,8 @@ def artifact_report(
 
 
 def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_class: int | None = None,
-               postprocess: bool = True, blur_sigma: float = 2.0, batch_size: int = 250) -> dict[str, float]:
+               postprocess: bool = True, blur_sigma: float = 2.0, batch_size: int = 250,
+               edit: Mapping[str, Any] | None = None) -> dict[str, float]:
     """R_bias of LRP maps (EpsilonPlusFlat, SPEC §7) on images that carry the artifact (``batch.mask``).
 
     Returns ``r_bias``: relevance of each sample's true class, mean over all
@@ -184,13 +186,13 @@ def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_cla
     widens the mask by the blur of relevance that the flat first-layer rule
     causes. The blur is the release's (reflect padding, taps to 2.5σ) with
     ``blur_sigma`` px: 2 by default, for the small images here (the release's
-    σ = 8 is for 224-px images).
+    σ = 8 is for 224-px images). ``edit``: the inference-time edits of a corrected model (P-ClArC's
+    projection, :meth:`jaxbias.runs.Run.edits`), explained with them.
     """
-    from jaxbias.explain import make_lrp_model
 
     if batch.mask is None:
         raise ValueError("batch.mask must mark the artifact pixels")
-    fn = make_lrp_model(module, dict(variables))
+    fn = make_lrp_model(module, dict(variables), edit=edit)
     x, y = np.asarray(batch.x), np.asarray(batch.y)
     mask = np.asarray(batch.mask)
     if postprocess:

@@ -11,7 +11,8 @@ callers never guess from which functions it happens to define:
 - ``fits_on_model``: ``init`` fits the state on a trained model (a CAV), so
   the method corrects a trained model rather than training one from scratch;
 - ``corrects_inference``: ``corrected(model, state, hp)`` is the model to use
-  at inference (P-ClArC's projection).
+  at inference (P-ClArC's projection), and ``edits(state, hp)`` what it
+  changes there, ``{layer: function of its output}`` (what LRP explains it with).
 
 Every ``init`` has one signature, ``init(model, params, data, *, hp) -> State``
 (``model`` bound in evaluation mode), and is traceable: the state's structure

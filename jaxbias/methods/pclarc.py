@@ -21,10 +21,12 @@ projection of the clean samples, fitted by :func:`init`); ``a`` =
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 
 from jaxbias.methods import Kind
-from jaxbias.methods._clarc import ShiftHparams, State, shifted_loss, shifted_model
+from jaxbias.methods._clarc import ShiftHparams, State, projection, shifted_loss, shifted_model
 from jaxbias.methods._clarc import init as fit_init
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
@@ -33,7 +35,7 @@ Array = jax.Array
 #: Corrects a trained model (``init`` fits the CAV on it); :func:`corrected` is the model at inference.
 KIND = Kind(fits_on_model=True, corrects_inference=True)
 
-__all__ = ["KIND", "Hparams", "State", "init", "loss", "corrected"]
+__all__ = ["KIND", "Hparams", "State", "init", "loss", "corrected", "edits"]
 
 
 #: Same hyperparameters for A- and P-ClArC: ``layer``, ``cav``, ``cav_reg``, ``pool``.
@@ -41,6 +43,12 @@ Hparams = ShiftHparams
 
 #: Fit ``h``, ``⟨z⁺⟩``, ``⟨z⁻⟩`` (``init(eval_model, params, data, *, hp, concept=None)``).
 init = fit_init
+
+
+def edits(state: State, hp: Hparams) -> dict[str, Callable[[Array], Array]]:
+    """What the correction changes at inference: ``{hp.layer: a ↦ a'}`` (an ``edit=`` of the house's models;
+    LRP explains the corrected model with it, :func:`jaxbias.explain.lrp_model`)."""
+    return {hp.layer: projection(state.cav, state.z_minus, hp.pool)}
 
 
 def corrected(model: BoundModel, state: State, hp: Hparams) -> BoundModel:

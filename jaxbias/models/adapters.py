@@ -38,7 +38,8 @@ network's parameter tree. What cannot be tapped, and why:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -47,7 +48,8 @@ from flax.core import unfreeze
 
 from jaxbias.models.layers import check_hooks, tap
 
-__all__ = ["MODE_ARGS", "FunctionTapped", "NNXTapped", "Tapped", "from_functions", "from_linen", "from_nnx"]
+__all__ = ["MODE_ARGS", "FunctionTapped", "NNXTapped", "Tapped", "from_functions", "from_linen", "from_nnx",
+           "intercept_nnx", "nnx_replaced"]
 
 #: How a network hears train/eval mode, by the keyword its ``__call__`` takes: ``train=True`` in training,
 #: ``deterministic=False`` / ``use_running_average=False`` (the flags of Dropout and BatchNorm), or nothing.
@@ -198,6 +200,17 @@ def _filled(template: Any, pure: Any) -> Any:
     return state
 
 
+def nnx_replaced(module: Any, values: Mapping[str, Any]) -> Any:
+    """A fresh copy of the NNX ``module`` whose top-level variables named in ``values`` hold those arrays
+    (``{"kernel": k}``); ``module`` itself is unchanged (its copy shares no variable with it)."""
+    graphdef, state = nnx.split(module)
+    pure = nnx.to_pure_dict(state)
+    unknown = sorted(set(values) - set(pure))
+    if unknown:
+        raise ValueError(f"{type(module).__name__} has no variables {unknown}; it has {sorted(pure)}")
+    return nnx.merge(graphdef, _filled(state, {**pure, **values}))
+
+
 def _step(obj: Any, part: str) -> Any:
     return obj[int(part)] if part.isdigit() and not hasattr(obj, part) else getattr(obj, part)
 
@@ -209,6 +222,15 @@ def _put(obj: Any, part: str, value: Any) -> None:
         setattr(obj, part, value)
 
 
+def _place(model: Any, path: str) -> tuple[Any, str]:
+    """The object holding the submodule at ``path`` (a module, or a list of them) and its name there."""
+    *parents, last = path.split("/")
+    parent = model
+    for part in parents:
+        parent = _step(parent, part)
+    return parent, last
+
+
 class _Proxy:
     """Stands in for one NNX submodule during a pass: calls it and hands its output to the recorder."""
 
@@ -217,6 +239,40 @@ class _Proxy:
 
     def __call__(self, *args, **kwargs):
         return self._taps.returned(self._path, self._inner(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+#: The interceptors :func:`intercept_nnx` has installed, outermost first.
+_NNX_INTERCEPTORS: list[Callable[..., Any]] = []
+
+
+@contextlib.contextmanager
+def intercept_nnx(interceptor: Callable[..., Any]) -> Iterator[None]:
+    """Within the block, every submodule call of an NNX model in a :class:`NNXTapped` forward pass goes through
+    ``interceptor(next_fun, args, kwargs, path, module)`` (``path`` ``/``-separated, ``module`` the NNX
+    submodule; ``next_fun(*args, **kwargs)`` calls it): what :func:`flax.linen.intercept_methods` is to Linen
+    modules, for the NNX model the wrapper merges at each call (LRP's rules are applied this way)."""
+    _NNX_INTERCEPTORS.append(interceptor)
+    try:
+        yield
+    finally:
+        _NNX_INTERCEPTORS.remove(interceptor)
+
+
+class _Intercepted:
+    """Stands in for one NNX submodule during a pass under :func:`intercept_nnx`: its call goes through the
+    interceptors (the innermost sees the submodule's own call)."""
+
+    def __init__(self, inner: Any, path: str, interceptors: Sequence[Callable[..., Any]]):
+        self._inner, self._path, self._interceptors = inner, path, tuple(interceptors)
+
+    def __call__(self, *args, **kwargs):
+        call = self._inner
+        for interceptor in reversed(self._interceptors):
+            call = (lambda f, i: lambda *a, **k: i(f, a, k, self._path, self._inner))(call, interceptor)
+        return call(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -262,27 +318,26 @@ class NNXTapped(nn.Module):
                 key = self.make_rng("dropout")
                 nnx.reseed(model, **{tag: jax.random.fold_in(key, i) for i, tag in enumerate(streams)})
         taps = _Taps(self.layers, perturb, edit)
-        submodules = ["/".join(map(str, path)) for path, _ in nnx.iter_modules(model) if path]
-        originals = []
-        for path in self.layers:
-            if path not in submodules:
-                continue  # refused by finish(), with the list of what can be tapped
-            *parents, last = path.split("/")
-            parent = model
-            for part in parents:
-                parent = _step(parent, part)
-            originals.append((parent, last, _step(parent, last)))
-            _put(parent, last, _Proxy(originals[-1][2], path, taps))
+        found = {"/".join(map(str, path)): module for path, module in nnx.iter_modules(model) if path}
+        stand_ins: dict[str, Any] = {}
+        if _NNX_INTERCEPTORS:
+            stand_ins = {path: _Intercepted(module, path, _NNX_INTERCEPTORS) for path, module in found.items()}
+        for path in self.layers:  # a layer not found is refused by finish(), with the list of what can be tapped
+            if path in found:
+                stand_ins[path] = _Proxy(stand_ins.get(path, found[path]), path, taps)
+        places = [(*_place(model, path), path) for path in stand_ins]  # found before any stand-in is put in
+        for parent, last, path in places:
+            _put(parent, last, stand_ins[path])
         try:
             out = model(x)
         finally:
-            for parent, last, inner in originals:
-                _put(parent, last, inner)
+            for parent, last, path in places:
+                _put(parent, last, found[path])
         if self.is_mutable_collection("batch_stats"):
             new = _text_keys(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
             for k, var in stats.items():
                 var.value = new[k]
-        return taps.finish(model, out, self.output, submodules)
+        return taps.finish(model, out, self.output, list(found))
 
 
 def from_nnx(model: Any, *, layers: Sequence[str], mode: Any = "train",

@@ -12,7 +12,10 @@ import numpy as np
 from jaxbias import methods as methods_lib
 from jaxbias import models as models_lib
 from jaxbias import datasets as datasets_lib
+from jaxbias import evaluation
 from jaxbias.datasets import Dataset
+from jaxbias.explain import make_lrp_model, supported
+from jaxbias.report import heatmap_overlay, heatmaps_before_after
 from jaxbias.runs.run import Run, fit_method_state, input_shape, restore
 from jaxbias.workdir import run_path
 
@@ -66,8 +69,6 @@ def reference_cav(run: Run, dataset: Dataset, *, layer: str = REPORT_CAV["layer"
 def artifact_report(run: Run, dataset: Dataset, *, cav=None, chosen=None) -> dict[str, Any]:
     """:func:`jaxbias.evaluation.artifact_report` of a run, TCAV along ``cav`` (default: fitted on its base at
     :func:`report_layer`)."""
-    from jaxbias.evaluation import artifact_report as report
-
     base = base_of(run)
     layer = report_layer(base) or report_layer(run)  # a base that taps nothing: the layer its correction tapped
     if layer is None:
@@ -76,8 +77,8 @@ def artifact_report(run: Run, dataset: Dataset, *, cav=None, chosen=None) -> dic
     if cav is None:
         cav = reference_cav(base, dataset, layer=layer)
     run = run.tapped([layer])
-    return report(run.inference_model(), run.state.params, dataset.evals, cav=cav, layer=layer,
-                  target_class=dataset.target_class, chosen=chosen)
+    return evaluation.artifact_report(run.inference_model(), run.state.params, dataset.evals, cav=cav, layer=layer,
+                                      target_class=dataset.target_class, chosen=chosen)
 
 
 def evaluate(run: Run, data: Any = None) -> dict[str, Any]:
@@ -100,20 +101,14 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
     Biased-MNIST runs: the first ``n`` images of the unbiased test set. ``data``
     as for :func:`evaluate` (checked after the arguments: a bad ``n`` reads no data).
     """
-    from jaxbias.explain import make_lrp_model, supported
-    from jaxbias.report import heatmap_overlay, heatmaps_before_after
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int (images to show); got {n!r}")
     if not datasets_lib.images(run.config.dataset):
         raise ValueError(f"heatmaps need an image dataset {datasets_lib.image_names()}; {run.workdir!r} is "
                          f"{run.config.dataset!r}")
-    if methods_lib.kind(run.method).corrects_inference:
-        raise ValueError(f"{run.workdir!r} is a {run.config.method} run: its projected forward pass has no layer "
-                         "graph for LRP")
     if not supported(run.module):
-        raise ValueError(f"{run.workdir!r}: LRP intercepts Linen layers, and {run.config.model!r} is an NNX model or "
-                         "functions (their layers are not visible to it yet)")
+        raise ValueError(f"{run.workdir!r}: LRP applies its rules to a network's layers, and {run.config.model!r} "
+                         "is written as functions (no layers to intercept)")
     dataset = run.config.load_data(data)
     if dataset.name == "artifact_mnist":
         art = dataset.evals["artifact"]
@@ -123,7 +118,7 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
         x, y = np.asarray(dataset.evals["unbiased"].x)[:n], np.asarray(dataset.evals["unbiased"].y)[:n]
 
     def relevance(r: Run):
-        fn = make_lrp_model(r.module, {"params": r.state.params, **r.state.model_state})
+        fn = make_lrp_model(r.module, {"params": r.state.params, **r.state.model_state}, edit=r.edits())
         return np.asarray(fn(jnp.asarray(x), jnp.asarray(y)))
 
     out_dir = out_dir or run.workdir

@@ -81,6 +81,13 @@ class Run:
             model = self.method.corrected(model, self.state.method_state, self.hp)
         return model
 
+    def edits(self) -> dict[str, Any] | None:
+        """What the method changes in the forward pass at inference, ``{layer: function}`` (P-ClArC's
+        projection), or ``None``: the network as trained. LRP explains the inference model with it."""
+        if methods_lib.kind(self.method).corrects_inference:
+            return dict(self.method.edits(self.state.method_state, self.hp))
+        return None
+
     def evaluate(self, dataset: Dataset) -> dict[str, Any]:
         """Accuracy views on the dataset's evaluation sets (:func:`jaxbias.train.evaluate`)."""
         model = self.inference_model()

@@ -6,9 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbias import models
+from flax import nnx
+
+from jaxbias import methods, models
 from jaxbias.explain import lrp, to_graph
-from jaxbias.explain.intercept import lrp_model, make_lrp_model
+from jaxbias.explain.intercept import lrp_model, make_lrp_model, supported
+from jaxbias.models.layers import tap
 
 
 def _perturbed(module, x, seed=0):
@@ -172,3 +175,122 @@ def test_concept_relevance_finds_the_stamp_on_a_trained_model(fewer_digits):
     masks = concept_masks(rel, low=0.3, high=0.5, sigma=1.0)
     assert (masks & stamp).sum() / stamp.sum() > 0.5 and (masks & stamp).sum() / masks.sum() > 2 * stamp.mean()
     assert metrics.r_bias(rel, stamp).mean() > 0
+
+
+class _NNXBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(6, 8, (3, 3), rngs=rngs)
+
+    def __call__(self, h):
+        return nnx.relu(self.conv(h))
+
+
+class _NNXNet(nnx.Module):
+    """An NNX network as its author wrote it: a conv with batch-norm, a nested block, a linear head."""
+
+    def __init__(self, rngs):
+        self.conv1 = nnx.Conv(3, 6, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(6, rngs=rngs)
+        self.block = _NNXBlock(rngs)
+        self.head = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.avg_pool(nnx.relu(self.bn(self.conv1(x))), (2, 2), strides=(2, 2))
+        return self.head(nnx.max_pool(self.block(h), (2, 2), strides=(2, 2)).mean((1, 2)))
+
+
+class _LinenBlock(nn.Module):
+    @nn.compact
+    def __call__(self, h):
+        return nn.relu(nn.Conv(8, (3, 3), name="conv")(h))
+
+
+class _LinenTwin(nn.Module):
+    """The same network in Linen, parameter names and all: the NNX weights load into it as they are."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = nn.BatchNorm(use_running_average=not train, name="bn")(nn.Conv(6, (3, 3), name="conv1")(x))
+        h = nn.avg_pool(nn.relu(h), (2, 2), strides=(2, 2))
+        h = nn.max_pool(_LinenBlock(name="block")(h), (2, 2), strides=(2, 2))
+        return nn.Dense(4, name="head")(h.mean((1, 2)))
+
+
+@pytest.mark.parametrize("zplus_bias", [True, False])
+def test_an_nnx_network_gets_the_same_lrp_as_its_linen_twin(zplus_bias):
+    """from_nnx: the rules reach nnx.Conv / nnx.Linear / nnx.BatchNorm (nested ones too) in the model each call
+    merges; relevance equals the Linen twin's with the same weights, and is conserved with zero biases."""
+    module = models.from_nnx(_NNXNet(nnx.Rngs(0)), layers=("block",))
+    assert supported(module)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 8, 8, 3)), jnp.float32)
+    variables = _perturbed(module, x)
+    twin = _LinenTwin()
+    assert jax.tree.structure(twin.init(jax.random.key(0), x[:1])) == jax.tree.structure(variables)
+    np.testing.assert_allclose(np.asarray(module.apply(variables, x, train=False)[0]),
+                               np.asarray(twin.apply(variables, x)), rtol=1e-5, atol=1e-6)
+    target = jnp.array([0, 1, 2, 3])
+    got = lrp_model(module, variables, x, target=target, zplus_bias=zplus_bias)
+    ref = lrp_model(twin, variables, x, target=target, zplus_bias=zplus_bias)
+    scale = float(jnp.abs(ref).max())
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5 * scale)
+    grad = jax.grad(lambda t: jnp.sum(twin.apply(variables, t) * jax.nn.one_hot(target, 4)))(x)
+    assert float(jnp.abs(x * grad - ref).max()) > 1e-3 * scale  # the rules were applied, not the gradient
+    zero = _zero_biases(variables)
+    relevance = lrp_model(module, zero, x, target=target, zplus_bias=False, epsilon=1e-9)
+    logit = module.apply(zero, x, train=False)[0][jnp.arange(4), target]
+    np.testing.assert_allclose(np.asarray(relevance.sum((1, 2, 3))), np.asarray(logit), rtol=1e-4)
+    # concept-conditioned LRP from the tapped NNX block: its start relevance reaches the input
+    start = lrp_model(module, zero, x, layer="block", start=lambda a: a, zplus_bias=False, epsilon=1e-9)
+    block = module.apply(zero, x, train=False)[1]["block"]
+    np.testing.assert_allclose(np.asarray(start.sum((1, 2, 3))), np.asarray(block.sum((1, 2, 3))), rtol=1e-4)
+
+
+def test_a_function_model_is_not_supported():
+    module = models.from_functions(lambda p, x, train: x.mean((1, 2)) @ p["w"], lambda p, h, train: h,
+                                   {"w": jnp.ones((3, 2))})
+    assert not supported(module)
+
+
+class _Tapped(nn.Module):
+    """A small net of the house contract, a dense layer tapped as "hidden" (where P-ClArC projects)."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False, perturb=None, edit=None):
+        acts = {}
+        h = tap("hidden", nn.Dense(6, name="hidden")(x.reshape(x.shape[0], -1)), acts, perturb, edit)
+        return nn.Dense(3, name="head")(nn.relu(h)), acts
+
+
+class _Projected(nn.Module):
+    """The same net with P-ClArC's projection written as a dense layer (kernel I − hhᵀ/hᵀh, bias ⟨z⁻⟩h/hᵀh)."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = nn.Dense(6, name="projection")(nn.Dense(6, name="hidden")(x.reshape(x.shape[0], -1)))
+        return nn.Dense(3, name="head")(nn.relu(h))
+
+
+def test_a_p_clarc_corrected_model_is_explained_through_its_projection():
+    """LRP with P-ClArC's edits (pclarc.edits) equals LRP of the twin whose projection is a dense layer under the ε
+    rule — the affine projection passes relevance as a linear layer does — and differs from the uncorrected map."""
+    pclarc = methods.get("pclarc")
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(5, 4, 4, 2)), jnp.float32)
+    variables = _perturbed(_Tapped(), x)
+    h = jnp.asarray(np.random.default_rng(4).normal(size=6), jnp.float32)
+    h = h / jnp.linalg.norm(h)
+    state = pclarc.State(cav=h, z_plus=jnp.float32(2.0), z_minus=jnp.float32(-0.5))
+    edits = pclarc.edits(state, pclarc.Hparams(layer="hidden"))
+    got = lrp_model(_Tapped(), variables, x, target=1, edit=edits, epsilon=1e-9)
+    twin = {"params": {**variables["params"], "projection": {
+        "kernel": jnp.eye(6) - jnp.outer(h, h) / jnp.dot(h, h), "bias": state.z_minus * h / jnp.dot(h, h)}}}
+    # the corrected model's logits are the twin's, and so is its relevance
+    model = pclarc.corrected(models.bind(_Tapped(), {}, train=False), state, pclarc.Hparams(layer="hidden"))
+    np.testing.assert_allclose(np.asarray(model(variables["params"], x).logits),
+                               np.asarray(_Projected().apply(twin, x)), rtol=1e-5, atol=1e-6)
+    ref = lrp_model(_Projected(), twin, x, target=1, epsilon=1e-9)
+    scale = float(jnp.abs(ref).max())
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-5 * scale)
+    plain = lrp_model(_Tapped(), variables, x, target=1, epsilon=1e-9)
+    assert float(jnp.abs(plain - got).max()) > 1e-2 * scale
+    with pytest.raises(ValueError, match="edit must map layer names to functions"):
+        lrp_model(_Tapped(), variables, x, edit={"hidden": 1.0})
