@@ -37,7 +37,13 @@ import numpy as np
 
 from jaxbias import methods as methods_lib
 from jaxbias import runs
+from jaxbias.evaluation import lrp_r_bias, tcav_test
+from jaxbias.explain import make_lrp_model
+from jaxbias.methods._clarc import layer_acts
+from jaxbias.models import bind
+from jaxbias.report import bar_chart, heatmap_rows, markdown_table
 from jaxbias.runs import DEMO_CHANNELS, RunConfig
+from jaxbias.runs.measure import REPORT_CAV, artifact_report, reference_cav
 from jaxbias.workdir import run_path, write_text
 
 #: The biased model (the clarc_controlled experiment's ``offline`` base).
@@ -137,11 +143,6 @@ def _json_default(v: Any) -> Any:
 
 def _measure(trained: dict[str, runs.Run], dataset, *, n_random: int, seed: int) -> dict[str, dict[str, Any]]:
     """Every view of every model: accuracy, TCAV (+ t-test), TCAV_sens, R_bias, seconds per epoch."""
-    from jaxbias.evaluation import lrp_r_bias, tcav_test
-    from jaxbias.methods._clarc import layer_acts
-    from jaxbias.models import bind
-    from jaxbias.runs.measure import REPORT_CAV, artifact_report, reference_cav
-
     base = trained[VANILLA]
     cav = reference_cav(base, dataset)  # one direction for every model
     layer, target = REPORT_CAV["layer"], dataset.target_class
@@ -180,8 +181,6 @@ def _heatmap_inputs(trained: dict[str, runs.Run], dataset) -> dict[str, Any]:
     The digits shown are the first the biased model calls 0 (the shortcut at
     work), topped up with other stamped non-0 digits.
     """
-    from jaxbias.explain import make_lrp_model
-
     art = dataset.evals["artifact"]
     x, y = np.asarray(art.x), np.asarray(art.y)
     target = dataset.target_class
@@ -269,8 +268,6 @@ def _cell(vals: list[Any], scale: float, fmt: Callable[[float], str]) -> str:
 
 
 def _table(views) -> str:
-    from jaxbias.report import markdown_table
-
     rows = []
     for label in views[0]:
         row = {"model": label}
@@ -283,8 +280,6 @@ def _table(views) -> str:
 
 
 def _write_report(out_dir, setting, views, claims, figures, seconds) -> list[str]:
-    from jaxbias.report import bar_chart, heatmap_rows
-
     paths = {k: run_path(out_dir, role) for k, role in (("md", "demo_report"), ("acc", "accuracy_png"),
                                                           ("sens", "tcav_sens_png"), ("heat", "heatmaps"),
                                                           ("json", "demo_json"))}

@@ -50,7 +50,9 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from jaxbias.checkpoint import Checkpointer, interrupts_deferred
 from jaxbias.data.iterators import num_batches, permutation
 from jaxbias.parallel import Layout, to_host
 from jaxbias.types import Batch
@@ -145,8 +147,6 @@ def progress_bar(total: int, desc: str, enabled: bool):
     """A tqdm bar on stderr, or ``None``."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
@@ -391,8 +391,6 @@ def run_epochs(
     writer = jax.process_index() == 0  # one writer when several processes share the workdir
     held = contextlib.ExitStack()  # the workdir's lock and checkpointer, closed together however the loop ends
     if workdir is not None:
-        from jaxbias.checkpoint import Checkpointer
-
         held.enter_context(workdir_lock(workdir, enabled=writer))
         try:
             ckpt = held.enter_context(contextlib.closing(Checkpointer(run_path(workdir, "checkpoint_dir"))))
@@ -446,8 +444,6 @@ def run_epochs(
 
     losses: list[jax.Array] = []
     try:
-        from jaxbias.checkpoint import interrupts_deferred
-
         # a Ctrl-C is held back to the loop's safe points (between steps, chunks and epochs): raised elsewhere
         # (orbax's writer, a host callback of the batch order) it could abort or hang the process
         interrupts = held.enter_context(interrupts_deferred())

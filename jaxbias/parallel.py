@@ -55,6 +55,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -453,8 +454,6 @@ def to_host(tree: Any) -> Any:
         if isinstance(a, jax.Array) and not a.is_fully_addressable:
             if a.is_fully_replicated:
                 return np.asarray(a.addressable_data(0))
-            from jax.experimental import multihost_utils
-
             return np.asarray(multihost_utils.process_allgather(a, tiled=True))
         return np.asarray(a)
 

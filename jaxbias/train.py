@@ -21,6 +21,9 @@ import optax
 
 from jaxbias import models as models_lib
 from jaxbias import engine
+from jaxbias import methods as methods_lib
+from jaxbias import metrics
+from jaxbias.batching import map_batches
 from jaxbias.parallel import Layout, to_host
 from jaxbias.types import Aux, Batch, ModelState, Params
 
@@ -178,8 +181,6 @@ def make_predict(module: flax.linen.Module) -> Callable[[Params, ModelState, jax
 
 def predict_in_batches(predict, params, model_state, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
     """Logits for a whole array (:func:`jaxbias.batching.map_batches`: one compilation for every batch)."""
-    from jaxbias.batching import map_batches
-
     return map_batches(predict, x, args=(params, model_state), batch_size=batch_size)
 
 
@@ -187,8 +188,6 @@ def evaluate(
     predict, params, model_state, sets: Mapping[str, Batch], *, batch_size: int = 512, num_biases: int | None = None
 ) -> dict[str, dict[str, Any]]:
     """Accuracy views (:func:`jaxbias.metrics.bias_report`) on each named evaluation set."""
-    from jaxbias import metrics
-
     report = {}
     for name, data in sets.items():
         logits = predict_in_batches(predict, params, model_state, data.x, batch_size=batch_size)
@@ -208,8 +207,6 @@ def initial_method_state(method: ModuleType, module: flax.linen.Module, hp: Any,
     A method that fits its state on a trained model (``KIND.fits_on_model``,
     the ClArC family's CAV) needs that state passed in instead.
     """
-    from jaxbias import methods as methods_lib
-
     if methods_lib.kind(method).fits_on_model:
         raise ValueError(
             f"method {methods_lib.name_of(method)!r} fits its state (a CAV) on a trained model: pass method_state= "

@@ -15,6 +15,7 @@ data side knows two datasets:
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Mapping, NamedTuple
 
@@ -25,8 +26,13 @@ import optax
 
 from jaxbias.batching import map_batches
 from jaxbias import models as models_lib
+from jaxbias import runs
+from jaxbias.data import colourise, load_mnist, to_float
+from jaxbias.data.adult import counterfactual_pairs
+from jaxbias.data.biased_mnist import colour_pairs
 from jaxbias.influence import merge, select
 from jaxbias.methods import fmd
+from jaxbias.workdir import run_path, write_json
 
 #: Full-batch Adam steps tried by the fine-tuning baseline (chosen by FMD's rule).
 FINETUNE_STEPS = (1, 2, 5, 10, 20, 50, 100, 200)
@@ -50,9 +56,6 @@ def _check_external(external: Any, n: int) -> int:
 
 def split_biased_mnist(data, *, external: int, seed: int = 0) -> Split:
     """External pairs and evaluation data from a :class:`jaxbias.data.BiasedMNIST`."""
-    from jaxbias.data import colourise, load_mnist, to_float
-    from jaxbias.data.biased_mnist import colour_pairs
-
     digits = load_mnist(data.source)
     n = digits.test_x.shape[0]
     external = _check_external(external, n)
@@ -75,8 +78,6 @@ def split_biased_mnist(data, *, external: int, seed: int = 0) -> Split:
 
 def split_adult(data, *, external: int, seed: int = 0) -> Split:
     """External pairs and evaluation data from a :class:`jaxbias.data.Adult` (its test split)."""
-    from jaxbias.data.adult import counterfactual_pairs
-
     n = data.test_x.shape[0]
     external = _check_external(external, n)
     rng = np.random.default_rng(seed)
@@ -198,8 +199,6 @@ def unlearn_workdir(
       ``finetune`` (report + seconds, steps), and the edited ``params`` under
       ``"_params"`` (not JSON).
     """
-    from jaxbias import runs
-
     hp = hp or fmd.Hparams()
     run = workdir if isinstance(workdir, runs.Run) else runs.restore(workdir)
     workdir = run.workdir
@@ -258,10 +257,6 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def save_params(out_dir: str, params: dict, result: Mapping[str, Any]) -> list[str]:
     """Write the edited parameters (``params.npz``, keys = ``/``-joined paths) and ``report.json``."""
-    import os
-
-    from jaxbias.workdir import run_path, write_json
-
     os.makedirs(out_dir, exist_ok=True)
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
             for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}

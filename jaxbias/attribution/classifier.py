@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
+from jaxbias import metrics
 from jaxbias.attribution import maps as maps_lib
 from jaxbias.attribution.network import RegionResNet, small
 from jaxbias.data.iterators import batch_indices
@@ -206,8 +208,6 @@ def train_region_classifier(
         idx_list = batch_indices(n, batch_size, key=jax.random.fold_in(data_key, epoch), drop_last=True)
         bar = None
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(idx_list), desc=f"region classifier {epoch + 1}/{epochs}", leave=False)
         sums: dict[str, Any] = {}
         for idx in idx_list:
@@ -300,8 +300,6 @@ def calibration(clf: RegionClassifier, images: Any, labels: Any, *, n_bins: int 
     Example:
       >>> cal = calibration(clf, x_val, c_val); cal["ece"]
     """
-    from jaxbias import metrics
-
     images, labels = _check_images_labels(images, labels)
     probs = patch_probabilities(clf, images, batch_size=batch_size, chunk=chunk)
     n, p, k = probs.shape

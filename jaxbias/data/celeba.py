@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxbias.data.sources import DatasetUnavailableError
@@ -148,9 +150,6 @@ def confounder_balanced(confounder: Any, *, size: int, seed: int = 0, exclude: A
 
 def preprocess(images: Any, image_size: int) -> np.ndarray:
     """Centre-crop aligned CelebA images (218×178) to a square and resize: ``(N, S, S, 3)`` float32 in [0, 1]."""
-    import jax
-    import jax.numpy as jnp
-
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"images must be (N, H, W, 3), got shape {x.shape}")
@@ -241,7 +240,7 @@ def load_celeba(
         raise ValueError(f"confounder must be one of {CONFOUNDERS}, got {confounder!r}")
     counts = check_counts(counts)
     try:
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # ~0.3 s: loaded on use (tests/data/test_sources.py::test_import_is_light)
     except ImportError as e:
         raise DatasetUnavailableError(f"CelebA needs tensorflow-datasets: pip install tensorflow-datasets ({e})") from e
     where = data_dir if data_dir is not None else "the default TFDS data_dir"

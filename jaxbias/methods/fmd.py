@@ -48,9 +48,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from jaxbias.methods import Kind
-from jaxbias.influence import METHODS, check_solution, inverse_ggn, inverse_hvp, merge, select
+from jaxbias.influence import (METHODS, check_solution, ggn_matvec, hessian_matvec, inverse_ggn, inverse_hvp, merge,
+                               select, solve_flat)
 
 Array = jax.Array
 
@@ -398,10 +400,6 @@ def pair_scores(logits_fn, params, pairs, accuracy_on="factual"):
 
 def _flat_solver(logits_fn, params, x, y, subset, hp):
     """Traceable ``v ↦ ((C + λI)⁻¹ v, flat, diag)`` on the block for ``hp.curvature`` on ``(x, y)``."""
-    from jax.flatten_util import ravel_pytree
-
-    from jaxbias.influence import ggn_matvec, hessian_matvec, solve_flat
-
     flat0, unravel = ravel_pytree(select(params, subset))
     if hp.curvature == "ggn":
         curvature = ggn_matvec(logits_fn, params, unravel, flat0, x)

@@ -44,6 +44,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+from safetensors.numpy import load_file, save_file
 
 __all__ = ["FORMATS", "load_weights", "save_weights"]
 
@@ -73,8 +75,6 @@ def _listed(keys: list[str], limit: int = 5) -> str:
 def _read(path: str) -> dict[str, np.ndarray]:
     """The file's arrays by key, as written."""
     if os.path.isdir(path):
-        import orbax.checkpoint as ocp
-
         try:
             with warnings.catch_warnings():  # a single-host restore: the saved sharding is the one we want
                 warnings.filterwarnings("ignore", message="Sharding info not provided")
@@ -94,8 +94,6 @@ def _read(path: str) -> dict[str, np.ndarray]:
         except (ValueError, OSError) as e:
             raise ValueError(f"weights {path!r}: not a readable .npz file of arrays ({e})") from None
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
         try:
             arrays = load_file(path)
         except Exception as e:  # noqa: BLE001 - safetensors' own header/dtype checks (SafetensorError, OSError)
@@ -190,8 +188,6 @@ def save_weights(path: str | os.PathLike, params: Any, model_state: Mapping[str,
         with open(path, "wb") as f:  # a file object: numpy.savez would append .npz to a path without it
             np.savez(f, **arrays)
     elif path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-
         save_file(arrays, path)
     else:
         raise ValueError(f"weights {path!r}: unknown format; expected a path ending in .npz or .safetensors (an orbax "

@@ -27,8 +27,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxbias import report
 from jaxbias.attribution.maps import MEASURES
-from jaxbias.attribution.pipeline import ARCHS
+from jaxbias.attribution.pipeline import ARCHS, AttributionData
+from jaxbias.attribution.pipeline import attribute as run_attribution
 from jaxbias.runs.config import RunConfig
 from jaxbias.datasets import Dataset
 from jaxbias.workdir import run_path, write_json
@@ -163,9 +165,6 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
       limit: keep the first ``limit`` images of every set (quick runs; the maps then cover only
         those training images, and a training run on the full set refuses them).
     """
-    from jaxbias.attribution.pipeline import AttributionData
-    from jaxbias.attribution.pipeline import attribute as run_attribution
-
     region = region or RegionConfig()
     if workdir is not None and os.path.exists(run_path(workdir, "attribution")):
         raise FileExistsError(f"workdir {workdir} already holds an attribution; choose an empty workdir")
@@ -201,8 +200,6 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
 
 def _save(workdir: str, summary: dict[str, Any], inputs, specific, general, n_figure: int) -> dict[str, str]:
     """Write an attribution's maps (specific as float16), figures and ``attribution.json`` into ``workdir``."""
-    from jaxbias import report
-
     os.makedirs(workdir, exist_ok=True)
     files = {role: run_path(workdir, role) for role in ("general_map", "specific_maps", "maps_png", "reliability_png")}
     files["summary"] = run_path(workdir, "attribution")

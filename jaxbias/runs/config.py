@@ -14,10 +14,12 @@ import json
 import math
 import numbers
 import os
+import tomllib
 import typing
 from typing import Any, Mapping, Sequence
 
 from jaxbias import datasets as datasets_lib
+from jaxbias import methods
 from jaxbias import models as models_lib
 from jaxbias import settings as settings_lib
 from jaxbias.datasets import Dataset
@@ -160,8 +162,6 @@ class RunConfig:
 
     # ------------------------------------------------------------------ checks
     def _check(self) -> None:
-        from jaxbias import methods
-
         def need(ok: bool, field: str, expected: str) -> None:
             settings_lib.need(ok, self, field, expected)
 
@@ -304,8 +304,6 @@ class RunConfig:
                                     "run settings")
         try:
             if path.endswith(".toml"):
-                import tomllib
-
                 with open(path, "rb") as f:
                     data = tomllib.load(f)
             else:

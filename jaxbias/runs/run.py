@@ -25,12 +25,15 @@ import numpy as np
 
 from jaxbias import methods as methods_lib
 from jaxbias import models as models_lib
+from jaxbias import parallel
 from jaxbias import settings as settings_lib
 from jaxbias.data.sources import SOURCES
+from jaxbias.runs import attribution
 from jaxbias.runs.config import DERIVED, RunConfig
 from jaxbias.datasets import Dataset
-from jaxbias.checkpoint import latest_epoch
-from jaxbias.engine import check_eval_sets
+from jaxbias.checkpoint import Checkpointer, latest_epoch
+from jaxbias.engine import check_eval_sets, read_history
+from jaxbias.sweep import check_members, fit_sweep
 from jaxbias.train import (TrainState, create_train_state, evaluate, fit, freeze, hp_dict, initial_method_state,
                            make_optimizer, make_predict, method_loss)
 from jaxbias.types import Batch, BoundModel
@@ -170,8 +173,6 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False, read_we
         raise ValueError("a sweep needs members (e.g. jaxbias.sweep.grid(lam=[0.1, 1], seed=[0, 1]))")
     mesh = None
     if config.devices is not None:  # before the data: a bad count fails fast
-        from jaxbias import parallel
-
         if sweep:
             mesh = parallel.make_sweep_mesh(config.devices, data=config.data_devices)
         else:
@@ -187,13 +188,9 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False, read_we
     hp = methods_lib.make_hparams(method, config.hparams)
     config = tap_layers(config, [getattr(hp, "layer", None)])  # a network of yours: tapped where the method works
     if sweep:  # the members' settings (equal members, a NaN lr) before the data, and before any workdir is written
-        from jaxbias.sweep import check_members
-
         check_members(method, hp, config.members, lr=config.lr, seed=config.seed)
     dataset = config.load_data(data)
     if config.maps is not None:  # attribution maps as the training masks (what targeted noise hides)
-        from jaxbias.runs import attribution
-
         dataset = attribution.resolve(config.maps).onto(config, dataset)
     labels = np.unique(np.asarray(dataset.train.y))
     if labels.size < 2:
@@ -441,8 +438,6 @@ def sweep(config: RunConfig, *, data: Any = None, workdir: str | None = None, re
 
 
 def _sweep(prep: Prepared, workdir: str | None, resume: bool, progress: bool, log) -> Sweep:
-    from jaxbias.sweep import fit_sweep
-
     config = prep.config
     _own_workdir(workdir, prep.record, resume)
     t0 = time.perf_counter()
@@ -486,9 +481,6 @@ def restore(workdir: str) -> Run:
     fresh state of the run (the method state from its ``init``): nothing is
     initialised or fitted to find it.
     """
-    from jaxbias.checkpoint import Checkpointer
-    from jaxbias.engine import read_history
-
     path = run_path(workdir, "config")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of `jaxbias train`?")
