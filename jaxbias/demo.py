@@ -159,12 +159,9 @@ def _measure(trained: dict[str, runs.Run], dataset, *, n_random: int, seed: int)
         test = tcav_test(run.inference_model(), run.state.params, jnp.asarray(art.x), acts,
                          np.asarray(concept.bias), layer=layer, target=target, n_random=n_random, key=seed)
         view.update(tcav_p_value=test["p_value"], random_tcav_mean=test["random_mean"])
-        if methods_lib.kind(run.method).corrects_inference:  # P-ClArC's projected pass has no layer graph
-            view.update(r_bias=None, r_bias_pull=None)
-        else:
-            rb = lrp_r_bias(run.module, {"params": run.state.params, **run.state.model_state}, art,
-                            target_class=target)
-            view.update(r_bias=rb["r_bias"], r_bias_pull=rb["r_bias_pull"])
+        rb = lrp_r_bias(run.module, {"params": run.state.params, **run.state.model_state}, art,
+                        target_class=target, edit=run.edits())  # P-ClArC: explained through its projection
+        view.update(r_bias=rb["r_bias"], r_bias_pull=rb["r_bias_pull"])
         secs = [h["seconds"] for h in run.history] if label != VANILLA else []
         view["seconds_per_epoch"] = float(np.median(secs)) if secs else None
         out[label] = view
@@ -176,7 +173,7 @@ def _measure(trained: dict[str, runs.Run], dataset, *, n_random: int, seed: int)
 
 
 def _heatmap_inputs(trained: dict[str, runs.Run], dataset) -> dict[str, Any]:
-    """Class-0 LRP relevance of stamped non-0 test digits, for each model with a layer graph.
+    """Class-0 LRP relevance of stamped non-0 test digits, for each model (P-ClArC through its projection).
 
     The digits shown are the first the biased model calls 0 (the shortcut at
     work), topped up with other stamped non-0 digits.
@@ -191,9 +188,7 @@ def _heatmap_inputs(trained: dict[str, runs.Run], dataset) -> dict[str, Any]:
     keep = np.concatenate([fooled, np.setdiff1d(others, fooled)])[:N_HEATMAPS]
     rows = {}
     for label, run in trained.items():
-        if methods_lib.kind(run.method).corrects_inference:
-            continue
-        fn = make_lrp_model(run.module, {"params": run.state.params, **run.state.model_state})
+        fn = make_lrp_model(run.module, {"params": run.state.params, **run.state.model_state}, edit=run.edits())
         rows[label] = np.asarray(fn(jnp.asarray(x[keep]), jnp.full((keep.size,), target, jnp.int32)))
     titles = [f"{int(y[i])}, called {int(pred[i])}" for i in keep]
     return {"images": x[keep], "rows": rows, "titles": titles}

@@ -95,9 +95,9 @@ def test_demo_reveals_the_stamp_and_rrclarc_removes_it(tmp_path, capsys):
     assert rr["artifact"] > base["artifact"] + 0.03 and rr["artifact"] > ft["artifact"]
     assert rr["clean"] > base["clean"] - 0.03
     assert rr["tcav_sens"] < base["tcav_sens"] and rr["r_bias_pull"] < base["r_bias_pull"]
-    # the other methods are measured with the same views; P-ClArC has no LRP graph and no training epochs
+    # the other methods are measured with the same views; P-ClArC (no training epochs) explained through its projection
     assert rrr["artifact_flip_to_target"] < base["artifact_flip_to_target"]
-    assert pc["r_bias"] is None and pc["seconds_per_epoch"] is None
+    assert 0 <= pc["r_bias"] <= 1 and pc["r_bias_pull"] != base["r_bias_pull"] and pc["seconds_per_epoch"] is None
     # cost: measured seconds per epoch, as a ratio to Vanilla fine-tuning's
     assert ft["cost_vs_vanilla"] == 1.0 and rr["cost_vs_vanilla"] == rr["seconds_per_epoch"] / ft["seconds_per_epoch"]
     # the report states each claim as it was measured, every one holding

@@ -1,7 +1,10 @@
-"""LRP of any Linen network, its rules applied by intercepting its layers (no layer graph to write).
+"""LRP of any Linen or NNX network, its rules applied by intercepting its layers (no layer graph to write).
 
 :func:`lrp_model` explains a logit of a Flax Linen module as it is — a bundled
-network, a network of yours wrapped by :func:`jaxbias.models.from_linen` —
+network, a network of yours wrapped by :func:`jaxbias.models.from_linen`, an NNX
+model wrapped by :func:`jaxbias.models.from_nnx` (its ``nnx.Conv`` / ``nnx.Linear``
+/ ``nnx.BatchNorm`` layers intercepted through
+:func:`jaxbias.models.adapters.intercept_nnx`) —
 with the EpsilonPlusFlat composite of :mod:`jaxbias.explain.lrp` (SPEC §7):
 the flat rule for the first linear layer, z⁺ for convolutions, ε for dense
 layers, each batch-norm folded into the convolution or dense layer whose
