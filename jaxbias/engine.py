@@ -30,19 +30,16 @@ checkpoints have the same layout and a run may resume with another feed. A
 data parallelism (state replicated, batch split), or sweep members split over
 a mesh axis.
 
-The loop also owns the run's files when given a ``workdir``: a checkpoint
-after every epoch (:class:`jaxbias.checkpoint.Checkpointer`, the state as
-packed by the caller), ``metrics.jsonl`` (one JSON row per record) and resume:
-the newest checkpoint is restored, rows of later epochs are dropped and the
-run replays exactly what the uninterrupted run would have done.
+The loop writes no file itself: handed a :class:`jaxbias.workdir.Store` (a
+run directory's lock, checkpoints and ``metrics.jsonl``), it records each
+epoch there (the state as packed by the caller, the epoch's rows) and resumes
+from it: the newest checkpoint is restored, rows of later epochs are dropped
+and the run replays exactly what the uninterrupted run would have done.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -52,16 +49,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxbias.checkpoint import Checkpointer, interrupts_deferred
+from jaxbias.checkpoint import interrupts_deferred
 from jaxbias.data.iterators import num_batches, permutation
 from jaxbias.parallel import Layout, to_host
 from jaxbias.types import Batch
 from jaxbias.validation import check_labels
-from jaxbias.workdir import lock as workdir_lock
-from jaxbias.workdir import run_path, write_text
+from jaxbias.workdir import Store
 
 __all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "choose_feed", "check_eval_sets", "check_train", "epoch_order", "run_epochs",
-           "read_history", "write_history", "progress_bar"]
+           "progress_bar"]
 
 FEEDS = ("auto", "host", "device")
 #: Share of one device's memory the training arrays may take for ``feed="auto"`` to keep them there.
@@ -148,43 +144,6 @@ def progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def read_history(path: str | None, *, upto: int, strict: bool = True) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl`` up to epoch ``upto``.
-
-    A torn last line (the append cut off: a kill or a full disk) is dropped
-    with a warning on stderr; a bad line before the last names the file and the
-    line: a ``ValueError`` (a run about to append to the file), or with
-    ``strict=False`` (a reader such as ``evaluate``) a warning, the line skipped.
-    """
-    if path is None or not os.path.exists(path):
-        return []
-    with open(path) as f:
-        lines = f.read().split("\n")
-    rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if all(not rest.strip() for rest in lines[i + 1:]):  # the last line, torn
-                print(f"warning: {path}: ignored its last line, cut off ({len(line)} characters, not a whole JSON "
-                      "row: the append was interrupted); the rows before it are kept", file=sys.stderr, flush=True)
-                break
-            message = f"{path}, line {i + 1}, is not a JSON row ({line[:60]!r}); the file is damaged before its last " \
-                      "line"
-            if strict:
-                raise ValueError(message) from None
-            print(f"warning: {message}: skipped it", file=sys.stderr, flush=True)
-    return [r for r in rows if r.get("epoch", 0) <= upto]
-
-
-def write_history(path: str | None, rows: list[dict[str, Any]]) -> None:
-    """Replace ``metrics.jsonl`` by ``rows`` atomically (another process may be reading it)."""
-    if path is not None:
-        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 # --------------------------------------------------------------------------- #
@@ -344,7 +303,7 @@ def run_epochs(
     records: Callable[[int, list[dict[str, np.ndarray]], int, list[Lane], float], list[dict[str, Any]]],
     pack: Callable[[list[Any]], Any] = lambda states: states[0],
     unpack: Callable[[Any], list[Any]] = lambda state: [state],
-    workdir: str | os.PathLike | None = None,
+    store: Store | None = None,
     resume: bool = False,
     meta: Mapping[str, Any] | None = None,
     must_match: Mapping[str, Any] | None = None,
@@ -352,7 +311,7 @@ def run_epochs(
     desc: str = "",
     log: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> LoopResult:
-    """Train every lane for ``epochs`` epochs with ``step``, fed by ``feed``; checkpoints and resume in ``workdir``.
+    """Train every lane for ``epochs`` epochs with ``step``, fed by ``feed``; checkpoints and resume in ``store``.
 
     Args:
       step: pure ``step(state, batch, args) -> (state, metrics)``; jitted here,
@@ -363,18 +322,20 @@ def run_epochs(
       train: the training arrays (host or device).
       records: ``records(epoch, sums, steps, lanes, seconds)`` builds the
         epoch's JSON rows from each lane's metric sums (NumPy) and the number
-        of steps (evaluation goes here); the rows are appended to
-        ``metrics.jsonl`` and passed to ``log``.
+        of steps (evaluation goes here); the rows are recorded in ``store``
+        and passed to ``log``.
       pack / unpack: the checkpointed pytree from the lanes' states and back
         (default: the one lane's state).
       meta: the JSON record saved with every checkpoint (plus ``epoch``).
       must_match: entries of ``meta`` a resumed run must have saved identically.
+      store: where the run is kept (:class:`jaxbias.workdir.Store`; ``None``: in memory only), held from
+        the start of the loop to its end; ``resume`` continues its newest checkpoint.
 
     Returns:
       :class:`LoopResult`.
 
     Raises:
-      FileExistsError: ``workdir`` holds checkpoints and ``resume`` is false.
+      FileExistsError: ``store`` holds checkpoints and ``resume`` is false.
       ValueError: a bad ``feed``, or ``must_match`` differs from the saved run.
       KeyboardInterrupt: a Ctrl-C, at the next step, chunk or epoch (never inside a checkpoint write).
     """
@@ -387,60 +348,19 @@ def run_epochs(
     # inside a program of several devices that wait for each other), and the device feed copies them out.
     lanes = [Lane(layout.put(ln.state, "state"), layout.put(ln.args, "args"),
                   jnp.asarray(jax.random.key_data(ln.data_key))) for ln in lanes]
-    ckpt, metrics_path, start, resumed_from, rows = None, None, 0, None, []
-    writer = jax.process_index() == 0  # one writer when several processes share the workdir
-    held = contextlib.ExitStack()  # the workdir's lock and checkpointer, closed together however the loop ends
-    if workdir is not None:
-        held.enter_context(workdir_lock(workdir, enabled=writer))
+    start, resumed_from, rows = 0, None, []
+    held = contextlib.ExitStack()  # the store (its lock and checkpointer) and the interrupt guard, closed together
+    if store is not None:
+        held.enter_context(store)
         try:
-            ckpt = held.enter_context(contextlib.closing(Checkpointer(run_path(workdir, "checkpoint_dir"))))
+            kept = store.resume(pack([ln.state for ln in lanes]), epochs=epochs, resume=resume, must_match=must_match)
         except BaseException:
             held.close()
             raise
-        metrics_path = run_path(workdir, "metrics")
-        try:
-            latest = ckpt.latest_epoch()
-            if latest is not None and not resume:
-                raise FileExistsError(
-                    f"workdir {workdir} already holds checkpoints (epoch {latest}); pass resume=True "
-                    "(--resume) to continue or choose an empty workdir"
-                )
-            if latest is not None and latest > epochs:
-                raise ValueError(f"the run in workdir {workdir} has already trained {latest} epochs; epochs={epochs} "
-                                 "would contradict its history: resume with epochs >= its epochs")
-            # rows of the epoch after the newest checkpoint are normal (the run stopped while saving it);
-            # rows of later epochs mean checkpoints that were written are gone
-            if latest is None and resume and any(r.get("epoch", 0) > 1 for r in read_history(metrics_path,
-                                                                                            upto=sys.maxsize)):
-                raise FileNotFoundError(
-                    f"resume: workdir {workdir} has no checkpoint left to resume from, but its metrics.jsonl "
-                    "records trained epochs; restore its checkpoints/ folder, or train into an empty workdir")
-            if latest is not None:
-                try:
-                    saved = ckpt.read_meta(latest)
-                except Exception:  # noqa: BLE001 - a damaged newest checkpoint: restore() finds the one before
-                    saved = {}
-                _check_saved(saved, must_match, workdir)  # before reading any arrays
-                # the newest checkpoint that reads back whole (damaged newer ones are set aside)
-                restored, saved = ckpt.restore(pack([ln.state for ln in lanes]))
-                _check_saved(saved, must_match, workdir)
-                lanes = [Lane(layout.put(s, "state"), ln.args, ln.data_key)
-                         for s, ln in zip(unpack(restored), lanes)]
-                latest = int(saved["epoch"])
-                start = resumed_from = latest
-                rows = read_history(metrics_path, upto=latest)
-                lost = sorted(set(range(1, latest + 1)) - {r.get("epoch") for r in rows})
-                if lost:  # e.g. the last row torn after its checkpoint was written: its training metrics are gone
-                    print(f"warning: {metrics_path} has lost the row of epoch(s) {', '.join(map(str, lost))} (a line "
-                          f"cut off or removed) although the checkpoint of epoch {latest} is kept: training resumes "
-                          "from it and the history goes on without that row", file=sys.stderr, flush=True)
-                if writer:
-                    write_history(metrics_path, rows)  # drop rows of an epoch that was cut off
-            elif os.path.exists(metrics_path) and writer:
-                os.remove(metrics_path)
-        except BaseException:
-            held.close()
-            raise
+        if kept is not None:
+            restored, start, rows = kept
+            resumed_from = start
+            lanes = [Lane(layout.put(s, "state"), ln.args, ln.data_key) for s, ln in zip(unpack(restored), lanes)]
 
     losses: list[jax.Array] = []
     try:
@@ -467,10 +387,8 @@ def run_epochs(
             losses.append(epoch_losses[0] if len(lanes) == 1 else jnp.stack(epoch_losses, axis=-1))
             new = records(epoch, sums_host, steps, lanes, time.perf_counter() - t0)
             rows.extend(new)
-            if metrics_path is not None and writer:
-                write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in new), append=True)
-            if ckpt is not None:
-                ckpt.save(epoch + 1, pack([ln.state for ln in lanes]), {"epoch": epoch + 1, **_json_safe(meta or {})})
+            if store is not None:
+                store.record(epoch + 1, new, pack([ln.state for ln in lanes]), meta)
             if log is not None:
                 log(new)
     finally:
@@ -481,15 +399,3 @@ def run_epochs(
 def _stop_if(interrupted: Callable[[], bool]) -> None:
     if interrupted():
         raise KeyboardInterrupt
-
-
-def _check_saved(saved: Mapping[str, Any], must_match: Mapping[str, Any] | None, workdir: Any) -> None:
-    for k, v in (must_match or {}).items():
-        if k in saved and saved[k] != _json_safe(v):
-            raise ValueError(f"{k} differ from those of the run in workdir {workdir} ({saved[k]}); "
-                             "resume with the same settings or choose an empty workdir")
-
-
-def _json_safe(d: Any) -> Any:
-    return json.loads(json.dumps(d, default=str))
-

@@ -88,6 +88,7 @@ from jaxbias.train import (
     method_loss,
 )
 from jaxbias.types import Batch, ModelState, Params
+from jaxbias.workdir import Store
 
 __all__ = [
     "RESERVED",
@@ -651,7 +652,8 @@ def fit_sweep(
             "members": plan.settings, "batch_size": batch_size, **dict(config or {})}
     res = engine.run_epochs(
         step=counted, lanes=lanes, train=train, epochs=epochs, batch_size=batch_size, drop_last=drop_last, feed=feed,
-        layout=layout, records=records, pack=pack, unpack=unpack, workdir=workdir, resume=resume, meta=meta,
+        layout=layout, records=records, pack=pack, unpack=unpack,
+        store=None if workdir is None else Store(workdir), resume=resume, meta=meta,
         must_match={"members": plan.settings}, progress=progress, desc=f" ({k_members} members)", log=log,
     )
     history: list[list[dict[str, Any]]] = [[] for _ in range(k_members)]

@@ -26,6 +26,7 @@ from jaxbias import metrics
 from jaxbias.batching import map_batches
 from jaxbias.parallel import Layout, to_host
 from jaxbias.types import Aux, Batch, ModelState, Params
+from jaxbias.workdir import Store
 
 LossFn = Callable[[Params, ModelState, Any, Batch, jax.Array], tuple[jax.Array, Aux]]
 
@@ -315,7 +316,7 @@ def fit(
     out = engine.run_epochs(
         step=lambda st, batch, _: train_step(st, batch), lanes=[engine.Lane(state, (), data_key)], train=train,
         epochs=epochs, batch_size=batch_size, drop_last=drop_last, feed=feed, layout=layout, records=records,
-        workdir=workdir, resume=resume, progress=progress,
+        store=None if workdir is None else Store(workdir), resume=resume, progress=progress,
         meta={"method": method.__name__.rsplit(".", 1)[-1], "hparams": hp_dict(hp), **dict(config or {})},
         log=None if log is None else (lambda rows: log(rows[0])),
     )

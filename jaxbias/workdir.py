@@ -19,7 +19,12 @@ import fcntl
 import json
 import os
 import socket
-from typing import Any, Iterator
+import sys
+from typing import Any, Iterator, Mapping
+
+import jax
+
+from jaxbias.checkpoint import Checkpointer
 
 #: The files of a run directory by role: the one place their names are spelled (every reader and writer asks
 #: :func:`run_path`). ``train``/``correct``/``sweep`` write ``config``, ``checkpoints``, ``metrics`` and
@@ -129,3 +134,145 @@ def write_text(path: str | os.PathLike, text: str, *, append: bool = False) -> N
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (:func:`write_text`)."""
     write_text(path, json.dumps(obj, indent=2))
+
+
+def read_history(path: str | None, *, upto: int, strict: bool = True) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl`` up to epoch ``upto``.
+
+    A torn last line (the append cut off: a kill or a full disk) is dropped
+    with a warning on stderr; a bad line before the last names the file and the
+    line: a ``ValueError`` (a run about to append to the file), or with
+    ``strict=False`` (a reader such as ``evaluate``) a warning, the line skipped.
+    """
+    if path is None or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.read().split("\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if all(not rest.strip() for rest in lines[i + 1:]):  # the last line, torn
+                print(f"warning: {path}: ignored its last line, cut off ({len(line)} characters, not a whole JSON "
+                      "row: the append was interrupted); the rows before it are kept", file=sys.stderr, flush=True)
+                break
+            message = f"{path}, line {i + 1}, is not a JSON row ({line[:60]!r}); the file is damaged before its last " \
+                      "line"
+            if strict:
+                raise ValueError(message) from None
+            print(f"warning: {message}: skipped it", file=sys.stderr, flush=True)
+    return [r for r in rows if r.get("epoch", 0) <= upto]
+
+
+def write_history(path: str | None, rows: list[dict[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` by ``rows`` atomically (another process may be reading it)."""
+    if path is not None:
+        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _json_safe(d: Any) -> Any:
+    return json.loads(json.dumps(d, default=str))
+
+
+class Store:
+    """A run directory as the training loop keeps a run in it: its lock, a checkpoint per epoch
+    (``checkpoints/``) and the history of the epochs' rows (``metrics.jsonl``).
+
+    :func:`jaxbias.engine.run_epochs` is handed one and writes no file otherwise: ``with store:`` holds the
+    lock and opens the checkpointer (both released together however the block ends), :meth:`resume` finds
+    where the run stands, :meth:`record` keeps an epoch. With several processes, every one saves its part of
+    the checkpoint and only ``writer`` (process 0 by default) writes the history and holds the lock.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, writer: bool | None = None):
+        self.workdir = workdir
+        self.writer = jax.process_index() == 0 if writer is None else bool(writer)
+        self.metrics = run_path(workdir, "metrics")
+        self._held: contextlib.ExitStack | None = None
+        self._ckpt: Checkpointer | None = None
+
+    def __enter__(self) -> "Store":
+        held = contextlib.ExitStack()
+        held.enter_context(lock(self.workdir, enabled=self.writer))
+        try:
+            self._ckpt = held.enter_context(contextlib.closing(Checkpointer(run_path(self.workdir,
+                                                                                     "checkpoint_dir"))))
+        except BaseException:
+            held.close()
+            raise
+        self._held = held
+        return self
+
+    def __exit__(self, *exc) -> None:
+        held, self._held, self._ckpt = self._held, None, None
+        if held is not None:
+            held.close()
+
+    def _checkpointer(self) -> Checkpointer:
+        if self._ckpt is None:
+            raise RuntimeError(f"the store of {self.workdir} is used outside its with block")
+        return self._ckpt
+
+    def resume(self, template: Any, *, epochs: int, resume: bool,
+               must_match: Mapping[str, Any] | None = None) -> tuple[Any, int, list[dict[str, Any]]] | None:
+        """Where the run stands: ``(state, epoch, rows)`` of its newest checkpoint that reads back whole (the
+        state in ``template``'s structure; damaged newer ones set aside; history rows of later epochs dropped),
+        or ``None`` for a run that starts (its stale history removed).
+
+        Raises:
+          FileExistsError: the directory holds checkpoints and ``resume`` is false.
+          ValueError: ``epochs`` below the epochs already trained, or ``must_match`` differs from what the
+            run saved.
+          FileNotFoundError: no checkpoint is left although the history records trained epochs.
+        """
+        ckpt, workdir = self._checkpointer(), self.workdir
+        latest = ckpt.latest_epoch()
+        if latest is not None and not resume:
+            raise FileExistsError(f"workdir {workdir} already holds checkpoints (epoch {latest}); pass resume=True "
+                                  "(--resume) to continue or choose an empty workdir")
+        if latest is not None and latest > epochs:
+            raise ValueError(f"the run in workdir {workdir} has already trained {latest} epochs; epochs={epochs} "
+                             "would contradict its history: resume with epochs >= its epochs")
+        # rows of the epoch after the newest checkpoint are normal (the run stopped while saving it);
+        # rows of later epochs mean checkpoints that were written are gone
+        if latest is None and resume and any(r.get("epoch", 0) > 1 for r in read_history(self.metrics,
+                                                                                        upto=sys.maxsize)):
+            raise FileNotFoundError(
+                f"resume: workdir {workdir} has no checkpoint left to resume from, but its metrics.jsonl "
+                "records trained epochs; restore its checkpoints/ folder, or train into an empty workdir")
+        if latest is None:
+            if os.path.exists(self.metrics) and self.writer:
+                os.remove(self.metrics)
+            return None
+        try:
+            saved = ckpt.read_meta(latest)
+        except Exception:  # noqa: BLE001 - a damaged newest checkpoint: restore() finds the one before
+            saved = {}
+        self._check_saved(saved, must_match)  # before reading any arrays
+        restored, saved = ckpt.restore(template)
+        self._check_saved(saved, must_match)
+        latest = int(saved["epoch"])
+        rows = read_history(self.metrics, upto=latest)
+        lost = sorted(set(range(1, latest + 1)) - {r.get("epoch") for r in rows})
+        if lost:  # e.g. the last row torn after its checkpoint was written: its training metrics are gone
+            print(f"warning: {self.metrics} has lost the row of epoch(s) {', '.join(map(str, lost))} (a line cut "
+                  f"off or removed) although the checkpoint of epoch {latest} is kept: training resumes from it and "
+                  "the history goes on without that row", file=sys.stderr, flush=True)
+        if self.writer:
+            write_history(self.metrics, rows)  # drop rows of an epoch that was cut off
+        return restored, latest, rows
+
+    def record(self, epoch: int, rows: list[dict[str, Any]], state: Any, meta: Mapping[str, Any] | None) -> None:
+        """Keep epoch ``epoch``: its rows appended to the history, then the state checkpointed with ``meta``."""
+        if self.writer:
+            write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows), append=True)
+        self._checkpointer().save(epoch, state, {"epoch": epoch, **_json_safe(dict(meta or {}))})
+
+    def _check_saved(self, saved: Mapping[str, Any], must_match: Mapping[str, Any] | None) -> None:
+        for k, v in (must_match or {}).items():
+            if k in saved and saved[k] != _json_safe(v):
+                raise ValueError(f"{k} differ from those of the run in workdir {self.workdir} ({saved[k]}); "
+                                 "resume with the same settings or choose an empty workdir")

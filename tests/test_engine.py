@@ -188,3 +188,61 @@ def test_bar_chunks_divide_the_epoch():
     assert int(state) == 10 and ran == [1] * 10
     # one chunk program compiled (1 step); the whole-epoch one (10 steps) never was
     assert feeder._chunk[1]._cache_size() == 1 and feeder._chunk[10]._cache_size() == 0
+
+
+class _MemoryStore:
+    """A store of the loop's protocol that keeps the run in memory (a user's could keep it in a database)."""
+
+    def __init__(self):
+        self.kept, self.rows, self.held = {}, [], 0
+
+    def __enter__(self):
+        self.held += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.held -= 1
+
+    def resume(self, template, *, epochs, resume, must_match=None):
+        if not self.kept:
+            return None
+        epoch = max(self.kept)
+        return jax.tree.map(jnp.asarray, self.kept[epoch]), epoch, [r for r in self.rows if r["epoch"] <= epoch]
+
+    def record(self, epoch, rows, state, meta):
+        assert self.held == 1  # only inside the loop's hold
+        self.rows += rows
+        self.kept[epoch] = jax.tree.map(np.asarray, state)
+
+
+@pytest.mark.parametrize("feed", ["host", "device"])
+def test_the_loop_keeps_a_run_only_through_the_store_it_is_handed(tmp_path, monkeypatch, feed):
+    """The epoch loop writes no file of its own: with no store nothing appears in the working directory, and a
+    store of the same protocol kept in memory resumes the run bit-identically."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    train = Batch(rng.normal(size=(40, 3)).astype(np.float32), (np.arange(40) % 2).astype(np.int32))
+
+    def step(w, batch, args):
+        loss = lambda w: jnp.mean((batch.x @ w - batch.y) ** 2)  # noqa: E731
+        value, grad = jax.value_and_grad(loss)(w)
+        return w - 0.1 * grad, {"loss": value}
+
+    def run(epochs, store, resume=False):
+        return engine.run_epochs(
+            step=step, lanes=[engine.Lane(jnp.zeros(3), (), jax.random.key(1))], train=train, epochs=epochs,
+            batch_size=8, feed=feed, records=lambda e, sums, steps, lanes, s: [{"epoch": e + 1,
+                                                                                "loss": float(sums[0]["loss"])}],
+            store=store, resume=resume, progress=False)
+
+    whole = run(3, None)
+    assert list(tmp_path.iterdir()) == []
+    import inspect
+    source = inspect.getsource(engine)
+    assert not any(w in source for w in ("open(", "write_text", "write_json", "os.remove", "Checkpointer"))
+    store = _MemoryStore()
+    run(2, store)
+    resumed = run(3, store, resume=True)
+    assert resumed.resumed_from == 2 and sorted(store.kept) == [1, 2, 3] and store.held == 0
+    np.testing.assert_array_equal(np.asarray(resumed.lanes[0].state), np.asarray(whole.lanes[0].state))
+    assert resumed.rows == whole.rows == store.rows

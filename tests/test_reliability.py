@@ -443,7 +443,7 @@ def test_a_binary_or_tiny_adult_file_is_named(tmp_path, capfd, adult):
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, capfd):
-    from jaxbias.engine import read_history
+    from jaxbias.workdir import read_history
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "lo')

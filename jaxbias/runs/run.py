@@ -32,13 +32,13 @@ from jaxbias.runs import attribution
 from jaxbias.runs.config import DERIVED, RunConfig
 from jaxbias.datasets import Dataset
 from jaxbias.checkpoint import Checkpointer, latest_epoch
-from jaxbias.engine import check_eval_sets, read_history
+from jaxbias.engine import check_eval_sets
 from jaxbias.sweep import check_members, fit_sweep
 from jaxbias.train import (TrainState, create_train_state, evaluate, fit, freeze, hp_dict, initial_method_state,
                            make_optimizer, make_predict, method_loss)
 from jaxbias.types import Batch, BoundModel
 from jaxbias.workdir import lock as workdir_lock
-from jaxbias.workdir import holds_run, run_path, write_json
+from jaxbias.workdir import holds_run, read_history, run_path, write_json
 
 #: Settings a resumed run may change (how long, on what, fed how); everything else must match config.json.
 RESUMABLE_CHANGES = ("epochs", "devices", "data_devices", "feed", "eval_every")
