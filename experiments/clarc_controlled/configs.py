@@ -31,9 +31,9 @@ layer, to see R_bias (LRP relevance share in the stamp) move.
 
 ``fashion`` (issue 39, part 3): the stamp in half of the training T-shirts/tops (class 0) of the 60,000
 Fashion-MNIST images (IDX files in ``<repo>/../shared/data/fashion-mnist``, ``--data-dir`` overrides); 10,000
-test images. The "12:05" stamp is white (1.0) in the bottom-right corner: on the dark background it is plain;
-where a bright garment reaches the corner (pullovers, shirts, bags) part of it merges into the garment
-(checked on a contact sheet of stamped test images). Schedule from a measurement on this 2-core CPU under
+test images. The "12:05" stamp is white (1.0) in the bottom-right corner, which the garments rarely reach: it
+stays visible (a contact sheet of stamped test images; of the stamp's 44 pixels 1.7 % lie on garment brighter
+than 0.5, at most 2.6 % per class, and no test image has a quarter of them covered). Schedule from a measurement on this 2-core CPU under
 ``nice -n 19`` while another engineer's test suite ran (load 4–5, i.e. about the "half speed" a chunk gets),
 steady-state seconds per training step (whole network, Adam; probe: 100- then 40-step epochs on the real
 data, compile excluded):

@@ -3,11 +3,18 @@
     python experiments/clarc_controlled/main.py --config offline   # 2-core CPU, minutes
     python experiments/clarc_controlled/main.py --config full      # full MNIST via tfds
 
-Trains one base model per seed on MNIST with an artifact in one class, corrects
-it with every method from the same checkpoint, and writes
-``results_<config>.json`` and ``results_<config>.md`` (clean accuracy,
-artifact-test accuracy, TCAV, TCAV_sens, chosen vs other classes, seconds per
-epoch) next to this file or into ``--out``.
+    nice -n 19 python experiments/clarc_controlled/main.py --config fashion --budget-minutes 25 --no-progress
+
+Trains one base model per seed on MNIST (or Fashion-MNIST) with an artifact in one class, corrects
+it with every method from the same checkpoint, and measures clean accuracy,
+artifact-test accuracy, TCAV, TCAV_sens, chosen vs other classes, R_bias, seconds per
+epoch. The work is split into cells (seed × model, the uncorrected base included): each finished cell is
+appended as one JSON line to ``results_<config>.jsonl`` (next to this file or in ``--out``), and
+``results_<config>.md`` / ``.json`` (mean ± std over the seeds present) are rewritten from it after every
+cell. A call skips the cells already in the file and starts no new cell (or base training) once
+``--budget-minutes`` have passed, so the same command, repeated, finishes the table in chunks; a killed call
+loses at most the cell it was running. Base models are checkpointed per epoch under ``--workroot`` and resume.
+Rows made under other settings (``--base-epochs``, ``--epochs``, ...) are refused: use another ``--out``.
 """
 from __future__ import annotations
 
