@@ -41,6 +41,7 @@ def correct(
     cav_layer: str | None = None,
     cav_method: str = "signal",
     trainable: Sequence[str] | None = None,
+    base_report: bool | str = True,
 ) -> dict[str, Any]:
     """Correct the newest checkpoint of the artifact-dataset run in ``base`` with ``method``.
 
@@ -58,6 +59,9 @@ def correct(
     model (:func:`jaxbias.explain.supported`: any Linen network, a Linen or
     NNX network wrapped by the adapters; P-ClArC explained through its
     projection); for a function model it is ``None``.
+    ``base_report``: ``True`` also reports the uncorrected model (``"base_report"``); ``False`` skips it
+    (``None``: an experiment correcting one base with several methods measures it once); ``"only"``
+    reports the uncorrected model and returns without training (``"report"`` and the rest ``None``).
 
     Returns:
       ``{"config", "report", "base_report", "seconds", "seconds_per_epoch", "history"}``.
@@ -81,8 +85,17 @@ def correct(
     # one reference CAV on the uncorrected model, shared by every report
     cav = reference_cav(base_run, dataset, layer=cav_layer, cav=cav_method)
     report_kw = dict(cav=cav, layer=cav_layer, target_class=dataset.target_class, chosen=chosen)
-    base_report = artifact_report(base_run.inference_model(), bstate.params, evals, **report_kw)
-    base_report.update(_r_bias(base_run, evals, dataset.target_class))
+    if base_report not in (True, False, "only"):
+        raise ValueError(f"base_report must be True, False or 'only', not {base_report!r}")
+    only_base = base_report == "only"
+    if base_report:
+        base_report = artifact_report(base_run.inference_model(), bstate.params, evals, **report_kw)
+        base_report.update(_r_bias(base_run, evals, dataset.target_class))
+    else:
+        base_report = None
+    if only_base:
+        return {"config": None, "report": None, "base_report": base_report, "seconds": None,
+                "seconds_per_epoch": None, "history": None, "state": None, "run": None}
 
     t0 = time.perf_counter()
     config = bcfg.replace(method=method, hparams=dict(hparams or {}), epochs=epochs, batch_size=batch_size, lr=lr,

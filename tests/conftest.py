@@ -41,6 +41,7 @@ LONGEST_FIRST = (
     "tests/explain/test_lrp.py",
     "tests/methods/test_contract.py",
     "tests/experiments/test_clarc_controlled.py",
+    "tests/experiments/test_clarc_controlled_chunks.py",
     "tests/models/test_imagenet_models.py",
 )
 
