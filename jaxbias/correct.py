@@ -19,7 +19,7 @@ from jaxbias.explain import supported
 from jaxbias.runs.measure import reference_cav, report_layer
 from jaxbias.evaluation import artifact_report, latent_gradient, latent_sensitivity, lrp_r_bias, tcav_test
 
-__all__ = ["correct", "artifact_report", "latent_gradient", "latent_sensitivity", "lrp_r_bias", "tcav_test"]
+__all__ = ["correct", "measured", "artifact_report", "latent_gradient", "latent_sensitivity", "lrp_r_bias", "tcav_test"]
 
 
 def correct(
@@ -41,7 +41,7 @@ def correct(
     cav_layer: str | None = None,
     cav_method: str = "signal",
     trainable: Sequence[str] | None = None,
-    base_report: bool | str = True,
+    base_report: bool = True,
 ) -> dict[str, Any]:
     """Correct the newest checkpoint of the artifact-dataset run in ``base`` with ``method``.
 
@@ -59,9 +59,8 @@ def correct(
     model (:func:`jaxbias.explain.supported`: any Linen network, a Linen or
     NNX network wrapped by the adapters; P-ClArC explained through its
     projection); for a function model it is ``None``.
-    ``base_report``: ``True`` also reports the uncorrected model (``"base_report"``); ``False`` skips it
-    (``None``: an experiment correcting one base with several methods measures it once); ``"only"``
-    reports the uncorrected model and returns without training (``"report"`` and the rest ``None``).
+    ``base_report=False`` skips the uncorrected model's report (``None``): an experiment correcting one base
+    with several methods measures it once (:func:`measured`).
 
     Returns:
       ``{"config", "report", "base_report", "seconds", "seconds_per_epoch", "history"}``.
@@ -79,23 +78,10 @@ def correct(
     base_run = base_run.tapped([cav_layer])  # a network of yours: tapped there, and so is the corrected run
     bcfg = base_run.config
     dataset = bcfg.load_data(data)
-    evals = dataset.evals
-    bstate = base_run.state
 
     # one reference CAV on the uncorrected model, shared by every report
     cav = reference_cav(base_run, dataset, layer=cav_layer, cav=cav_method)
-    report_kw = dict(cav=cav, layer=cav_layer, target_class=dataset.target_class, chosen=chosen)
-    if base_report not in (True, False, "only"):
-        raise ValueError(f"base_report must be True, False or 'only', not {base_report!r}")
-    only_base = base_report == "only"
-    if base_report:
-        base_report = artifact_report(base_run.inference_model(), bstate.params, evals, **report_kw)
-        base_report.update(_r_bias(base_run, evals, dataset.target_class))
-    else:
-        base_report = None
-    if only_base:
-        return {"config": None, "report": None, "base_report": base_report, "seconds": None,
-                "seconds_per_epoch": None, "history": None, "state": None, "run": None}
+    base_report = measured(base_run, dataset, cav=cav, layer=cav_layer, chosen=chosen) if base_report else None
 
     t0 = time.perf_counter()
     config = bcfg.replace(method=method, hparams=dict(hparams or {}), epochs=epochs, batch_size=batch_size, lr=lr,
@@ -105,8 +91,7 @@ def correct(
     run = runs.train(config, data=dataset, workdir=workdir, resume=resume, progress=progress, log=log)
     seconds = time.perf_counter() - t0
     state = run.state
-    report = artifact_report(run.inference_model(), state.params, evals, **report_kw)
-    report.update(_r_bias(run, evals, dataset.target_class))
+    report = measured(run, dataset, cav=cav, layer=cav_layer, chosen=chosen)
     epoch_secs = [h["seconds"] for h in run.history]
     return {
         "config": {**run.record, "base": base_run.workdir,
@@ -121,11 +106,15 @@ def correct(
     }
 
 
-def _r_bias(run: Any, evals: Mapping[str, Any], target_class: int) -> dict[str, float | None]:
-    """LRP's R_bias of a run's inference model (P-ClArC: through its projection), or ``None`` where LRP cannot
-    explain it (a function model: no layers for its rules)."""
+def measured(run: Any, dataset: Any, *, cav: Any, layer: str, chosen: Sequence[int] | None = None) -> dict[str, Any]:
+    """The artifact report of ``run``'s inference model (:func:`jaxbias.evaluation.artifact_report`, TCAV along
+    ``cav`` at ``layer``) with LRP's R_bias (P-ClArC through its projection), or R_bias ``None`` where LRP
+    cannot explain the model (a function model: no layers for its rules)."""
+    evals, target_class = dataset.evals, dataset.target_class
+    report = artifact_report(run.inference_model(), run.state.params, evals, cav=cav, layer=layer,
+                             target_class=target_class, chosen=chosen)
     if not supported(run.module):
-        return {"r_bias": None, "r_bias_chosen": None, "r_bias_pull": None}
+        return {**report, "r_bias": None, "r_bias_chosen": None, "r_bias_pull": None}
     state = run.state
-    return lrp_r_bias(run.module, {"params": state.params, **state.model_state}, evals["artifact"],
-                      target_class=target_class, edit=run.edits())
+    return {**report, **lrp_r_bias(run.module, {"params": state.params, **state.model_state}, evals["artifact"],
+                                   target_class=target_class, edit=run.edits())}

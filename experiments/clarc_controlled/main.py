@@ -27,9 +27,10 @@ import time
 import numpy as np
 
 from jaxbias import runs as runs_lib
-from jaxbias.correct import correct
+from jaxbias.correct import correct, measured
 from jaxbias.report import markdown_table
 from jaxbias.runs import RunConfig
+from jaxbias.runs.measure import reference_cav, report_layer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import CONFIGS  # noqa: E402
@@ -183,9 +184,11 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
             c = cfg["correct"]
             common = dict(base=base, seed=seed, chosen=(cfg["artifact_class"],), progress=progress, data=data)
             if label == "uncorrected":
-                res = correct(method="vanilla", epochs=0, base_report="only", **common)
+                layer = report_layer(base)  # the CAV correct() fits for its reports, on the same base
+                report = measured(base, data, cav=reference_cav(base, data, layer=layer), layer=layer,
+                                  chosen=common["chosen"])
                 row = {"seed": seed, "model": "uncorrected", "method": "vanilla", "seconds_per_epoch": base_secs,
-                       **res["base_report"]}
+                       **report}
             else:
                 method, hp = cfg["methods"][label]
                 epochs = 0 if method == "pclarc" else c["epochs"]

@@ -412,10 +412,12 @@ def concept_masks(relevance: Array, *, sigma: float = 2.0, low: float = 0.1, hig
 
 
 def make_lrp_model(module: nn.Module, variables: Mapping[str, Any], **kwargs) -> Callable[..., Array]:
-    """``fn(x, target=None)``: :func:`lrp_model` of the module with these variables, compiled once per shape."""
+    """``fn(x, target=None)``: :func:`lrp_model` of the module with these variables, compiled once per shape; the
+    variables are an argument of the compiled program, not constants folded into it."""
+    compiled = jax.jit(lambda v, x, target: lrp_model(module, v, x, target=target, **kwargs))
+    variables = dict(variables)
 
-    @jax.jit
     def fn(x, target=None):
-        return lrp_model(module, variables, x, target=target, **kwargs)
+        return compiled(variables, x, target)
 
     return fn
