@@ -42,10 +42,11 @@ sys.path.insert(0, str(HERE))
 
 from _common import ADULT, md_table, time_fn, write_results  # noqa: E402
 
-from jaxbias import models, unlearn  # noqa: E402
+from jaxbias import models  # noqa: E402
+from jaxbias.runs import unlearning as unlearn  # noqa: E402
 from jaxbias.influence import merge, select  # noqa: E402
 from jaxbias.methods import fmd, vanilla  # noqa: E402
-from jaxbias.recipes import load_dataset  # noqa: E402
+from jaxbias.runs.recipes import load_dataset  # noqa: E402
 from jaxbias.train import fit, make_optimizer  # noqa: E402
 from jaxbias.types import Batch  # noqa: E402
 

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import sys
 import threading
 import typing
@@ -18,15 +17,14 @@ from typing import Any, Sequence
 
 from jaxbias import __version__, datasets, methods, models, runs, settings
 from jaxbias.checkpoint import latest_epoch
-from jaxbias.correct import correct
 from jaxbias.data.sources import DatasetUnavailableError  # data not given or not prepared: a usage error
-from jaxbias.demo import run_demo
 from jaxbias.methods import fmd
 from jaxbias.report import markdown_table
-from jaxbias.runs import RegionConfig, RunConfig, attribute, measure
+from jaxbias.runs import CorrectionConfig, RegionConfig, RunConfig, attribute, correct, measure
 from jaxbias.runs.config import data_fields, settings_names
+from jaxbias.runs.demo import run_demo
+from jaxbias.runs.unlearning import save_params, summary_rows, unlearn_workdir
 from jaxbias.sweep import grid
-from jaxbias.unlearn import save_params, summary_rows, unlearn_workdir
 from jaxbias.workdir import WorkdirBusyError, WorkdirNotWritableError, run_path  # busy/unwritable: a usage error
 
 
@@ -380,12 +378,9 @@ def cmd_correct(args: argparse.Namespace) -> int:
         chosen = _classes(hp["classes"]) if "classes" in hp else None
     except argparse.ArgumentTypeError as e:
         raise ValueError(str(e)) from None
-    res = correct(
-        base=args.base, method=args.method, hparams=hp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, chosen=chosen, workdir=args.workdir,
-        resume=args.resume, progress=not args.no_progress, log=_epoch_log(),
-        trainable=args.trainable, cav_layer=args.cav_layer,
-    )
+    res = correct(base=args.base, method=args.method, hparams=hp, config=_settings_from_args(CorrectionConfig, args),
+                  chosen=chosen, workdir=args.workdir, resume=args.resume, progress=not args.no_progress,
+                  log=_epoch_log())
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k not in ("state", "run")}, indent=2))
     else:
@@ -585,16 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=methods.training(),
                    help="the correcting method (the ClArC family fits its CAV on the base model)")
     _add_method_args(p, methods.training())  # --classes (rrclarc) also names the report's 'chosen' classes
-    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0: P-ClArC needs none)")
-    p.add_argument("--trainable", type=_names, default=None,
-                   help="train only these parameter groups, comma-separated (e.g. fc: the head), batch-norm frozen")
-    p.add_argument("--cav-layer", default=None,
-                   help="the layer of the report's TCAV direction, fitted once on the base model (default: block4 of "
-                        "the bundled conv net, else the model's last tapped feature map)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    _add_settings_args(p, CorrectionConfig, "the correction (from jaxbias.runs.CorrectionConfig)")
     p.add_argument("--workdir", default=None, help="checkpoints of the corrected model (resumable)")
     _add_resume_args(p)
     p.add_argument("--no-progress", action="store_true")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxbias import models
-from jaxbias.correct import artifact_report, latent_sensitivity
+from jaxbias.runs.correction import artifact_report, latent_sensitivity
 from jaxbias.types import Batch
 
 
@@ -123,8 +123,46 @@ def test_cli_train_then_correct(tmp_path, capsys):
         main(["correct", "--from", str(base), "--method", "fmd"])
 
 
+def test_correct_is_configured_by_its_dataclass(tmp_path, capsys):
+    """`jaxbias correct`'s schedule flags are CorrectionConfig's fields with its defaults (none copied by hand), the
+    correction's RunConfig is the base's with them replaced, and bad settings are refused in one line."""
+    import dataclasses
+
+    from jaxbias.cli import _settings_from_args, build_parser, main
+    from jaxbias.runs import CorrectionConfig, Run, RunConfig, correct
+
+    parser = build_parser()
+    args = parser.parse_args(["correct", "--from", "b", "--method", "vanilla"])
+    assert _settings_from_args(CorrectionConfig, args) == CorrectionConfig()
+    args = parser.parse_args(["correct", "--from", "b", "--method", "vanilla", "--lr", "2e-3", "--trainable", "fc",
+                              "--epochs", "0", "--cav-method", "ridge", "--seed", "4"])
+    assert _settings_from_args(CorrectionConfig, args) == CorrectionConfig(lr=2e-3, trainable=("fc",), epochs=0,
+                                                                            cav_method="ridge", seed=4)
+    help_text = parser._subparsers._group_actions[0].choices["correct"].format_help()
+    for f in dataclasses.fields(CorrectionConfig):
+        assert "--" + f.name.replace("_", "-") in help_text
+
+    base_cfg = RunConfig(dataset="artifact_mnist", epochs=7, lr=1e-3, decay_every=3, seed=2, batch_size=32)
+    base = Run(config=base_cfg, record={}, module=None, state=None, method=None, hp=None)
+    cfg = CorrectionConfig(epochs=2, lr=5e-4, trainable=["fc"]).run_config(base, "rrclarc", {"lam": 10.0})
+    assert (cfg.method, dict(cfg.hparams), cfg.epochs, cfg.lr, cfg.batch_size, cfg.decay_every, cfg.seed,
+            cfg.trainable, cfg.init_from) == ("rrclarc", {"lam": 10.0}, 2, 5e-4, 64, None, 0, ("fc",), base)
+    assert cfg.data_seed == base_cfg.resolved_data_seed and cfg.dataset == "artifact_mnist"  # the base's images
+
+    with pytest.raises(ValueError, match="^lr must be a positive float"):
+        CorrectionConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="cav_method"):
+        CorrectionConfig(cav_method="pca")
+    with pytest.raises(TypeError, match="'lrr'.*not a field of CorrectionConfig"):
+        correct(base=str(tmp_path / "nowhere"), method="vanilla", lrr=1e-3)  # refused before anything is read
+    assert main(["correct", "--from", str(tmp_path / "b"), "--method", "vanilla", "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch_size must be a positive int" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
 def test_clarc_methods_need_a_base_model():
-    from jaxbias.recipes import train_model
+    from jaxbias.runs.recipes import train_model
 
     with pytest.raises(ValueError, match="init_from"):
         train_model(dataset="artifact_mnist", method="rrclarc", epochs=1)
@@ -132,7 +170,7 @@ def test_clarc_methods_need_a_base_model():
 
 def test_tcav_test_separates_a_planted_concept(small):
     """A head that reads exactly the concept direction: TCAV = 1 and random CAVs score ≈ 0.5 (p tiny)."""
-    from jaxbias.correct import tcav_test
+    from jaxbias.runs.correction import tcav_test
 
     module, params, ms, x = small
     model = models.bind(module, ms, train=False)
@@ -152,7 +190,7 @@ def test_tcav_test_separates_a_planted_concept(small):
 
 
 def test_lrp_r_bias_against_direct_computation():
-    from jaxbias.correct import lrp_r_bias
+    from jaxbias.runs.correction import lrp_r_bias
     from jaxbias.explain import lrp, to_graph
     from jaxbias.types import Batch
 

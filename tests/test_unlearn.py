@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbias import unlearn
+from jaxbias.runs import unlearning as unlearn
 from jaxbias.cli import main
 from jaxbias.methods import fmd
 
@@ -41,7 +41,7 @@ def mnist_run(tmp_path_factory):
 
 
 def test_biased_mnist_split(mnist_run):
-    from jaxbias.recipes import load_dataset
+    from jaxbias.runs.recipes import load_dataset
 
     data, _, _ = load_dataset("biased_mnist", seed=0)
     split = unlearn.split_biased_mnist(data, external=50, seed=3)
@@ -61,7 +61,7 @@ def test_biased_mnist_split(mnist_run):
 
 
 def test_report_against_direct_computation(mnist_run):
-    from jaxbias.recipes import load_dataset, restore_workdir
+    from jaxbias.runs.recipes import load_dataset, restore_workdir
 
     data, _, _ = load_dataset("biased_mnist", seed=0)
     split = unlearn.split_biased_mnist(data, external=100, seed=0)
@@ -87,7 +87,7 @@ def test_cli_unlearn_mnist(mnist_run, tmp_path, capsys):
     saved = np.load(out / "params.npz")
     assert "out/kernel" in saved.files and "fc1/kernel" in saved.files
     # only the last layer changed
-    from jaxbias.recipes import restore_workdir
+    from jaxbias.runs.recipes import restore_workdir
 
     params = restore_workdir(str(mnist_run)).state.params
     np.testing.assert_array_equal(saved["fc1/kernel"], np.asarray(params["fc1"]["kernel"]))
@@ -133,7 +133,7 @@ def test_cli_adult_train_and_unlearn(tmp_path, capsys):
     assert 0 <= before["dp_gap"] <= 1 and len(before["group_accuracy"]) == 2
     assert res["pairs"] == 20 and after["bias_pairs"][1] <= after["bias_pairs"][0]
     # the report's fairness views against NumPy
-    from jaxbias.recipes import load_dataset, restore_workdir
+    from jaxbias.runs.recipes import load_dataset, restore_workdir
 
     data, _, _ = load_dataset("adult", seed=0, data_path=str(path))
     split = unlearn.split_adult(data, external=20, seed=0)
@@ -151,7 +151,7 @@ def test_cli_adult_train_and_unlearn(tmp_path, capsys):
 
 def test_edit_is_compiled_once(mnist_run):
     """A second edit with the same model function and shapes does not retrace."""
-    from jaxbias.recipes import load_dataset, restore_workdir
+    from jaxbias.runs.recipes import load_dataset, restore_workdir
 
     data, _, _ = load_dataset("biased_mnist", seed=0)
     run = restore_workdir(str(mnist_run))

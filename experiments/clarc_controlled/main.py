@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from jaxbias import runs as runs_lib
-from jaxbias.correct import correct, measured
+from jaxbias.runs.correction import correct, measured
 from jaxbias.report import markdown_table
 from jaxbias.runs import RunConfig
 from jaxbias.runs.measure import reference_cav, report_layer

@@ -24,7 +24,7 @@ from jaxbias import runs as runs_lib
 from jaxbias.methods import fmd
 from jaxbias.report import markdown_table, mean_std_rows
 from jaxbias.runs import RunConfig
-from jaxbias.unlearn import unlearn_workdir
+from jaxbias.runs.unlearning import unlearn_workdir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import CONFIGS, NOTES  # noqa: E402

@@ -31,7 +31,7 @@ class Settings:
 
 
 def view(data) -> Dataset:
-    # the test set carries no bias during training (its fairness views come from jaxbias.unlearn)
+    # the test set carries no bias during training (its fairness views come from jaxbias.runs.unlearning)
     train = Batch(data.train_x, data.train_y, data.train_a)
     return Dataset("adult", train, {"test": Batch(data.test_x, data.test_y)}, int(np.max(train.y)) + 1, train, data)
 

@@ -50,7 +50,7 @@ The JVP gives ``Σ_{n'} ∂(m_n·f̃_n)/∂a_{n'} · h`` and the gradient form g
 interact above the layer — always for layers after the last batch-norm (the
 paper's setting: the last conv layer) and for batch-norm in evaluation mode.
 
-Per-position sensitivities for TCAV: :func:`jaxbias.correct.latent_sensitivity`.
+Per-position sensitivities for TCAV: :func:`jaxbias.evaluation.latent_sensitivity`.
 """
 from __future__ import annotations
 

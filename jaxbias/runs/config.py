@@ -174,7 +174,7 @@ class RunConfig:
         need(self.method in methods.available(), "method", f"one of {methods.available()}")
         if methods.kind(self.method).post_hoc:
             raise ValueError(f"method {self.method!r} is post-hoc (it edits a trained model) and has no training "
-                             "loss: use `jaxbias unlearn` / jaxbias.unlearn")
+                             "loss: use `jaxbias unlearn` / jaxbias.runs.unlearning")
         mod = methods.get(self.method)
         typed = {k: methods.coerce(mod, k, v) for k, v in self.hparams.items()}
         methods.make_hparams(mod, typed)  # names, types and values of the hyperparameters

@@ -412,7 +412,7 @@ class Sweep:
         """Member ``i`` as a single :class:`Run` (its own ``lr``, ``seed`` and hyperparameters in its config).
 
         The run is in memory (``workdir=None``): pass it on as ``init_from`` or to
-        :func:`jaxbias.correct.correct`, evaluate or measure it like any other run.
+        :func:`jaxbias.runs.correct`, evaluate or measure it like any other run.
         """
         state = self.result.member_state(i)  # checks the index
         settings = dict(self.result.members[i])

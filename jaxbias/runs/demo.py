@@ -36,13 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbias import methods as methods_lib
-from jaxbias import runs
 from jaxbias.evaluation import lrp_r_bias, tcav_test
 from jaxbias.explain import make_lrp_model
 from jaxbias.methods._clarc import layer_acts
 from jaxbias.models import bind
 from jaxbias.report import bar_chart, heatmap_rows, markdown_table
-from jaxbias.runs import DEMO_CHANNELS, RunConfig
+from jaxbias.runs.config import DEMO_CHANNELS, RunConfig
+from jaxbias.runs.run import Run, train
 from jaxbias.runs.measure import REPORT_CAV, artifact_report, reference_cav
 from jaxbias.workdir import run_path, write_text
 
@@ -98,12 +98,12 @@ def run_demo(
                            eval_every=base_epochs)
         dataset = config.load_data()  # the biased model and every correction see the same digits
         _say(f"training the biased model (seed {seed}, {base_epochs} epochs)")
-        base = runs.train(config, data=dataset, progress=progress)
+        base = train(config, data=dataset, progress=progress)
         trained = {VANILLA: base}
         for label, (method, hp) in METHODS.items():
             epochs = 0 if methods_lib.kind(method).corrects_inference else correct_epochs
             _say(f"correcting with {label} (seed {seed}, {epochs} epochs, head only)")
-            trained[label] = runs.train(
+            trained[label] = train(
                 config.replace(method=method, hparams=dict(hp), epochs=epochs, batch_size=CORRECT["batch_size"],
                                lr=CORRECT["lr"], weight_decay=0.0, decay_every=None,
                                data_seed=config.resolved_data_seed, eval_every=max(epochs, 1), init_from=base,
@@ -141,7 +141,7 @@ def _json_default(v: Any) -> Any:
 
 # --- measurements ------------------------------------------------------------------------------------
 
-def _measure(trained: dict[str, runs.Run], dataset, *, n_random: int, seed: int) -> dict[str, dict[str, Any]]:
+def _measure(trained: dict[str, Run], dataset, *, n_random: int, seed: int) -> dict[str, dict[str, Any]]:
     """Every view of every model: accuracy, TCAV (+ t-test), TCAV_sens, R_bias, seconds per epoch."""
     base = trained[VANILLA]
     cav = reference_cav(base, dataset)  # one direction for every model
@@ -172,7 +172,7 @@ def _measure(trained: dict[str, runs.Run], dataset, *, n_random: int, seed: int)
     return out
 
 
-def _heatmap_inputs(trained: dict[str, runs.Run], dataset) -> dict[str, Any]:
+def _heatmap_inputs(trained: dict[str, Run], dataset) -> dict[str, Any]:
     """Class-0 LRP relevance of stamped non-0 test digits, for each model (P-ClArC through its projection).
 
     The digits shown are the first the biased model calls 0 (the shortcut at

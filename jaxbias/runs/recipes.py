@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from jaxbias import runs
 from jaxbias import datasets as datasets_lib
 from jaxbias.runs.config import DEMO_CHANNELS, FULL_CHANNELS, RunConfig
+from jaxbias.runs.run import Run, restore, sweep, train
 from jaxbias.runs.measure import evaluate as _evaluate
 from jaxbias.runs.measure import heatmaps as _heatmaps
 
@@ -56,7 +56,7 @@ def train_model(*, workdir: str | None = None, resume: bool = False, progress: b
     :class:`~jaxbias.train.TrainState`) and ``run`` (the :class:`~jaxbias.runs.Run`).
     ``data`` may pass an already loaded dataset (the seeds of a sweep share it).
     """
-    run = runs.train(_config(settings), data=data, workdir=workdir, resume=resume, progress=progress, log=log)
+    run = train(_config(settings), data=data, workdir=workdir, resume=resume, progress=progress, log=log)
     return {**run.results, "state": run.state, "run": run}
 
 
@@ -80,21 +80,21 @@ def sweep_model(*, members, workdir: str | None = None, resume: bool = False, pr
     ``resumed_from``, ``traces``) plus ``result`` (the :class:`~jaxbias.sweep.SweepResult`) and ``sweep``
     (the :class:`~jaxbias.runs.Sweep`: ``sweep.member(i)`` is member ``i`` as a :class:`~jaxbias.runs.Run`).
     """
-    sw = runs.sweep(_config({**settings, "members": tuple(members)}), data=data, workdir=workdir, resume=resume,
+    sw = sweep(_config({**settings, "members": tuple(members)}), data=data, workdir=workdir, resume=resume,
                     progress=progress, log=log)
     return {**sw.results, "result": sw.result, "sweep": sw}
 
 
-def restore_workdir(workdir: str) -> runs.Run:
+def restore_workdir(workdir: str) -> Run:
     """The newest checkpoint of a :func:`train_model` run (:func:`jaxbias.runs.restore`)."""
-    return runs.restore(workdir)
+    return restore(workdir)
 
 
 def evaluate_workdir(workdir: str, *, data=None) -> dict[str, Any]:
     """Restore the newest checkpoint of a run and evaluate it (:func:`jaxbias.runs.measure.evaluate`)."""
-    return _evaluate(runs.restore(workdir), data)
+    return _evaluate(restore(workdir), data)
 
 
 def heatmaps_workdir(workdir: str, *, out_dir: str | None = None, n: int = 8, data=None) -> list[str]:
     """LRP heatmaps of a run's newest checkpoint (:func:`jaxbias.runs.measure.heatmaps`)."""
-    return _heatmaps(runs.restore(workdir), data, out_dir=out_dir, n=n)
+    return _heatmaps(restore(workdir), data, out_dir=out_dir, n=n)

@@ -26,7 +26,7 @@ import optax
 
 from jaxbias.batching import map_batches
 from jaxbias import models as models_lib
-from jaxbias import runs
+from jaxbias.runs.run import Run, restore
 from jaxbias.data import colourise, load_mnist, to_float
 from jaxbias.data.adult import counterfactual_pairs
 from jaxbias.data.biased_mnist import colour_pairs
@@ -200,7 +200,7 @@ def unlearn_workdir(
       ``"_params"`` (not JSON).
     """
     hp = hp or fmd.Hparams()
-    run = workdir if isinstance(workdir, runs.Run) else runs.restore(workdir)
+    run = workdir if isinstance(workdir, Run) else restore(workdir)
     workdir = run.workdir
     dataset = run.config.dataset
     if dataset not in ("biased_mnist", "adult"):
