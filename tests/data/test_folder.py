@@ -266,8 +266,8 @@ def test_train_on_a_folder_from_the_command_line(tmp_path, capsys):
     root = tmp_path / "photos"
     table = write_csv(root / "meta.csv", write_folder(root, per_class=30, split=False))
     argv = ["train", "--dataset", "folder", "--root", str(root), "--metadata", str(table), "--image-size", "8",
-            "--model", "mlp", "--hidden", "32", "--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--workdir",
-            str(tmp_path / "run"), "--no-progress", "--json"]
+            "--bias-column", "bias", "--mask-column", "mask", "--model", "mlp", "--hidden", "32", "--epochs", "2",
+            "--batch-size", "16", "--lr", "0.01", "--workdir", str(tmp_path / "run"), "--no-progress", "--json"]
     assert main(argv) == 0
     results = json.loads(capsys.readouterr().out)
     assert results["eval"]["test"]["accuracy"] > 0.6  # three colour classes: chance is 1/3
