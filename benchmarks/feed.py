@@ -1,6 +1,6 @@
 """Steps per second of the epoch loop: device-resident feed vs host feed, same run, side by side.
 
-Both feeds of :mod:`jaxbias.engine` run the same jitted step on the same
+Both feeds of :mod:`jaxbias.training.loop` run the same jitted step on the same
 batches. The **host** feed gathers each batch on the host (``a[idx]``), sends
 it and calls the step from Python once per step; the **device** feed keeps the
 training set on the device and runs the epoch as one compiled ``lax.scan``.
@@ -55,9 +55,10 @@ sys.path.insert(0, str(HERE))
 
 from _common import ADULT, md_table, write_results  # noqa: E402
 
-from jaxbias import engine, models  # noqa: E402
+from jaxbias import models  # noqa: E402
+from jaxbias.training import loop as engine  # noqa: E402
 from jaxbias.methods import vanilla  # noqa: E402
-from jaxbias.parallel import Layout  # noqa: E402
+from jaxbias.training.parallel import Layout  # noqa: E402
 from jaxbias.train import create_train_state, make_optimizer, make_train_step, method_loss  # noqa: E402
 from jaxbias.types import Batch  # noqa: E402
 

@@ -47,7 +47,8 @@ from _common import md_table, write_results  # noqa: E402
 
 from jaxbias import models  # noqa: E402
 from jaxbias.methods import end  # noqa: E402
-from jaxbias.sweep import _injected, make_member_step, make_sweep_step, schedule_optimizer, stack  # noqa: E402
+from jaxbias.sweep import make_member_step, make_sweep_step  # noqa: E402
+from jaxbias.training import inject_lr, schedule_optimizer, stack  # noqa: E402
 from jaxbias.train import create_train_state, make_optimizer, make_train_step, method_loss  # noqa: E402
 from jaxbias.types import Batch  # noqa: E402
 
@@ -93,7 +94,7 @@ def measure(kind: str, widths: tuple[int, ...], batch_size: int, k: int, *, repe
     for m in members:
         init_key, _, step_key = jax.random.split(jax.random.key(m["seed"]), 3)
         params, model_state = models.init(module, init_key, batches[0].x[:1])
-        states.append(create_train_state(params, model_state, _injected(opt, m["lr"]), key=step_key,
+        states.append(create_train_state(params, model_state, inject_lr(opt, m["lr"]), key=step_key,
                                          method_state=end.State()))
     hp = end.Hparams()
 
@@ -110,7 +111,7 @@ def measure(kind: str, widths: tuple[int, ...], batch_size: int, k: int, *, repe
         seq_compile.append(seconds)
         seq_states.append(st_fit)
 
-    tx = _injected(opt, members[0]["lr"])
+    tx = inject_lr(opt, members[0]["lr"])
     values = {"alpha": jnp.asarray([m["alpha"] for m in members], jnp.float32),
               "beta": jnp.asarray([m["beta"] for m in members], jnp.float32)}
     vstate = stack(states)

@@ -16,7 +16,7 @@ import warnings
 from typing import Any, Sequence
 
 from jaxbias import __version__, datasets, methods, models, runs, settings
-from jaxbias.checkpoint import latest_epoch
+from jaxbias.training.checkpoint import latest_epoch
 from jaxbias.data.sources import DatasetUnavailableError  # data not given or not prepared: a usage error
 from jaxbias.methods import fmd
 from jaxbias.report import markdown_table

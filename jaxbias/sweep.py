@@ -70,23 +70,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbias import engine
 from jaxbias import models as models_lib
 from jaxbias.data.iterators import num_batches
-from jaxbias.parallel import Layout, to_host
-from jaxbias.train import (
-    TrainState,
-    initial_method_state,
-    adam_with_decay,
-    create_train_state,
-    evaluate,
-    freeze,
-    hp_dict,
-    make_optimizer,
-    make_predict,
-    make_train_step,
-    method_loss,
-)
+from jaxbias.train import evaluate, hp_dict, initial_method_state, method_loss
+from jaxbias.training import loop
+from jaxbias.training.parallel import Layout, to_host
+from jaxbias.training.state import TrainState, create_train_state, freeze, inject_lr, schedule_optimizer
+from jaxbias.training.step import make_predict, make_train_step, stack, unstack
 from jaxbias.types import Batch, ModelState, Params
 from jaxbias.workdir import Store
 
@@ -96,10 +86,7 @@ __all__ = [
     "grid",
     "check_members",
     "zipped",
-    "schedule_optimizer",
     "with_values",
-    "stack",
-    "unstack",
     "make_member_step",
     "make_sweep_step",
     "fit_sweep",
@@ -302,54 +289,6 @@ def _check_sweepable(method, module, plan: _Plan, state: TrainState, batch: Batc
 # --------------------------------------------------------------------------- #
 
 
-def schedule_optimizer(
-    *,
-    weight_decay: float = 1e-4,
-    steps_per_epoch: int = 1,
-    decay_every: int | None = 20,
-    decay_factor: float = 0.1,
-    decoupled: bool = False,
-) -> Callable[[Any], optax.GradientTransformation]:
-    """``lr ↦`` :func:`jaxbias.train.make_optimizer` ``(lr=lr, ...)``, traceable in ``lr``.
-
-    The same transformation (Adam, coupled or decoupled weight decay,
-    ``lr_t = lr · decay_factor^⌊epoch / decay_every⌋``) built without
-    ``make_optimizer``'s Python check ``lr > 0``, so that ``lr`` may be the
-    array that :func:`optax.inject_hyperparams` keeps in the optimiser state.
-    The other arguments are validated here by ``make_optimizer`` itself.
-    """
-    make_optimizer(lr=1.0, weight_decay=weight_decay, steps_per_epoch=steps_per_epoch, decay_every=decay_every,
-                   decay_factor=decay_factor, decoupled=decoupled)
-
-    def optimizer(lr):
-        return adam_with_decay(lr, weight_decay=weight_decay, steps_per_epoch=steps_per_epoch,
-                               decay_every=decay_every, decay_factor=decay_factor, decoupled=decoupled)
-
-    return optimizer
-
-
-def _injected(optimizer: Callable[[Any], optax.GradientTransformation], lr: float):
-    def factory(lr):
-        return optimizer(lr)
-
-    return optax.inject_hyperparams(factory)(lr=lr)
-
-
-def stack(trees: Sequence[Any]) -> Any:
-    """Stack pytrees of the same structure along a new leading axis (members)."""
-    if len(trees) == 0:
-        raise ValueError("stack needs at least one pytree")
-    try:
-        return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"the {len(trees)} pytrees to stack differ in structure or shapes: {e}") from e
-
-
-def unstack(tree: Any, i: int) -> Any:
-    """Member ``i`` of a stacked pytree."""
-    return jax.tree.map(lambda a: a[i], tree)
-
-
 def make_member_step(
     method: ModuleType,
     module: flax.linen.Module,
@@ -524,11 +463,11 @@ def fit_sweep(
         must be the same as those that wrote it.
       log: called after each epoch with the ``K`` member records.
       vectorize: vmap the members (default) or let them take turns.
-      mesh: a :func:`jaxbias.parallel.make_sweep_mesh`: the stacked members
+      mesh: a :func:`jaxbias.training.parallel.make_sweep_mesh`: the stacked members
         are split over its ``members`` axis (their count must divide by it),
         each member's batch over its ``data`` axis; with several processes
         the members of all hosts form one sweep. Needs ``vectorize=True``.
-      feed: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`jaxbias.engine`).
+      feed: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`jaxbias.training.loop`).
 
     Returns:
       :class:`SweepResult`.
@@ -550,10 +489,10 @@ def fit_sweep(
         raise ValueError("a sweep on a mesh splits the stacked members over devices: it needs vectorize=True")
     if hp is None:
         hp = method.Hparams()
-    n = engine.check_train(train, getattr(module, "num_classes", None))
+    n = loop.check_train(train, getattr(module, "num_classes", None))
     if drop_last and n < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} samples) with drop_last")
-    engine.choose_feed(feed, train)
+    loop.choose_feed(feed, train)
     plan = _plan(method, hp, members, lr=lr, seed=seed)
     k_members = len(plan.settings)
     layout = Layout() if mesh is None else Layout.members(mesh)
@@ -590,14 +529,14 @@ def fit_sweep(
     for i, s in enumerate(plan.settings):
         _, _, step_key = keys[s["seed"]]
         params, model_state = variables_of(s["seed"])
-        tx_i = _injected(optimizer, s["lr"])
+        tx_i = inject_lr(optimizer, s["lr"])
         if trainable is not None:
             tx_i = freeze(tx_i, params, trainable)
         states.append(create_train_state(params, model_state, tx_i, key=step_key, method_state=method_states[i]))
     state = stack(states)  # fresh arrays: donation never deletes the caller's
     del states
     inits.clear()  # the unstacked copies: only the stacked state lives on
-    tx = _injected(optimizer, plan.settings[0]["lr"])  # its update reads each member's lr from the state
+    tx = inject_lr(optimizer, plan.settings[0]["lr"])  # its update reads each member's lr from the state
     if trainable is not None:
         tx = freeze(tx, unstack(state.params, 0), trainable)
 
@@ -615,11 +554,11 @@ def fit_sweep(
     values = {f: jnp.asarray(v) for f, v in plan.values.items()}
     data_keys = [keys[s["seed"]][1] for s in plan.settings]
     if vectorize:
-        lanes = [engine.Lane(state, values, jax.random.wrap_key_data(jnp.stack([jax.random.key_data(k)
+        lanes = [loop.Lane(state, values, jax.random.wrap_key_data(jnp.stack([jax.random.key_data(k)
                                                                                    for k in data_keys])))]
         pack, unpack = (lambda states: states[0]), (lambda st: [st])
     else:  # one lane per member, each donated to its own step
-        lanes = [engine.Lane(unstack(state, i), {f: v[i] for f, v in values.items()}, data_keys[i])
+        lanes = [loop.Lane(unstack(state, i), {f: v[i] for f, v in values.items()}, data_keys[i])
                  for i in range(k_members)]
         pack, unpack = stack, (lambda st: [unstack(st, i) for i in range(k_members)])
     predict = make_predict(module) if eval_sets else None
@@ -650,7 +589,7 @@ def fit_sweep(
 
     meta = {"method": method.__name__.rsplit(".", 1)[-1], "hparams": hp_dict(hp),
             "members": plan.settings, "batch_size": batch_size, **dict(config or {})}
-    res = engine.run_epochs(
+    res = loop.run_epochs(
         step=counted, lanes=lanes, train=train, epochs=epochs, batch_size=batch_size, drop_last=drop_last, feed=feed,
         layout=layout, records=records, pack=pack, unpack=unpack,
         store=None if workdir is None else Store(workdir), resume=resume, meta=meta,

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping
 
 import jax
 
-from jaxbias.checkpoint import Checkpointer
+from jaxbias.training.checkpoint import Checkpointer
 
 #: The files of a run directory by role: the one place their names are spelled (every reader and writer asks
 #: :func:`run_path`). ``train``/``correct``/``sweep`` write ``config``, ``checkpoints``, ``metrics`` and
@@ -181,7 +181,7 @@ class Store:
     """A run directory as the training loop keeps a run in it: its lock, a checkpoint per epoch
     (``checkpoints/``) and the history of the epochs' rows (``metrics.jsonl``).
 
-    :func:`jaxbias.engine.run_epochs` is handed one and writes no file otherwise: ``with store:`` holds the
+    :func:`jaxbias.training.loop.run_epochs` is handed one and writes no file otherwise: ``with store:`` holds the
     lock and opens the checkpointer (both released together however the block ends), :meth:`resume` finds
     where the run stands, :meth:`record` keeps an epoch. With several processes, every one saves its part of
     the checkpoint and only ``writer`` (process 0 by default) writes the history and holds the lock.

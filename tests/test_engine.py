@@ -1,4 +1,4 @@
-"""The epoch loop and its feeds (jaxbias.engine): same batches, same numbers, resume, no host work per step."""
+"""The epoch loop and its feeds (jaxbias.training.loop): same batches, same numbers, resume, no host work per step."""
 from __future__ import annotations
 
 import jax
@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbias import engine, models
+from jaxbias import models
+from jaxbias.training import loop as engine
 from jaxbias.data import iterators
 from jaxbias.data.iterators import batch_indices
 from jaxbias.methods import rrr, vanilla
-from jaxbias.parallel import Layout
+from jaxbias.training.parallel import Layout
 from jaxbias.sweep import fit_sweep, grid
 from jaxbias.train import fit, make_optimizer
 from jaxbias.types import Batch

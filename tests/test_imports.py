@@ -85,8 +85,32 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycle_in_the_package():
     graph = import_graph(ROOT)
-    assert len(graph) > 40 and "jaxbias.engine" in graph["jaxbias.train"]
+    assert len(graph) > 40 and "jaxbias.training.loop" in graph["jaxbias.train"]
     assert cycles(graph) == []
+
+
+def test_training_knows_no_method_and_no_layer_above_it():
+    """``jaxbias.training`` trains any loss: it imports no method, no run layer, no workflow and not the run
+    directory (the loop is handed a store); only its checkpointer touches files, the loop through a store."""
+    graph = import_graph(ROOT)
+    training = {m for m in graph if m == "jaxbias.training" or m.startswith("jaxbias.training.")}
+    assert {"jaxbias.training.loop", "jaxbias.training.state", "jaxbias.training.step"} <= training
+    above = ("jaxbias.methods", "jaxbias.runs", "jaxbias.train", "jaxbias.sweep", "jaxbias.workdir", "jaxbias.cli",
+             "jaxbias.concepts", "jaxbias.explain", "jaxbias.datasets")
+    bad = sorted(f"{m} -> {d}" for m in training for d in graph[m]
+                 if any(d == a or d.startswith(a + ".") for a in above))
+    assert bad == []
+    mods = _modules(ROOT)
+    for m in training - {"jaxbias.training.checkpoint"}:
+        with open(mods[m]) as f:
+            tree = ast.parse(f.read())
+        file_calls = [ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call) and (
+            (isinstance(n.func, ast.Name) and n.func.id == "open")
+            or (isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+                and n.func.value.id in ("os", "shutil", "pathlib", "tempfile") and n.func.attr not in ("environ",))
+            or (isinstance(n.func, ast.Attribute) and n.func.attr in ("write_text", "write_bytes", "mkdir")))]
+        assert [c for c in file_calls if not c.startswith("os.environ")] == [], m
+    assert "jaxbias.methods" in graph["jaxbias.train"]  # fit makes a method's loss, then trains it there
 
 
 def test_the_cycle_finder_finds_a_function_level_cycle(tmp_path):

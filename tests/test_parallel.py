@@ -1,4 +1,4 @@
-"""Data parallelism (jaxbias.parallel and ``fit(mesh=...)``) on 8 simulated CPU devices.
+"""Data parallelism (jaxbias.training.parallel and ``fit(mesh=...)``) on 8 simulated CPU devices.
 
 ``--xla_force_host_platform_device_count`` only takes effect before JAX starts,
 so every 8-device check runs in ONE subprocess (this file run as a script,
@@ -56,7 +56,8 @@ def _worker() -> dict:
     import optax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from jaxbias import models, parallel
+    from jaxbias import models
+    from jaxbias.training import parallel
     from jaxbias.methods import rrr, vanilla
     from jaxbias.train import create_train_state, fit, make_optimizer, make_train_step, method_loss
     from jaxbias.types import Batch
@@ -357,7 +358,7 @@ def _process_worker(process_id: int, num_processes: int, port: int, workdir: str
                       JAXBIAS_PROCESS_ID=str(process_id))
     import jax
 
-    from jaxbias import parallel
+    from jaxbias.training import parallel
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
     started = [parallel.initialize_distributed(), parallel.initialize_distributed()]
@@ -599,7 +600,7 @@ def test_cli_sweep_devices(eight):
 def test_initialize_distributed_single_process_is_noop(monkeypatch):
     import jax
 
-    from jaxbias import parallel
+    from jaxbias.training import parallel
 
     for k in ("JAXBIAS_COORDINATOR", "JAXBIAS_NUM_PROCESSES", "JAXBIAS_PROCESS_ID", "JAXBIAS_DISTRIBUTED"):
         monkeypatch.delenv(k, raising=False)
@@ -613,7 +614,7 @@ def test_initialize_distributed_single_process_is_noop(monkeypatch):
 
 
 def test_initialize_distributed_rejects_bad_settings(monkeypatch):
-    from jaxbias import parallel
+    from jaxbias.training import parallel
 
     for k in ("JAXBIAS_COORDINATOR", "JAXBIAS_NUM_PROCESSES", "JAXBIAS_PROCESS_ID", "JAXBIAS_DISTRIBUTED"):
         monkeypatch.delenv(k, raising=False)
@@ -643,7 +644,7 @@ def test_cli_rejects_more_devices_than_available(capsys, tmp_path):
 def test_make_mesh_checks_device_count():
     import jax
 
-    from jaxbias import parallel
+    from jaxbias.training import parallel
 
     n = jax.device_count()
     mesh = parallel.make_mesh()

@@ -298,7 +298,7 @@ def test_a_failure_is_one_line_and_debug_gives_the_traceback(tmp_path, capfd, ad
 def test_a_ctrl_c_during_a_checkpoint_write_takes_effect_after_it():
     import signal
 
-    from jaxbias.checkpoint import interrupts_deferred
+    from jaxbias.training.checkpoint import interrupts_deferred
 
     saved = signal.signal(signal.SIGINT, signal.default_int_handler)  # xdist workers ignore SIGINT
     try:

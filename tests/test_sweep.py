@@ -10,7 +10,8 @@ import pytest
 from jaxbias import cli, models
 from jaxbias.methods import end, rrclarc, rrr
 from jaxbias.methods._clarc import State as ClarcState
-from jaxbias.sweep import fit_sweep, grid, schedule_optimizer, zipped
+from jaxbias.sweep import fit_sweep, grid, zipped
+from jaxbias.training import schedule_optimizer
 from jaxbias.train import fit, make_optimizer
 from jaxbias.types import Batch
 

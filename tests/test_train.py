@@ -165,7 +165,7 @@ def test_freeze_trains_only_the_named_groups_with_frozen_batchnorm():
 def test_checkpoint_keeps_zero_size_arrays(tmp_path):
     # orbax cannot write a zero-size array (targeted noise's unused general map with map='specific'):
     # the checkpoint leaves it out and restore puts it back with its shape and dtype
-    from jaxbias.checkpoint import Checkpointer
+    from jaxbias.training.checkpoint import Checkpointer
 
     state = {"w": jnp.arange(6.0).reshape(2, 3), "empty": jnp.zeros((0, 0), jnp.float32),
              "nested": (jnp.zeros((0,), jnp.int32), jnp.ones(2, jnp.int32))}

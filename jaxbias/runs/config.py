@@ -113,7 +113,7 @@ class RunConfig:
         checked against the model before anything is written; not with ``init_from``.
       devices: data parallelism (a single run) or member sharding (a sweep) over this many devices.
       data_devices: a sweep: each member's batch over this many of them.
-      feed: how batches reach the step (:mod:`jaxbias.engine`).
+      feed: how batches reach the step (:mod:`jaxbias.training.loop`).
       members: a sweep's members (``lr``, ``seed`` and numeric hyperparameters); ``None`` for a single run.
       vectorize: a sweep: one vmapped step (``True``) or members taking turns.
       eval_every: evaluate every N epochs (and after the last).

@@ -5,7 +5,7 @@ checked, the devices, the starting model, the data, the model, the
 hyperparameters and the method's state) and write the same ``config.json``;
 they differ only in the loop they hand the prepared run to
 (:func:`jaxbias.train.fit` or :func:`jaxbias.sweep.fit_sweep`, both on
-:func:`jaxbias.engine.run_epochs`). :func:`restore` reads a workdir once into
+:func:`jaxbias.training.loop.run_epochs`). :func:`restore` reads a workdir once into
 a :class:`Run`; a run started from another (``init_from``) takes either a
 workdir or that :class:`Run` itself, so experiments compose in memory.
 """
@@ -25,20 +25,21 @@ import numpy as np
 
 from jaxbias import methods as methods_lib
 from jaxbias import models as models_lib
-from jaxbias import parallel
+from jaxbias.training import parallel
 from jaxbias import settings as settings_lib
 from jaxbias.data.sources import SOURCES
 from jaxbias.runs import attribution
 from jaxbias.runs.config import DERIVED, RunConfig
 from jaxbias.datasets import Dataset
-from jaxbias.checkpoint import Checkpointer, latest_epoch
-from jaxbias.engine import check_eval_sets
+from jaxbias.training.checkpoint import Checkpointer, latest_epoch
+from jaxbias.training.loop import check_eval_sets
 from jaxbias.sweep import check_members, fit_sweep
-from jaxbias.train import (TrainState, create_train_state, evaluate, fit, freeze, hp_dict, initial_method_state,
-                           make_optimizer, make_predict, method_loss)
+from jaxbias.train import (Program, TrainState, build, create_train_state, evaluate, freeze, hp_dict, make_optimizer,
+                           make_predict)
+from jaxbias.train import run as run_program
 from jaxbias.types import Batch, BoundModel
 from jaxbias.workdir import lock as workdir_lock
-from jaxbias.workdir import holds_run, read_history, run_path, write_json
+from jaxbias.workdir import Store, holds_run, read_history, run_path, write_json
 
 #: Settings a resumed run may change (how long, on what, fed how); everything else must match config.json.
 RESUMABLE_CHANGES = ("epochs", "devices", "data_devices", "feed", "eval_every")
@@ -136,6 +137,7 @@ class Prepared:
     base: Run | None
     method_state: Any
     mesh: Any
+    program: Program  # the single run's state and step (a sweep's check)
     weights: tuple[Any, Any] | None = None  # (params, model_state) read from config.weights
 
     @property
@@ -225,27 +227,13 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False, read_we
         sample = jax.ShapeDtypeStruct((1, *np.shape(dataset.train.x)[1:]), np.asarray(dataset.train.x[:1]).dtype)
         weights = models_lib.load_weights(config.weights, module, sample)
     method_state = None if base is None else fit_method_state(method, hp, base, dataset)
-    trace_loss(module, method, hp, method_state, dataset.train, batch_size=config.batch_size,
-               train_mode=config.trainable is None)
-    return Prepared(config, record, dataset, module, method, hp, base, method_state, mesh, weights)
-
-
-def trace_loss(module: Any, method: ModuleType, hp: Any, method_state: Any, train: Batch, *, batch_size: int,
-               train_mode: bool = True) -> None:
-    """Trace the model's init and the method's loss once on the data's shapes (``jax.eval_shape``: nothing is
-    computed), so that a layer the model lacks, a model that cannot take the data or a method state of the wrong
-    shape fails here, before a workdir is written, in the method's or the model's own words."""
-    batch = Batch(*(None if a is None else jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), a.dtype)
-                    for a in train))
-
-    def loss(batch):
-        params, model_state = models_lib.init(module, jax.random.key(0), batch.x[:1])
-        state = method_state
-        if state is None:
-            state = initial_method_state(method, module, hp, (params, model_state), batch)
-        return method_loss(method, module, hp, train=train_mode)(params, model_state, state, batch, jax.random.key(1))
-
-    jax.eval_shape(loss, batch)
+    init_params = base.variables if base is not None else weights
+    tx = _tx(config, n_train // config.batch_size, None if init_params is None else init_params[0])
+    # the run's state and step, built once; a sweep's members are this program with other values
+    program = build(module=module, method=method, hp=hp, tx=tx, seed=config.seed, method_state=method_state,
+                    init_params=init_params, train_mode=config.trainable is None)
+    program.check(dataset.train, config.batch_size)  # before any workdir is written
+    return Prepared(config, record, dataset, module, method, hp, base, method_state, mesh, program, weights)
 
 
 def resolve_resume(workdir: str | os.PathLike | None, resume: bool | str) -> bool:
@@ -351,16 +339,11 @@ def train(config: RunConfig, *, data: Any = None, workdir: str | None = None, re
 def _train(prep: Prepared, workdir: str | None, resume: bool, progress: bool, log) -> Run:
     config = prep.config
     _own_workdir(workdir, prep.record, resume)
-    steps_per_epoch = prep.dataset.train.x.shape[0] // config.batch_size
-    tx = _tx(config, steps_per_epoch, None if prep.init_params is None else prep.init_params[0])
     t0 = time.perf_counter()
-    result = fit(
-        module=prep.module, method=prep.method, hp=prep.hp, train=prep.dataset.train, epochs=config.epochs,
-        batch_size=config.batch_size, tx=tx, seed=config.seed, method_state=prep.method_state,
-        eval_sets=prep.dataset.evals, eval_every=config.eval_every, workdir=workdir, resume=resume,
-        progress=progress, config=prep.record, log=log, init_params=prep.init_params,
-        train_mode=config.trainable is None, mesh=prep.mesh, feed=config.feed,
-    )
+    result = run_program(prep.program, train=prep.dataset.train, epochs=config.epochs, batch_size=config.batch_size,
+                         eval_sets=prep.dataset.evals, eval_every=config.eval_every,
+                         store=None if workdir is None else Store(workdir), resume=resume, progress=progress,
+                         config=prep.record, log=log, mesh=prep.mesh, feed=config.feed)
     run = Run(config=prep.config, record=prep.record, module=prep.module, state=result.state, method=prep.method,
               hp=prep.hp, history=result.history, epoch=config.epochs, workdir=workdir,
               seconds=time.perf_counter() - t0, resumed_from=result.resumed_from)

@@ -26,11 +26,11 @@ Both feeds run the same step on the same batches in the same order and sum the
 metrics in the same order, so they give the same numbers (measured equal to
 the bit on XLA:CPU for the bundled networks; ``tests/test_engine.py``); the
 checkpoints have the same layout and a run may resume with another feed. A
-:class:`jaxbias.parallel.Layout` says where everything lives: one device,
+:class:`jaxbias.training.parallel.Layout` says where everything lives: one device,
 data parallelism (state replicated, batch split), or sweep members split over
 a mesh axis.
 
-The loop writes no file itself: handed a :class:`jaxbias.workdir.Store` (a
+The loop writes no file itself: handed a :class:`Store` (e.g. :class:`jaxbias.workdir.Store`: a
 run directory's lock, checkpoints and ``metrics.jsonl``), it records each
 epoch there (the state as packed by the caller, the epoch's rows) and resumes
 from it: the newest checkpoint is restored, rows of later epochs are dropped
@@ -42,21 +42,20 @@ import contextlib
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxbias.checkpoint import interrupts_deferred
 from jaxbias.data.iterators import num_batches, permutation
-from jaxbias.parallel import Layout, to_host
+from jaxbias.training.checkpoint import interrupts_deferred
+from jaxbias.training.parallel import Layout, to_host
 from jaxbias.types import Batch
 from jaxbias.validation import check_labels
-from jaxbias.workdir import Store
 
-__all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "choose_feed", "check_eval_sets", "check_train", "epoch_order", "run_epochs",
+__all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "LoopResult", "Store", "choose_feed", "check_eval_sets", "check_train", "epoch_order", "run_epochs",
            "progress_bar"]
 
 FEEDS = ("auto", "host", "device")
@@ -280,6 +279,23 @@ def _short(loss) -> str:
 # --------------------------------------------------------------------------- #
 
 
+class Store(Protocol):
+    """What the loop keeps a run in (:class:`jaxbias.workdir.Store` keeps it in a run directory): entered for the
+    whole loop, asked once for the state to resume from, handed each finished epoch."""
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: Any) -> Any: ...
+
+    def resume(self, template: Any, *, epochs: int, resume: bool,
+               must_match: Mapping[str, Any] | None) -> tuple[Any, int, list[dict[str, Any]]] | None:
+        """``(state, epoch, rows)`` of the newest kept epoch (``state`` shaped like ``template``), or ``None`` to
+        start afresh; refuses kept epochs when ``resume`` is false."""
+
+    def record(self, epoch: int, rows: list[dict[str, Any]], state: Any, meta: Mapping[str, Any] | None) -> None:
+        """Keep epoch ``epoch`` (1-based): its rows and the state after it."""
+
+
 @dataclass
 class LoopResult:
     """What :func:`run_epochs` returns: the final lanes, every record (resumed ones first), losses per step."""
@@ -328,7 +344,7 @@ def run_epochs(
         (default: the one lane's state).
       meta: the JSON record saved with every checkpoint (plus ``epoch``).
       must_match: entries of ``meta`` a resumed run must have saved identically.
-      store: where the run is kept (:class:`jaxbias.workdir.Store`; ``None``: in memory only), held from
+      store: where the run is kept (a :class:`Store`; ``None``: in memory only), held from
         the start of the loop to its end; ``resume`` continues its newest checkpoint.
 
     Returns:

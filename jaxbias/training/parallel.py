@@ -11,7 +11,7 @@ No ``pmap``, no per-device code.
 
 Single host, all local accelerators::
 
-    from jaxbias import parallel
+    from jaxbias.training import parallel
     mesh = parallel.make_mesh()                      # every device; make_mesh(4): the first 4
     result = fit(..., batch_size=256, mesh=mesh)     # 256 must divide by the device count
     # CLI: jaxbias train --devices 4 ...
