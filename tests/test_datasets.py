@@ -143,4 +143,4 @@ def test_the_bundled_datasets_load_as_their_protocol_says():
     np.testing.assert_array_equal(ds.train.bias, raw.train_bias)
     assert set(ds.evals) == {"biased", "unbiased"} and ds.num_classes == 10
     assert datasets.image_names() == ["artifact_mnist", "biased_mnist", "celeba", "fashion_mnist", "folder",
-                                     "region_mnist"]
+                                     "region_mnist", "tfds"]

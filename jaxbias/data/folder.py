@@ -29,9 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-#: the colour modes of :class:`FolderSource`: rgb = 3 channels, grey = 1
-MODES = ("rgb", "grey")
-_PIL_MODES = {"rgb": "RGB", "grey": "L"}
+from jaxbias.data.images import MODES, to_uint8
 _INT = re.compile(r"^\s*[+-]?\d+\s*$")
 
 
@@ -140,8 +138,7 @@ class FolderSource:
     def _open(self, path: str, i: int, what: str, mode: str) -> np.ndarray:
         try:
             with Image.open(path) as img:
-                img = img.convert(mode).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-                return np.asarray(img, np.uint8)
+                return to_uint8(img, mode, self.image_size)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(f"metadata table {self.table!r} row {i + 1}: cannot decode the {what} {path!r} "
                              f"({_one_line(e)})") from None
@@ -151,14 +148,13 @@ class FolderSource:
         if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not -n <= i < n:
             raise IndexError(f"index {i!r} is outside the {n} rows of metadata table {self.table!r}")
         i = int(i) % n
-        image = self._open(self.paths[i], i, "image", _PIL_MODES[self.mode])
-        out: dict[str, Any] = {"image": image if image.ndim == 3 else image[..., None], "label": int(self.labels[i])}
+        out: dict[str, Any] = {"image": self._open(self.paths[i], i, "image", self.mode), "label": int(self.labels[i])}
         if self.bias is not None:
             out["bias"] = int(self.bias[i])
         if self.masks is not None:
             path = self.masks[i]
             out["mask"] = (np.zeros((self.image_size,) * 2, bool) if path is None
-                           else self._open(path, i, "mask", "L") > 127.5)  # > 0.5 of the grey range
+                           else self._open(path, i, "mask", "grey")[..., 0] > 127.5)  # > 0.5 of the grey range
         return out
 
 

@@ -1,0 +1,35 @@
+"""Pictures as arrays, shared by the image sources (:mod:`jaxbias.data.folder`, :mod:`jaxbias.data.tfds_source`):
+a decoded image converted to a colour mode and resized bilinearly with Pillow, as uint8 ``(H, W, C)``."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+#: the colour modes: rgb = 3 channels, grey = 1
+MODES = ("rgb", "grey")
+_PIL_MODES = {"rgb": "RGB", "grey": "L"}
+
+
+def to_uint8(image: Image.Image | np.ndarray, mode: str, size: int | None = None) -> np.ndarray:
+    """``image`` (a Pillow image, or a uint8 array ``(H, W)`` / ``(H, W, C)`` with C in 1, 3, 4) in colour ``mode``
+    (:data:`MODES`), resized bilinearly to ``size`` × ``size`` (``None``: its own size), as uint8 ``(H, W, C)``
+    (C 3 for rgb, 1 for grey).
+
+    Raises:
+      ValueError: an unknown mode, or an array that is not a uint8 picture (its shape and dtype named).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"expected a uint8 picture (H, W) or (H, W, C) with C in 1, 3, 4; got {image.dtype} "
+                             f"{image.shape}")
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    image = image.convert(_PIL_MODES[mode])
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    out = np.asarray(image, np.uint8)
+    return out if out.ndim == 3 else out[..., None]
+
+
+__all__ = ["MODES", "to_uint8"]
