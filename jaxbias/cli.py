@@ -75,9 +75,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="FILE",
                    help="run settings from a TOML or JSON file (keys: the flags' names with underscores; a run's "
                    "config.json works too); flags given here override it")
-    p.add_argument("--dataset", default=S, choices=datasets.available(),
-                   help="a dataset of jaxbias.datasets (a new file there is a new dataset); its settings are the "
-                   f"data flags below; default {d('dataset')}")
+    takes = [n for n in datasets.available() if getattr(datasets.get(n), "ARGUMENT", None)]
+    p.add_argument("--dataset", default=S, type=_dataset_name, metavar="NAME",
+                   help=f"a dataset of jaxbias.datasets ({', '.join(datasets.available())}; a new file there is a new "
+                   "dataset); its settings are the data flags below; "
+                   + ", ".join(f"{n}:{datasets.get(n).ARGUMENT.upper()}" for n in takes)
+                   + " set the first of them (e.g. folder:PATH = folder --root PATH); "
+                   f"default {d('dataset')}")
     p.add_argument("--model", default=S, metavar="NAME",
                    help=f"a registered model ({', '.join(models.available())}; jaxbias.models.register adds one) or "
                    "package.module:factory, a factory of your package returning a Linen or NNX network (wrapped, "
@@ -110,6 +114,31 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                     "model settings (from each registered model's Settings; those of --model apply)",
                     taken=set(RunConfig.__dataclass_fields__) | _data_names())
     _add_method_args(p, methods.training())
+
+
+def _dataset_name(text: str) -> str:
+    """An argparse ``type``: a registered dataset name, or ``name:VALUE`` (:func:`jaxbias.datasets.split_name`)."""
+    try:
+        name, _ = datasets.split_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if name not in datasets.available():
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(datasets.available())})")
+    return text
+
+
+def _with_named_setting(settings: dict[str, Any], data: dict[str, Any], where: str) -> None:
+    """Split ``settings["dataset"]`` given as ``name:VALUE`` into the name and its setting, added to ``data`` (a
+    setting given both ways must agree)."""
+    if ":" not in str(settings.get("dataset", "")):
+        return
+    name, named = datasets.split_name(settings["dataset"])
+    for k, v in named.items():
+        if data.get(k) not in (None, v):
+            raise ValueError(f"--dataset {settings['dataset']} gives {k}={v!r} but {where} gives {k}={data[k]!r}: "
+                             "give it once")
+    settings["dataset"] = name
+    data.update(named)
 
 
 def _data_names() -> set[str]:
@@ -237,8 +266,12 @@ def run_config(args: argparse.Namespace, **extra: Any):
     given = {k: v for k, v in vars(args).items() if k in run_fields}
     path = getattr(args, "config", None)
     file = RunConfig.read(path) if path else {}
+    if ":" in str(file.get("dataset", "")):
+        file_data = dict(file.get("data") or {})
+        _with_named_setting(file, file_data, "the config file")
+        file["data"] = file_data
     method = given.get("method", file.get("method", RunConfig.method))
-    dataset = given.get("dataset", file.get("dataset", RunConfig.dataset))
+    dataset = datasets.split_name(given.get("dataset", file.get("dataset", RunConfig.dataset)))[0]
     file_model = file.get("model", RunConfig.model)
     model = given.get("model", file_model.get("name") if isinstance(file_model, dict) else file_model)
     model_flags = _owned_overrides(args, "model", models.IMPORTED if models.is_import(model) else model)
@@ -250,7 +283,9 @@ def run_config(args: argparse.Namespace, **extra: Any):
         file.pop("data", None)
         for k in data_fields(own) if own in datasets.available() else ():
             file.pop(k, None)
-    overrides = {**given, **extra, **_data_overrides(args, dataset), **({"model_settings": model_flags} if model_flags else {}),
+    data_flags = _data_overrides(args, dataset)
+    _with_named_setting(given, data_flags, "its flag")
+    overrides = {**given, **extra, **data_flags, **({"model_settings": model_flags} if model_flags else {}),
                  "hparams": {**file_hp, **_method_overrides(args, method)}}
     try:
         return RunConfig.from_dict(file, **overrides)

@@ -144,3 +144,18 @@ def test_the_bundled_datasets_load_as_their_protocol_says():
     assert set(ds.evals) == {"biased", "unbiased"} and ds.num_classes == 10
     assert datasets.image_names() == ["artifact_mnist", "biased_mnist", "celeba", "fashion_mnist", "folder",
                                      "region_mnist", "tfds"]
+
+
+def test_split_name_gives_a_dataset_its_declared_setting():
+    from jaxbias import datasets
+    from jaxbias.runs import RunConfig
+
+    assert datasets.split_name("adult") == ("adult", {})
+    assert datasets.split_name("tfds:mnist:3.0.1") == ("tfds", {"tfds_name": "mnist:3.0.1"})  # the first colon
+    assert datasets.split_name("folder:/data/isic") == ("folder", {"root": "/data/isic"})
+    cfg = RunConfig(dataset="tfds:celeb_a", data={"bias_feature": "attributes/Male"})
+    assert (cfg.dataset, cfg.data.tfds_name, cfg.data.bias_feature) == ("tfds", "celeb_a", "attributes/Male")
+    again = RunConfig.from_dict(cfg.to_dict())  # stored as the name and the setting: it round-trips
+    assert (again.dataset, again.data) == (cfg.dataset, cfg.data)
+    with pytest.raises(ValueError, match="takes no value"):
+        datasets.split_name("biased_mnist:0.9")

@@ -10,7 +10,9 @@ A dataset module ``jaxbias.datasets.<name>`` declares
 - ``view(raw) -> Dataset`` (optional): a protocol object built in memory (e.g.
   :func:`jaxbias.data.biased_mnist`) as the :class:`Dataset`;
 - ``IMAGES`` (optional, default ``False``): its samples are images ``(N, H, W, C)``
-  (LRP heatmaps, the ClArC family's concept maps).
+  (LRP heatmaps, the ClArC family's concept maps);
+- ``ARGUMENT`` (optional): the setting that ``name:VALUE`` gives (:func:`split_name`), e.g.
+  ``folder:PATH`` for the folder dataset's ``root``.
 
 A new file in this package (or in a folder added to its ``__path__``) is a new dataset.
 """
@@ -94,6 +96,25 @@ def get(name: str) -> ModuleType:
     return mod
 
 
+def split_name(text: str) -> tuple[str, dict[str, str]]:
+    """``name`` or ``name:VALUE`` as ``(name, {its ARGUMENT setting: VALUE})``: ``folder:data/isic`` is the dataset
+    ``folder`` with ``root="data/isic"``, ``tfds:celeb_a`` the dataset ``tfds`` with ``tfds_name="celeb_a"`` (split at
+    the first colon only: the value may hold one, ``tfds:mnist:3.0.1``)."""
+    if not isinstance(text, str):
+        raise ValueError(f"dataset must be a name (one of {available()}); got {text!r}")
+    name, colon, value = text.partition(":")
+    if not colon:
+        return text, {}
+    field = getattr(get(name), "ARGUMENT", None)
+    if field is None:
+        takes = [n for n in available() if getattr(get(n), "ARGUMENT", None)]
+        raise ValueError(f"dataset {name!r} takes no value after ':' (got {text!r}); its settings are data flags. "
+                         f"name:VALUE works for {takes}")
+    if not value.strip():
+        raise ValueError(f"dataset {text!r}: give its {field} after the colon, e.g. {name}:VALUE")
+    return name, {field: value}
+
+
 def images(name: str) -> bool:
     """Whether the dataset's samples are images (its ``IMAGES``)."""
     return bool(getattr(get(name), "IMAGES", False))
@@ -132,4 +153,4 @@ def view(name: str, data: Any) -> Dataset:
     return mod.view(data)
 
 
-__all__ = ["Dataset", "available", "get", "image_names", "images", "load", "settings", "view"]
+__all__ = ["Dataset", "available", "get", "image_names", "images", "load", "settings", "split_name", "view"]

@@ -21,6 +21,8 @@ from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
 
 IMAGES = True
+#: ``--dataset folder:PATH`` is ``--dataset folder --root PATH`` (:func:`jaxbias.datasets.split_name`)
+ARGUMENT = "root"
 #: the share of each class held out as ``test`` when the table has no split column
 HELD_OUT = 0.2
 

@@ -24,6 +24,8 @@ from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
 
 IMAGES = True
+#: ``--dataset tfds:NAME`` is ``--dataset tfds --tfds-name NAME`` (:func:`jaxbias.datasets.split_name`)
+ARGUMENT = "tfds_name"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -151,6 +151,15 @@ class RunConfig:
         object.__setattr__(self, "hparams", _freeze(dict(self.hparams or {})))
         if isinstance(self.weights, os.PathLike):
             object.__setattr__(self, "weights", os.fspath(self.weights))
+        if isinstance(self.dataset, str) and ":" in self.dataset:  # folder:PATH, tfds:NAME
+            name, named = datasets_lib.split_name(self.dataset)
+            data = settings_lib.as_dict(self.data)
+            for k, v in named.items():
+                if k in data and data[k] is not None and str(data[k]) != v:
+                    raise ValueError(f"dataset {self.dataset!r} gives {k}={v!r} but the data settings say "
+                                     f"{k}={data[k]!r}: give it once")
+            object.__setattr__(self, "dataset", name)
+            object.__setattr__(self, "data", {**data, **named})
         if not (isinstance(self.dataset, str) and self.dataset in datasets_lib.available()):
             raise ValueError(f"dataset must be one of {datasets_lib.available()}; got {self.dataset!r}")
         object.__setattr__(self, "data", datasets_lib.settings(self.dataset, self.data))

@@ -275,3 +275,41 @@ def test_train_on_a_folder_from_the_command_line(tmp_path, capsys):
     assert record["dataset"] == "folder" and record["data"]["root"] == str(root)
     assert main([*argv[:3], "--workdir", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "root must be the folder of your images" in capsys.readouterr().err
+
+
+def test_dataset_name_with_a_value_is_the_named_setting(tmp_path, capsys):
+    """``--dataset folder:PATH`` is ``--dataset folder --root PATH`` (same run, same numbers), in a config file too;
+    a value for a dataset that takes none, an empty value and two different roots are refused in one line."""
+    from jaxbias.cli import main
+    from jaxbias.runs import RunConfig
+
+    root = tmp_path / "photos"
+    table = write_csv(root / "meta.csv", write_folder(root, per_class=10, split=False))
+    common = ["--metadata", str(table), "--image-size", "8", "--model", "mlp", "--hidden", "8", "--epochs", "1",
+              "--batch-size", "8", "--no-progress", "--json"]
+    assert main(["train", "--dataset", "folder", "--root", str(root), *common, "--workdir", str(tmp_path / "a")]) == 0
+    flags = json.loads(capsys.readouterr().out)
+    assert main(["train", "--dataset", f"folder:{root}", *common, "--workdir", str(tmp_path / "b")]) == 0
+    named = json.loads(capsys.readouterr().out)
+    assert named["eval"] == flags["eval"] and named["history"][-1]["loss"] == flags["history"][-1]["loss"]
+    record = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert record["dataset"] == "folder" and record["data"]["root"] == str(root)  # stored as the setting
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'dataset = "folder:{root}"\nmodel = "mlp"\n[data]\nmetadata = "{table}"\nimage_size = 8\n')
+    assert main(["train", "--config", str(cfg), "--hidden", "8", "--epochs", "1", "--batch-size", "8",
+                 "--no-progress", "--json", "--workdir", str(tmp_path / "c")]) == 0
+    assert json.loads(capsys.readouterr().out)["eval"] == flags["eval"]
+    assert RunConfig(dataset=f"folder:{root}", data={"metadata": str(table)}).data.root == str(root)
+
+    with pytest.raises(ValueError, match="give it once"):
+        RunConfig(dataset=f"folder:{root}", data={"root": str(tmp_path)})
+    assert main(["train", "--dataset", f"folder:{root}", "--root", str(tmp_path), *common,
+                 "--workdir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give it once" in err[0] and not (tmp_path / "d").exists()
+    for bad, words in ((f"adult:{root}", "takes no value after ':'"), ("folder:", "give its root after the colon"),
+                       ("nope:x", "is unknown")):
+        with pytest.raises(SystemExit):
+            main(["train", "--dataset", bad, "--workdir", str(tmp_path / "e")])
+        assert words in capsys.readouterr().err, bad
