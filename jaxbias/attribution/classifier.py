@@ -6,7 +6,7 @@ image (``i_n ~ U{0 … p−1}`` from the step key) and minimises the cross-entro
 against label-smoothed targets (``ε = 0.1``):
 ``L = (1/B) Σ_n CE(f(x_n[y_i:y_i+k, x_i:x_i+k], i_n), (1 − ε)·onehot(a_n) + ε/K)``.
 Training goes through the project's train step
-(:func:`jaxbias.train.make_train_step`, jitted once with the state donated).
+(:func:`jaxbias.training.make_train_step`, jitted once with the state donated).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from jaxbias import metrics
 from jaxbias.attribution import maps as maps_lib
 from jaxbias.attribution.network import RegionResNet, small
 from jaxbias.data.iterators import batch_indices
-from jaxbias.train import LossFn, create_train_state, make_optimizer, make_train_step
+from jaxbias.training import LossFn, create_train_state, make_optimizer, make_train_step
 from jaxbias.types import Aux, Batch
 from jaxbias.validation import check_labels
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbias.train import predict_in_batches
+from jaxbias.training import predict_in_batches
 
 Array = jax.Array
 

@@ -4,8 +4,10 @@
 - :func:`fit_cavs` — many concepts × a ``λ`` grid in one jitted, vmapped call;
 - :func:`select_reg` — ``λ`` by stratified k-fold cross-validation;
 - :func:`alignment` — individual and overall cosine with artifact-induced changes;
-- :func:`pool_acts` — max/mean spatial pooling of conv activations.
+- :func:`pool_acts` — max/mean spatial pooling of conv activations;
+- :func:`layer_acts` — a model's activations at a layer for a whole array (pooled per batch).
 """
+from jaxbias.concepts.activations import check_layer, layer_acts
 from jaxbias.concepts.alignment import alignment
 from jaxbias.concepts.cav import (
     DEFAULT_REGS,
@@ -25,6 +27,8 @@ __all__ = [
     "SCORINGS",
     "CVResult",
     "alignment",
+    "check_layer",
+    "layer_acts",
     "fit_cav",
     "fit_cavs",
     "pool_acts",

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbias.batching import is_traced, map_batches
-from jaxbias.concepts import fit_cav, pool_acts
+from jaxbias.batching import is_traced
+from jaxbias.concepts import check_layer, fit_cav, layer_acts, pool_acts
 from jaxbias.methods import static
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
@@ -77,38 +77,11 @@ def init(model: BoundModel, params: Params, data: Batch, *, hp: Any, concept: An
                      concept=concept, **kwargs)
 
 
-def check_layer(acts: dict[str, Array], layer: str) -> Array:
-    if layer not in acts:
-        raise ValueError(f"hp.layer={layer!r} is not an activation of the model; available layers are {sorted(acts)}")
-    a = acts[layer]
-    if a.ndim not in (2, 4):
-        raise ValueError(f"acts[{layer!r}] has shape {a.shape}; expected (B, C) or (B, H, W, C)")
-    return a
-
-
 def check_state(state: State, channels: int) -> None:
     if not isinstance(state, State):
         raise ValueError(f"state must be a ClArC State (fit it with init(...)); got {type(state).__name__}")
     if jnp.shape(state.cav) != (channels,):
         raise ValueError(f"state.cav has shape {jnp.shape(state.cav)}, expected ({channels},) for this layer")
-
-
-def layer_acts(model: BoundModel, params: Params, x: Any, layer: str, *, batch_size: int = 256,
-               pool: str | None = None) -> Any:
-    """``acts[layer]`` for all of ``x`` in batches (:func:`jaxbias.batching.map_batches`).
-
-    ``pool``: pool a convolutional layer's maps per sample (``"max"``/``"mean"``)
-    inside each batch, so the full maps are never held. The model should be
-    bound in evaluation mode.
-    """
-    if np.shape(x)[0] == 0:
-        raise ValueError("data.x is empty; a CAV needs samples of both concept classes")
-
-    def acts(p, xb):
-        a = check_layer(model(p, xb).acts, layer)
-        return pool_acts(a, pool) if pool is not None and a.ndim == 4 else a
-
-    return map_batches(acts, x, args=(params,), batch_size=batch_size)
 
 
 def _fit_on_host(pooled: np.ndarray, labels: np.ndarray, cav: str, cav_reg: float | None) -> State:

@@ -61,7 +61,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxbias.methods import Kind, static
-from jaxbias.methods._clarc import State, check_layer, check_state
+from jaxbias.concepts import check_layer
+from jaxbias.methods._clarc import State, check_state
 from jaxbias.methods._clarc import init as fit_init
 from jaxbias.types import Aux, Batch, BoundModel, Params
 

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbias import methods as methods_lib
+from jaxbias.concepts import layer_acts
 from jaxbias.evaluation import lrp_r_bias, tcav_test
 from jaxbias.explain import make_lrp_model
-from jaxbias.methods._clarc import layer_acts
 from jaxbias.models import bind
 from jaxbias.report import bar_chart, heatmap_rows, markdown_table
 from jaxbias.runs.config import DEMO_CHANNELS, RunConfig
