@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxbias.batching import map_batches
 from jaxbias import metrics
+from jaxbias.concepts import fit_cavs
 from jaxbias.explain import make_lrp_model
 from jaxbias.types import Batch, BoundModel, Params
 
@@ -96,8 +97,6 @@ def tcav_test(
     Returns:
       ``{"tcav", "tcav_sens", "random_tcav" (list), "p_value", "t", ...}``.
     """
-    from jaxbias.concepts import fit_cavs
-
     if n_random < 2:
         raise ValueError(f"n_random must be ≥ 2 for a t-test; got {n_random}")
     concept = jnp.asarray(concept)

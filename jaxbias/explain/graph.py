@@ -19,6 +19,9 @@ from typing import Any, NamedTuple, Sequence, Union
 import jax
 import jax.numpy as jnp
 
+from jaxbias.models.convnet import SimpleConvNet
+from jaxbias.models.mlp import MLP
+
 Array = jax.Array
 
 
@@ -186,9 +189,6 @@ def to_graph(module, variables: dict) -> list[Layer]:
     Raises:
       ValueError: for another module type, naming it.
     """
-    from jaxbias.models.convnet import SimpleConvNet
-    from jaxbias.models.mlp import MLP
-
     p = variables["params"]
     if isinstance(module, SimpleConvNet):
         stats = variables.get("batch_stats", {})
