@@ -69,6 +69,9 @@ FEEDS = ("auto", "host", "device")
 #: Share of one device's memory the training arrays may take for ``feed="auto"`` to keep them there.
 DEVICE_FEED_FRACTION = 0.25
 _CPU_DEVICE_FEED_BYTES = 2 << 30
+#: Steps the host feed may run ahead of the device with streamed data: each queued step holds its decoded batch,
+#: so an unbounded queue would grow with the epoch (a prefetching pipeline, grain, would bound it instead).
+STREAM_AHEAD = 2
 #: Most progress-bar updates per epoch with the device feed (each one a sync, so few).
 BAR_CHUNKS = 10
 
@@ -176,6 +179,7 @@ class _HostFeed:
         self.interrupted = interrupted  # checked before each step: see run_epochs
         # host arrays as they are; streamed ones (read when indexed) stay so: each step decodes its batch only
         self.train = Batch(*(None if a is None else a if is_lazy(a) else np.asarray(a) for a in train))
+        self.ahead = STREAM_AHEAD if _streamed(train) else None
         self.layout = layout
         self.step = layout.jit(lambda st, b, args: _placed_step(step, layout, st, b, args))
         self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
@@ -189,6 +193,8 @@ class _HostFeed:
             _stop_if(self.interrupted)
             state, m = self.step(state, self.layout.gather(self.train, idx), lane.args)
             ms.append(m)
+            if self.ahead is not None and t >= self.ahead:  # streamed: a bounded queue of decoded batches
+                jax.block_until_ready(ms[t - self.ahead])
             if bar is not None:
                 if t % 5 == 4:
                     bar.set_postfix(loss=_short(m["loss"]))
