@@ -143,18 +143,30 @@ class FolderSource:
             raise ValueError(f"metadata table {self.table!r} row {i + 1}: cannot decode the {what} {path!r} "
                              f"({_one_line(e)})") from None
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _row(self, i: int) -> int:
         n = len(self.paths)
         if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not -n <= i < n:
             raise IndexError(f"index {i!r} is outside the {n} rows of metadata table {self.table!r}")
-        i = int(i) % n
-        out: dict[str, Any] = {"image": self._open(self.paths[i], i, "image", self.mode), "label": int(self.labels[i])}
+        return int(i) % n
+
+    def read(self, i: int, field: str) -> np.ndarray:
+        """Row ``i``'s ``image`` (uint8 ``(S, S, C)``) or ``mask`` (bool ``(S, S)``) alone: one file decoded."""
+        i = self._row(i)
+        if field == "image":
+            return self._open(self.paths[i], i, "image", self.mode)
+        if field == "mask" and self.masks is not None:
+            path = self.masks[i]
+            return (np.zeros((self.image_size,) * 2, bool) if path is None
+                    else self._open(path, i, "mask", "grey")[..., 0] > 127.5)  # > 0.5 of the grey range
+        raise KeyError(f"metadata table {self.table!r} has no {field!r} per row")
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = self._row(i)
+        out: dict[str, Any] = {"image": self.read(i, "image"), "label": int(self.labels[i])}
         if self.bias is not None:
             out["bias"] = int(self.bias[i])
         if self.masks is not None:
-            path = self.masks[i]
-            out["mask"] = (np.zeros((self.image_size,) * 2, bool) if path is None
-                           else self._open(path, i, "mask", "grey")[..., 0] > 127.5)  # > 0.5 of the grey range
+            out["mask"] = self.read(i, "mask")
         return out
 
 

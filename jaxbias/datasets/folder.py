@@ -5,8 +5,10 @@ The split column's value ``train_split`` is the training set; every other value 
 name. Without a split column a stratified 20 % of each class, drawn with the data seed, is held out as ``test``.
 The concept samples are the training set (``bias`` = the bias column: 1 where the concept is present).
 
-This slice reads every image into memory (float32 in [0, 1], ``(N, S, S, C)``); streaming the folder through
-grain without holding it in memory is the next one.
+By default every image is read into memory (float32 in [0, 1], ``(N, S, S, C)``). With ``stream`` the images
+(and masks) stay on disk: ``train.x`` and each evaluation set's ``x`` are :class:`jaxbias.data.lazy.LazyImages`,
+decoded a batch at a time by the host feed and the batched evaluation, the same numbers in memory that does not
+grow with the folder (labels and bias labels, read from the table, stay in memory).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from jaxbias import settings as settings_lib
 from jaxbias.data.folder import MODES, FolderSource, open_folder
+from jaxbias.data.lazy import LazyImages
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
 
@@ -46,6 +49,8 @@ class Settings:
       image_size: side of the square images the folder's images are resized to (bilinear).
       image_mode: rgb = 3 channels, grey = 1.
       limit: use only the first N training images (quick runs); none = all. The evaluation sets stay whole.
+      stream: read the images from disk at each step instead of loading them into memory (folders larger than
+        memory; same numbers, the host feed); methods that need every training image at once refuse it.
     """
 
     CHOICES: ClassVar[dict] = {"image_mode": MODES}
@@ -60,6 +65,7 @@ class Settings:
     image_size: int = 64
     image_mode: str = "rgb"
     limit: int | None = None
+    stream: bool = False
 
     def __post_init__(self):
         settings_lib.check(self)
@@ -78,6 +84,7 @@ class Folder(NamedTuple):
     eval_rows: dict[str, np.ndarray]
     classes: tuple[str, ...] | None
     source: str
+    stream: bool = False
 
 
 def held_out(labels: np.ndarray, *, share: float = HELD_OUT, seed: int) -> np.ndarray:
@@ -92,23 +99,21 @@ def held_out(labels: np.ndarray, *, share: float = HELD_OUT, seed: int) -> np.nd
     return out
 
 
-def _batch(source: FolderSource, rows: np.ndarray) -> Batch:
-    """Rows ``rows`` decoded: x float32 ``(n, S, S, C)`` in [0, 1], y int32, bias int32, mask bool ``(n, S, S)``."""
+def _batch(source: FolderSource, rows: np.ndarray, stream: bool) -> Batch:
+    """Rows ``rows``: x float32 ``(n, S, S, C)`` in [0, 1], y int32, bias int32, mask bool ``(n, S, S)``; x and mask
+    decoded now, or (``stream``) :class:`LazyImages` decoding them when indexed, the same values either way."""
     s = source.image_size
-    x = np.empty((rows.size, s, s, 1 if source.mode == "grey" else 3), np.float32)
-    mask = None if source.masks is None else np.empty((rows.size, s, s), bool)
-    for j, i in enumerate(rows):
-        item = source[int(i)]
-        np.divide(item["image"], np.float32(255.0), out=x[j], dtype=np.float32)
-        if mask is not None:
-            mask[j] = item["mask"]
+    x = LazyImages(source, rows, item_shape=(s, s, 1 if source.mode == "grey" else 3))
+    mask = None if source.masks is None else LazyImages(source, rows, item_shape=(s, s), field="mask")
+    if not stream:
+        x, mask = x.materialise(), None if mask is None else mask.materialise()
     bias = None if source.bias is None else source.bias[rows]
     return Batch(x, source.labels[rows], bias, mask)
 
 
 def view(data: Folder) -> Dataset:
-    train = _batch(data.table, data.train_rows)
-    evals = {name: _batch(data.table, rows) for name, rows in data.eval_rows.items()}
+    train = _batch(data.table, data.train_rows, data.stream)
+    evals = {name: _batch(data.table, rows, data.stream) for name, rows in data.eval_rows.items()}
     return Dataset("folder", train, evals, data.table.num_classes, train, data)
 
 
@@ -135,4 +140,4 @@ def load(settings: Settings, *, seed: int) -> Dataset:
             raise ValueError(f"limit must be at most the {train.size} training images of metadata table "
                              f"{table.table!r}; got {settings.limit}")
         train = train[:settings.limit]
-    return view(Folder(table, train, evals, table.classes, table.table))
+    return view(Folder(table, train, evals, table.classes, table.table, settings.stream))

@@ -22,6 +22,12 @@ batches reach the step is the *feed*:
   :data:`DEVICE_FEED_FRACTION` of a device's memory (2 GiB where JAX reports
   no limit, e.g. on a CPU), else ``"host"``.
 
+Training arrays read when indexed (a streamed dataset's
+:class:`jaxbias.data.lazy.LazyImages`) take the host feed: each step decodes
+its batch only, so memory does not grow with the data set (``"auto"`` picks
+``"host"``; ``"device"`` is refused). This per-step gather is where a
+prefetching input pipeline (grain) would plug in.
+
 Both feeds run the same step on the same batches in the same order and sum the
 metrics in the same order, so they give the same numbers (measured equal to
 the bit on XLA:CPU for the bundled networks; ``tests/test_engine.py``); the
@@ -50,6 +56,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxbias.data.iterators import num_batches, permutation
+from jaxbias.data.lazy import is_lazy
 from jaxbias.training.checkpoint import interrupts_deferred
 from jaxbias.training.parallel import Layout, to_host
 from jaxbias.types import Batch
@@ -62,6 +69,9 @@ FEEDS = ("auto", "host", "device")
 #: Share of one device's memory the training arrays may take for ``feed="auto"`` to keep them there.
 DEVICE_FEED_FRACTION = 0.25
 _CPU_DEVICE_FEED_BYTES = 2 << 30
+#: Steps the host feed may run ahead of the device with streamed data: each queued step holds its decoded batch,
+#: so an unbounded queue would grow with the epoch (a prefetching pipeline, grain, would bound it instead).
+STREAM_AHEAD = 2
 #: Most progress-bar updates per epoch with the device feed (each one a sync, so few).
 BAR_CHUNKS = 10
 
@@ -106,10 +116,21 @@ def _nbytes(train: Batch) -> int:
     return sum(int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize for a in train if a is not None)
 
 
+def _streamed(train: Batch) -> bool:
+    """Whether a training array is read when indexed (not held in memory): see :mod:`jaxbias.data.lazy`."""
+    return any(is_lazy(a) for a in train)
+
+
 def choose_feed(feed: str, train: Batch) -> str:
-    """``"host"`` or ``"device"``: ``feed`` itself, or for ``"auto"`` whether the training arrays fit (module docstring)."""
+    """``"host"`` or ``"device"``: ``feed`` itself, or for ``"auto"`` whether the training arrays fit (module docstring);
+    streamed training arrays take ``"host"``."""
     if feed not in FEEDS:
         raise ValueError(f"feed must be one of {FEEDS}; got {feed!r}")
+    if _streamed(train):
+        if feed == "device":
+            raise ValueError("feed 'device' puts the whole training set on the device, but this dataset is streamed "
+                             "from disk (stream true): use feed 'host' or 'auto', or load the data without streaming")
+        return "host"
     if feed != "auto":
         return feed
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -156,7 +177,9 @@ class _HostFeed:
     def __init__(self, step, train: Batch, layout: Layout, *, n: int, batch_size: int, drop_last: bool,
                  interrupted: Callable[[], bool] = lambda: False):
         self.interrupted = interrupted  # checked before each step: see run_epochs
-        self.train = Batch(*(None if a is None else np.asarray(a) for a in train))
+        # host arrays as they are; streamed ones (read when indexed) stay so: each step decodes its batch only
+        self.train = Batch(*(None if a is None else a if is_lazy(a) else np.asarray(a) for a in train))
+        self.ahead = STREAM_AHEAD if _streamed(train) else None
         self.layout = layout
         self.step = layout.jit(lambda st, b, args: _placed_step(step, layout, st, b, args))
         self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
@@ -170,6 +193,8 @@ class _HostFeed:
             _stop_if(self.interrupted)
             state, m = self.step(state, self.layout.gather(self.train, idx), lane.args)
             ms.append(m)
+            if self.ahead is not None and t >= self.ahead:  # streamed: a bounded queue of decoded batches
+                jax.block_until_ready(ms[t - self.ahead])
             if bar is not None:
                 if t % 5 == 4:
                     bar.set_postfix(loss=_short(m["loss"]))

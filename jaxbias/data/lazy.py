@@ -1,0 +1,129 @@
+"""Images read from their source when indexed: a dataset larger than memory as a read-only array.
+
+:class:`LazyImages` stands where a float32 array ``(N, H, W, C)`` of images in [0, 1] would (``train.x`` of a
+streamed dataset): it has the array's ``shape``, ``dtype`` and ``len``, and ``a[i]``, ``a[i:j]`` and ``a[idx]``
+decode just those rows from a random-access source, computed as the in-memory loaders compute them (the same
+``uint8 / float32(255)``), so a streamed run sees the same bits. Nothing is cached: memory stays flat whatever the
+number of rows.
+
+Turning the whole of it into one array (``np.asarray``) is refused: that is exactly what a dataset larger than
+memory must not do, and a refusal names the step that tried, where a silent conversion would swap the machine
+or die. :meth:`LazyImages.materialise` does it on purpose (the in-memory loaders use it).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+#: the fields a :class:`LazyImages` reads: images as float32 in [0, 1], masks as bool
+FIELDS = ("image", "mask")
+
+
+class LazyImages:
+    """Rows ``rows`` of ``source``'s field ``field``, decoded when indexed.
+
+    ``source[i][field]`` (or ``source.read(i, field)`` when the source has it, which decodes only that field) is
+    a uint8 image ``(H, W, C)`` for ``field="image"`` (returned as float32 ``/ 255``) or a bool mask ``(H, W)`` for
+    ``field="mask"`` (returned as it is). Every row has ``item_shape``. Holds the source and the row numbers only:
+    it pickles when the source does.
+
+    Example:
+      >>> x = LazyImages(source, np.arange(len(source)), item_shape=(64, 64, 3))  # doctest: +SKIP
+      >>> x[np.array([5, 2])].shape  # doctest: +SKIP
+      (2, 64, 64, 3)
+    """
+
+    def __init__(self, source: Any, rows: Sequence[int] | np.ndarray, *, item_shape: Sequence[int],
+                 field: str = "image"):
+        if field not in FIELDS:
+            raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
+        self.source = source
+        self.rows = np.asarray(rows, np.int64).reshape(-1)
+        self.field = field
+        self.item_shape = tuple(int(d) for d in item_shape)
+        self.dtype = np.dtype(np.float32 if field == "image" else bool)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.rows.size, *self.item_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.item_shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.rows.size
+
+    def __repr__(self) -> str:
+        return f"LazyImages({self.field}, shape={self.shape}, dtype={self.dtype.name}, read when indexed)"
+
+    def _read(self, row: int) -> np.ndarray:
+        read = getattr(self.source, "read", None)
+        return read(row, self.field) if callable(read) else self.source[row][self.field]
+
+    def _into(self, out: np.ndarray, row: int) -> None:
+        item = self._read(int(row))
+        if np.shape(item) != self.item_shape:
+            raise ValueError(f"row {int(row)} of the source has a {self.field} of shape {np.shape(item)}; expected "
+                             f"{self.item_shape}")
+        if self.field == "image":
+            np.divide(item, np.float32(255.0), out=out, dtype=np.float32)  # as the in-memory loaders divide
+        else:
+            out[...] = item
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((rows.size, *self.item_shape), self.dtype)
+        for j, row in enumerate(rows.reshape(-1)):
+            self._into(out[j], row)
+        return out.reshape(*rows.shape, *self.item_shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        n = self.rows.size
+        if isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
+            if not -n <= index < n:
+                raise IndexError(f"index {int(index)} is outside the {n} rows")
+            out = np.empty(self.item_shape, self.dtype)
+            self._into(out, self.rows[int(index)])
+            return out
+        if isinstance(index, slice):
+            return self._gather(self.rows[index])
+        if isinstance(index, tuple) or index is None or index is Ellipsis:
+            raise TypeError(f"{type(self).__name__} takes one row index (an int, a slice or an int array), not "
+                            f"{index!r}: index the rows first, then the array they return")
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"a boolean index must have shape ({n},); got {idx.shape}")
+            idx = np.flatnonzero(idx)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"row indices must be ints; got {idx.dtype}")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            bad = idx[(idx < -n) | (idx >= n)][0]
+            raise IndexError(f"index {int(bad)} is outside the {n} rows")
+        return self._gather(self.rows[idx])
+
+    def __array__(self, dtype: Any = None, copy: Any = None):
+        raise TypeError(f"{self!r} is streamed from disk and is not turned into one array in memory (the data may "
+                        "not fit); index its rows, or load the dataset without streaming (stream false)")
+
+    def materialise(self) -> np.ndarray:
+        """Every row decoded into one array in memory (what a dataset loaded without streaming holds)."""
+        return self._gather(self.rows)
+
+
+def is_lazy(a: Any) -> bool:
+    """Whether ``a`` is read when indexed (a :class:`LazyImages`), not an array in memory."""
+    return isinstance(a, LazyImages)
+
+
+__all__ = ["FIELDS", "LazyImages", "is_lazy"]
