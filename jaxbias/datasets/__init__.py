@@ -12,7 +12,9 @@ A dataset module ``jaxbias.datasets.<name>`` declares
 - ``IMAGES`` (optional, default ``False``): its samples are images ``(N, H, W, C)``
   (LRP heatmaps, the ClArC family's concept maps);
 - ``ARGUMENT`` (optional): the setting that ``name:VALUE`` gives (:func:`split_name`), e.g.
-  ``folder:PATH`` for the folder dataset's ``root``.
+  ``folder:PATH`` for the folder dataset's ``root``;
+- ``shown(dataset, n) -> Batch`` (optional): the ``n`` images its heatmaps show (:func:`shown`; default: the
+  first ``n`` of its first evaluation set).
 
 A new file in this package (or in a folder added to its ``__path__``) is a new dataset.
 """
@@ -115,6 +117,16 @@ def split_name(text: str) -> tuple[str, dict[str, str]]:
     return name, {field: value}
 
 
+def shown(dataset: Dataset, n: int) -> Batch:
+    """The ``n`` images (with their labels) the heatmaps of a run on ``dataset`` show: its module's ``shown``, else
+    the first ``n`` of its first evaluation set (rows only: a streamed set is decoded for these alone)."""
+    pick = getattr(get(dataset.name), "shown", None)
+    if pick is not None:
+        return pick(dataset, n)
+    first = next(iter(dataset.evals.values()))
+    return Batch(first.x[:n], np.asarray(first.y)[:n])
+
+
 def images(name: str) -> bool:
     """Whether the dataset's samples are images (its ``IMAGES``)."""
     return bool(getattr(get(name), "IMAGES", False))
@@ -153,4 +165,4 @@ def view(name: str, data: Any) -> Dataset:
     return mod.view(data)
 
 
-__all__ = ["Dataset", "available", "get", "image_names", "images", "load", "settings", "split_name", "view"]
+__all__ = ["Dataset", "available", "get", "image_names", "images", "load", "settings", "shown", "split_name", "view"]

@@ -61,6 +61,13 @@ def view(data) -> Dataset:
     return Dataset("artifact_mnist", train, evals, 10, concept, data)
 
 
+def shown(dataset: Dataset, n: int) -> Batch:
+    """Heatmaps show the artifact class's stamped test images (where the artifact's relevance is measured)."""
+    art = dataset.evals["artifact"]
+    keep = np.flatnonzero(np.asarray(art.y) == dataset.target_class)[:n]
+    return Batch(np.asarray(art.x)[keep], np.asarray(art.y)[keep])
+
+
 def load(settings: Settings, *, seed: int) -> Dataset:
     return view(artifact_mnist(artifact=settings.artifact, target_class=settings.artifact_class, p=settings.p,
                                seed=seed, source=settings.source, data_dir=settings.data_dir, images=settings.images))

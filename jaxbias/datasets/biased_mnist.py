@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import numpy as np
+
 from jaxbias import settings as settings_lib
 from jaxbias.data.biased_mnist import biased_mnist
 from jaxbias.data.sources import IMAGE_SETS, SOURCES, check_image_source
@@ -46,6 +48,12 @@ def view(data) -> Dataset:
         "unbiased": Batch(data.unbiased_x, data.unbiased_y, data.unbiased_bias),
     }
     return Dataset("biased_mnist", train, evals, 10, train, data)
+
+
+def shown(dataset: Dataset, n: int) -> Batch:
+    """Heatmaps show unbiased test images (colours independent of the class: where a colour shortcut shows)."""
+    unbiased = dataset.evals["unbiased"]
+    return Batch(np.asarray(unbiased.x)[:n], np.asarray(unbiased.y)[:n])
 
 
 def load(settings: Settings, *, seed: int) -> Dataset:

@@ -96,10 +96,10 @@ def evaluate(run: Run, data: Any = None) -> dict[str, Any]:
 def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int = 8) -> list[str]:
     """LRP heatmaps (EpsilonPlusFlat, true class) of a run, written as ``<out_dir>/heatmaps.png``.
 
-    Artifact runs: ``n`` stamped test images of the artifact class; a
-    corrected run (``init_from``) shows its base model's maps above its own.
-    Biased-MNIST runs: the first ``n`` images of the unbiased test set; other datasets: of their first
-    evaluation set. ``data`` as for :func:`evaluate` (checked after the arguments: a bad ``n`` reads no data).
+    The images are the dataset's choice (:func:`jaxbias.datasets.shown`: artifact runs the stamped test images
+    of the artifact class, Biased-MNIST runs unbiased test images, others the first of their first evaluation
+    set); a corrected run (``init_from``) shows its base model's maps above its own. ``data`` as for
+    :func:`evaluate` (checked after the arguments: a bad ``n`` reads no data).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int (images to show); got {n!r}")
@@ -110,13 +110,8 @@ def heatmaps(run: Run, data: Any = None, *, out_dir: str | None = None, n: int =
         raise ValueError(f"{run.workdir!r}: LRP applies its rules to a network's layers, and {run.config.model!r} "
                          "is written as functions (no layers to intercept)")
     dataset = run.config.load_data(data)
-    if dataset.name == "artifact_mnist":
-        art = dataset.evals["artifact"]
-        keep = np.flatnonzero(np.asarray(art.y) == dataset.target_class)[:n]
-        x, y = np.asarray(art.x)[keep], np.asarray(art.y)[keep]
-    else:  # Biased MNIST's unbiased test set; another dataset's first evaluation set
-        shown = dataset.evals["unbiased"] if "unbiased" in dataset.evals else next(iter(dataset.evals.values()))
-        x, y = np.asarray(shown.x)[:n], np.asarray(shown.y)[:n]
+    picked = datasets_lib.shown(dataset, n)
+    x, y = np.asarray(picked.x), np.asarray(picked.y)
 
     def relevance(r: Run):
         fn = make_lrp_model(r.module, {"params": r.state.params, **r.state.model_state}, edit=r.edits())

@@ -313,3 +313,25 @@ def test_dataset_name_with_a_value_is_the_named_setting(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["train", "--dataset", bad, "--workdir", str(tmp_path / "e")])
         assert words in capsys.readouterr().err, bad
+
+
+def test_heatmaps_of_a_streamed_folder_run_decode_only_the_images_shown(tmp_path, capsys, monkeypatch):
+    """`evaluate --heatmaps` on a run that streams its folder: the dataset's first evaluation set's first n images
+    (jaxbias.datasets.shown), decoded alone; the streamed arrays are never made whole."""
+    from jaxbias.cli import main
+    from jaxbias.data import lazy
+
+    root = tmp_path / "photos"
+    table = write_csv(root / "meta.csv", write_folder(root, per_class=10, split=False))
+    assert main(["train", "--dataset", f"folder:{root}", "--metadata", str(table), "--image-size", "8", "--stream",
+                 "true", "--model", "simple_conv", "--channels", "2,2,2,2", "--epochs", "1", "--batch-size", "8",
+                 "--no-progress", "--workdir", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    decoded = []
+    real = lazy.LazyImages.__getitem__
+    monkeypatch.setattr(lazy.LazyImages, "__getitem__", lambda self, i: decoded.append(len(real(self, i))) or
+                        real(self, i))
+    assert main(["evaluate", "--workdir", str(tmp_path / "run"), "--heatmaps", "--n", "3", "--out",
+                 str(tmp_path / "maps"), "--json"]) == 0
+    assert (tmp_path / "maps" / "heatmaps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 3 in decoded and max(decoded) <= 512  # the shown rows, and the evaluation's batches: never all at once
