@@ -167,3 +167,58 @@ def test_peak_memory_does_not_grow_with_the_folder(tmp_path):
                                      malloc=stream_memory.FIXED_MALLOC)[0]
            for n in (small, large)}
     assert rss[large] <= 1.10 * rss[small], rss
+
+
+@pytest.mark.slow
+def test_a_streamed_run_killed_mid_epoch_resumes_to_the_bits_of_the_uninterrupted_run(folder, tmp_path):
+    """``kill -9`` of a streamed run in the middle of its second epoch (its progress bar past the first step),
+    then ``--resume`` to the end: the checkpoint (parameters, optimiser state, step, key) and every metrics row
+    equal those of the uninterrupted streamed run, bit for bit."""
+    import os
+    import re
+    import signal
+    import time
+
+    import jax
+
+    from jaxbias import runs
+
+    root, table = folder
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+
+    def argv(wd, *more):  # 240 training images in batches of 2: 120 steps per epoch
+        args = _argv(root, table, wd, "--epochs", "3", "--stream", "true", "--batch-size", "2", *more)
+        return [sys.executable, "-m", "jaxbias.cli", *(a for a in args if a != "--no-progress")]
+
+    assert subprocess.run(argv(tmp_path / "ref"), capture_output=True, env=env, timeout=300).returncode == 0
+    wd, log = tmp_path / "killed", tmp_path / "killed.log"
+    with open(log, "w") as err:  # a file, not a pipe: nothing blocks a child that is about to be killed
+        proc = subprocess.Popen(argv(wd), stdout=subprocess.DEVNULL, stderr=err, env=env)
+    mid = re.compile(r"epoch 2/3: +\d+%\|[^|]*\| *([1-9]\d*)/120")  # the second epoch's bar past its first step
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not mid.search(log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.002)
+    assert proc.poll() is None, f"the run ended before it was killed: {log.read_text()}"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    steps = [int(s) for s in mid.findall(log.read_text(errors="replace"))]
+    kept = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == [1] and 0 < steps[-1] < 120, (kept, steps)  # killed inside epoch 2
+    done = subprocess.run(argv(wd, "--resume"), capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((wd / "results.json").read_text())["resumed_from"] == 1
+
+    a, b = runs.restore(str(tmp_path / "ref")), runs.restore(str(wd))
+    assert a.epoch == b.epoch == 3
+    leaves_a, leaves_b = jax.tree.leaves(a.state), jax.tree.leaves(b.state)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for u, v in zip(leaves_a, leaves_b):  # bit for bit
+        assert np.asarray(u).dtype == np.asarray(v).dtype and np.array_equal(np.asarray(u), np.asarray(v))
+
+    def rows(w):
+        return [{k: v for k, v in json.loads(r).items() if k != "seconds"}
+                for r in (w / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows(wd)] == [1, 2, 3] and rows(wd) == rows(tmp_path / "ref")
+    assert _numbers(wd) == _numbers(tmp_path / "ref")
