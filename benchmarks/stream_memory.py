@@ -19,7 +19,7 @@ with a fixed threshold (:data:`FIXED_MALLOC`: what the data itself costs, the mu
 
 Usage::
 
-    python benchmarks/stream_memory.py [--small 2000] [--large 20000] [--out benchmarks/results] [--tag cpu]
+    python benchmarks/stream_memory.py [--small 2000] [--large 20000] [--workers 0] [--out benchmarks/results] [--tag cpu]
 """
 from __future__ import annotations
 
@@ -69,13 +69,14 @@ def write(root: str | os.PathLike, n: int, *, seed: int = 0) -> tuple[Path, Path
 
 
 def peak_rss(folder: tuple[Path, Path], workdir: str | os.PathLike, *, stream: bool,
-             malloc: dict[str, str] | None = None) -> tuple[int, float]:
+             malloc: dict[str, str] | None = None, workers: int = 0) -> tuple[int, float]:
     """``(peak RSS in bytes, wall seconds)`` of one epoch of ``jaxbias train`` on ``folder`` in a child process
-    (``malloc``: glibc settings for it, e.g. :data:`FIXED_MALLOC`)."""
+    (``malloc``: glibc settings for it, e.g. :data:`FIXED_MALLOC`; ``workers``: decode workers when streamed)."""
     root, table = folder
     argv = [sys.executable, "-m", "jaxbias.cli", "train", "--dataset", "folder", "--root", str(root), "--metadata",
             str(table), "--image-size", str(SIZE), "--model", "mlp", "--epochs", "1", "--batch-size", "128",
-            "--no-progress", "--stream", "true" if stream else "false", "--workdir", str(workdir)]
+            "--no-progress", "--stream", "true" if stream else "false", "--workdir", str(workdir),
+            *(["--workers", str(workers)] if workers else [])]
     env = {**os.environ, **(malloc or {}), "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=20000)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--tag", default="cpu")
+    ap.add_argument("--workers", type=int, default=0, help="also measure both streamed sizes with this many decode "
+                    "workers (fixed malloc)")
     a = ap.parse_args()
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(ROOT))
@@ -106,33 +109,43 @@ def main() -> None:
             t0 = time.perf_counter()
             folders[n] = write(Path(tmp) / f"f{n}", n)
             print(f"[stream_memory] wrote {n} JPEGs in {time.perf_counter() - t0:.1f} s", flush=True)
-        for n, stream, malloc in ((a.small, True, "fixed"), (a.large, True, "fixed"), (a.small, True, "default"),
-                                  (a.large, True, "default"), (a.large, False, "default")):
-            rss, seconds = peak_rss(folders[n], Path(tmp) / f"run{n}{stream}{malloc}", stream=stream,
-                                    malloc=FIXED_MALLOC if malloc == "fixed" else None)
+        runs = [(a.small, True, "fixed", 0), (a.large, True, "fixed", 0), (a.small, True, "default", 0),
+                (a.large, True, "default", 0), (a.large, False, "default", 0)]
+        if a.workers:
+            runs += [(a.small, True, "fixed", a.workers), (a.large, True, "fixed", a.workers)]
+        for n, stream, malloc, workers in runs:
+            rss, seconds = peak_rss(folders[n], Path(tmp) / f"run{n}{stream}{malloc}{workers}", stream=stream,
+                                    malloc=FIXED_MALLOC if malloc == "fixed" else None, workers=workers)
             rows.append({"images": n, "train_images": n - round(0.2 * n), "stream": stream, "malloc": malloc,
+                         "workers": workers,
                          "peak_rss_mib": round(rss / 2**20, 1), "seconds": round(seconds, 2),
                          "images_float32_mib": round(n * SIZE * SIZE * 3 * 4 / 2**20, 1)})
-            print(f"[stream_memory] {n} images, stream={stream}, malloc {malloc}: peak RSS {rss / 2**20:.0f} MiB, "
+            print(f"[stream_memory] {n} images, stream={stream}, malloc {malloc}, workers {workers}: peak RSS {rss / 2**20:.0f} MiB, "
                   f"{seconds:.1f} s", flush=True)
     ratio = rows[1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
     ratio_default = rows[3]["peak_rss_mib"] / rows[2]["peak_rss_mib"]
-    for r in rows:
-        r["rss_vs_small_streamed"] = round(r["peak_rss_mib"] / rows[0 if r["malloc"] == "fixed" else 2]["peak_rss_mib"], 4)
-    table = md_table(["images", "stream", "malloc", "peak RSS MiB", "÷ streamed small (same malloc)", "seconds",
-                      "the images as float32 MiB"],
-                     [[r["images"], r["stream"], r["malloc"], r["peak_rss_mib"], r["rss_vs_small_streamed"],
-                       r["seconds"], r["images_float32_mib"]] for r in rows])
+    ratio_workers = rows[6]["peak_rss_mib"] / rows[5]["peak_rss_mib"] if a.workers else None
+    for i, r in enumerate(rows):
+        small = 5 if i >= 5 else 0 if r["malloc"] == "fixed" else 2
+        r["rss_vs_small_streamed"] = round(r["peak_rss_mib"] / rows[small]["peak_rss_mib"], 4)
+    table = md_table(["images", "stream", "malloc", "decode workers", "peak RSS MiB",
+                      "÷ streamed small (same malloc, workers)", "seconds", "the images as float32 MiB"],
+                     [[r["images"], r["stream"], r["malloc"], r["workers"], r["peak_rss_mib"],
+                       r["rss_vs_small_streamed"], r["seconds"], r["images_float32_mib"]] for r in rows])
     notes = (f"One epoch of `jaxbias train --dataset folder --image-size {SIZE} --model mlp --batch-size 128` "
              f"(vanilla, evaluation of the held-out 20 % included) in a child process each; peak RSS = the child's "
              f"`ru_maxrss`. Streamed, {a.large} images take {ratio:.3f}× the peak memory of {a.small} with a fixed "
              f"malloc mmap threshold ({' '.join(f'{k}={v}' for k, v in FIXED_MALLOC.items())}; "
              f"{'within' if ratio <= 1.10 else 'NOT within'} 10 %), {ratio_default:.3f}× with glibc's default "
              "(its dynamic threshold lets freed batch buffers fragment the heap: that peak wanders by tens of MiB "
-             "from run to run). The in-memory run auto-picks the device feed (a second copy of the images).")
+             "from run to run). The in-memory run auto-picks the device feed (a second copy of the images)."
+             + (f" With {a.workers} decode workers (grain, fixed malloc): {ratio_workers:.3f}× "
+                f"({'within' if ratio_workers <= 1.10 else 'NOT within'} 10 %)." if a.workers else ""))
     paths = write_results("stream_memory", a.tag, rows, table, a.out,
                           extra={"small": a.small, "large": a.large, "ratio_large_to_small_streamed": round(ratio, 4),
-                                 "ratio_default_malloc": round(ratio_default, 4), "fixed_malloc": FIXED_MALLOC},
+                                 "ratio_default_malloc": round(ratio_default, 4), "fixed_malloc": FIXED_MALLOC,
+                                 "workers": a.workers,
+                                 "ratio_with_workers": None if ratio_workers is None else round(ratio_workers, 4)},
                           notes=notes)
     print(table)
     print("wrote", *paths)

@@ -26,7 +26,8 @@ class LazyImages:
     ``source[i][field]`` (or ``source.read(i, field)`` when the source has it, which decodes only that field) is
     a uint8 image ``(H, W, C)`` for ``field="image"`` (returned as float32 ``/ 255``) or a bool mask ``(H, W)`` for
     ``field="mask"`` (returned as it is). Every row has ``item_shape``. Holds the source and the row numbers only:
-    it pickles when the source does.
+    it pickles when the source does. ``workers`` is for whoever reads it batch after batch: the number of threads
+    that may decode the next batches ahead (the training loop's host feed), 0 = each batch when it is asked for.
 
     Example:
       >>> x = LazyImages(source, np.arange(len(source)), item_shape=(64, 64, 3))  # doctest: +SKIP
@@ -35,9 +36,12 @@ class LazyImages:
     """
 
     def __init__(self, source: Any, rows: Sequence[int] | np.ndarray, *, item_shape: Sequence[int],
-                 field: str = "image"):
+                 field: str = "image", workers: int = 0):
         if field not in FIELDS:
             raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
+        if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 0:
+            raise ValueError(f"workers must be a non-negative int; got {workers!r}")
+        self.workers = int(workers)
         self.source = source
         self.rows = np.asarray(rows, np.int64).reshape(-1)
         self.field = field

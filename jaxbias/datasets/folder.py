@@ -51,6 +51,9 @@ class Settings:
       limit: use only the first N training images (quick runs); none = all. The evaluation sets stay whole.
       stream: read the images from disk at each step instead of loading them into memory (folders larger than
         memory; same numbers, the host feed); methods that need every training image at once refuse it.
+      workers: with stream, threads that decode and place the next training batches while the current step runs
+        (a grain pipeline, at most 2 batches ahead per worker; same numbers); 0 = decode each batch when its
+        step comes.
     """
 
     CHOICES: ClassVar[dict] = {"image_mode": MODES}
@@ -66,6 +69,7 @@ class Settings:
     image_mode: str = "rgb"
     limit: int | None = None
     stream: bool = False
+    workers: int = 0
 
     def __post_init__(self):
         settings_lib.check(self)
@@ -74,6 +78,9 @@ class Settings:
                           "the metadata table of your images, a .csv or .parquet file (--metadata FILE)")
         settings_lib.need(self.image_size >= 8, self, "image_size", "an int >= 8")
         settings_lib.need(self.limit is None or self.limit >= 1, self, "limit", "a positive int or none")
+        settings_lib.need(self.workers >= 0, self, "workers", "a non-negative int")
+        settings_lib.need(self.workers == 0 or self.stream, self, "workers",
+                          "0 without stream (decode workers read streamed images; --stream true)")
 
 
 class Folder(NamedTuple):
@@ -85,6 +92,7 @@ class Folder(NamedTuple):
     classes: tuple[str, ...] | None
     source: str
     stream: bool = False
+    workers: int = 0
 
 
 def held_out(labels: np.ndarray, *, share: float = HELD_OUT, seed: int) -> np.ndarray:
@@ -99,12 +107,14 @@ def held_out(labels: np.ndarray, *, share: float = HELD_OUT, seed: int) -> np.nd
     return out
 
 
-def _batch(source: FolderSource, rows: np.ndarray, stream: bool) -> Batch:
+def _batch(source: FolderSource, rows: np.ndarray, stream: bool, workers: int = 0) -> Batch:
     """Rows ``rows``: x float32 ``(n, S, S, C)`` in [0, 1], y int32, bias int32, mask bool ``(n, S, S)``; x and mask
-    decoded now, or (``stream``) :class:`LazyImages` decoding them when indexed, the same values either way."""
+    decoded now, or (``stream``) :class:`LazyImages` decoding them when indexed (by ``workers`` threads ahead in
+    training), the same values either way."""
     s = source.image_size
-    x = LazyImages(source, rows, item_shape=(s, s, 1 if source.mode == "grey" else 3))
-    mask = None if source.masks is None else LazyImages(source, rows, item_shape=(s, s), field="mask")
+    x = LazyImages(source, rows, item_shape=(s, s, 1 if source.mode == "grey" else 3), workers=workers)
+    mask = None if source.masks is None else LazyImages(source, rows, item_shape=(s, s), field="mask",
+                                                        workers=workers)
     if not stream:
         x, mask = x.materialise(), None if mask is None else mask.materialise()
     bias = None if source.bias is None else source.bias[rows]
@@ -112,7 +122,7 @@ def _batch(source: FolderSource, rows: np.ndarray, stream: bool) -> Batch:
 
 
 def view(data: Folder) -> Dataset:
-    train = _batch(data.table, data.train_rows, data.stream)
+    train = _batch(data.table, data.train_rows, data.stream, data.workers)
     evals = {name: _batch(data.table, rows, data.stream) for name, rows in data.eval_rows.items()}
     return Dataset("folder", train, evals, data.table.num_classes, train, data)
 
@@ -140,4 +150,4 @@ def load(settings: Settings, *, seed: int) -> Dataset:
             raise ValueError(f"limit must be at most the {train.size} training images of metadata table "
                              f"{table.table!r}; got {settings.limit}")
         train = train[:settings.limit]
-    return view(Folder(table, train, evals, table.classes, table.table, settings.stream))
+    return view(Folder(table, train, evals, table.classes, table.table, settings.stream, settings.workers))

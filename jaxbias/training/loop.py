@@ -25,8 +25,12 @@ batches reach the step is the *feed*:
 Training arrays read when indexed (a streamed dataset's
 :class:`jaxbias.data.lazy.LazyImages`) take the host feed: each step decodes
 its batch only, so memory does not grow with the data set (``"auto"`` picks
-``"host"``; ``"device"`` is refused). This per-step gather is where a
-prefetching input pipeline (grain) would plug in.
+``"host"``; ``"device"`` is refused). With decode workers (``LazyImages.workers``,
+the folder dataset's ``workers`` setting) the epoch's batches are a grain
+pipeline over the same index order: ``k`` threads decode the next batches and
+place them with the step's sharding while the device runs the current one, at
+most :data:`PREFETCH_PER_WORKER` ``· k`` batches ahead; the same arrays in the
+same order, so the same numbers.
 
 Both feeds run the same step on the same batches in the same order and sum the
 metrics in the same order, so they give the same numbers (measured equal to
@@ -62,7 +66,7 @@ from jaxbias.training.parallel import Layout, to_host
 from jaxbias.types import Batch
 from jaxbias.validation import check_labels
 
-__all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "Lane", "LoopResult", "Store", "choose_feed", "check_eval_sets", "check_train", "epoch_order", "run_epochs",
+__all__ = ["FEEDS", "DEVICE_FEED_FRACTION", "PREFETCH_PER_WORKER", "Lane", "LoopResult", "Store", "choose_feed", "check_eval_sets", "check_train", "epoch_order", "run_epochs",
            "progress_bar"]
 
 FEEDS = ("auto", "host", "device")
@@ -70,8 +74,10 @@ FEEDS = ("auto", "host", "device")
 DEVICE_FEED_FRACTION = 0.25
 _CPU_DEVICE_FEED_BYTES = 2 << 30
 #: Steps the host feed may run ahead of the device with streamed data: each queued step holds its decoded batch,
-#: so an unbounded queue would grow with the epoch (a prefetching pipeline, grain, would bound it instead).
+#: so an unbounded queue would grow with the epoch.
 STREAM_AHEAD = 2
+#: Decoded batches a streamed epoch's grain pipeline may hold ahead of the step, per decode worker.
+PREFETCH_PER_WORKER = 2
 #: Most progress-bar updates per epoch with the device feed (each one a sync, so few).
 BAR_CHUNKS = 10
 
@@ -180,6 +186,7 @@ class _HostFeed:
         # host arrays as they are; streamed ones (read when indexed) stay so: each step decodes its batch only
         self.train = Batch(*(None if a is None else a if is_lazy(a) else np.asarray(a) for a in train))
         self.ahead = STREAM_AHEAD if _streamed(train) else None
+        self.workers = max((a.workers for a in train if is_lazy(a)), default=0)  # decode threads, 0: none
         self.layout = layout
         self.step = layout.jit(lambda st, b, args: _placed_step(step, layout, st, b, args))
         self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
@@ -189,18 +196,35 @@ class _HostFeed:
         full, last = self.order(lane.data_key, epoch)
         rows = list(to_host(full)) + ([to_host(last)] if last is not None else [])
         state, ms = lane.state, []
-        for t, idx in enumerate(rows):  # per step: one call of the compiled step, nothing else on the device
-            _stop_if(self.interrupted)
-            state, m = self.step(state, self.layout.gather(self.train, idx), lane.args)
-            ms.append(m)
-            if self.ahead is not None and t >= self.ahead:  # streamed: a bounded queue of decoded batches
-                jax.block_until_ready(ms[t - self.ahead])
-            if bar is not None:
-                if t % 5 == 4:
-                    bar.set_postfix(loss=_short(m["loss"]))
-                bar.update(1)
+        with contextlib.closing(self._batches(rows)) as batches:
+            for t, batch in enumerate(batches):  # per step: one call of the compiled step, nothing else on the device
+                _stop_if(self.interrupted)
+                state, m = self.step(state, batch, lane.args)
+                ms.append(m)
+                if self.ahead is not None and t >= self.ahead:  # streamed: a bounded queue of decoded batches
+                    jax.block_until_ready(ms[t - self.ahead])
+                if bar is not None:
+                    if t % 5 == 4:
+                        bar.set_postfix(loss=_short(m["loss"]))
+                    bar.update(1)
         sums, losses = self.collect(ms)  # once per epoch, one program: the steps' metrics summed in order
         return state, sums, losses, len(rows)
+
+
+    def _batches(self, rows: list[np.ndarray]):
+        """The batches of ``rows`` in order: gathered when the loop asks for each, or with decode workers by a grain
+        pipeline whose threads gather and place the next ones ahead (closed with the iterator)."""
+        if not self.workers:
+            return (self.layout.gather(self.train, idx) for idx in rows)
+        import grain  # heavy at start (absl, protobuf): only for a streamed run with decode workers
+
+        options = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=PREFETCH_PER_WORKER * self.workers)
+        return iter(grain.MapDataset.source(rows).map(self._placed_batch).to_iter_dataset(options))
+
+    def _placed_batch(self, idx: np.ndarray) -> Batch:
+        """A decode worker's part: batch ``idx`` gathered and put on the device(s) with the step's sharding."""
+        batch = self.layout.gather(self.train, idx)
+        return jax.device_put(batch) if self.layout.sharding("batch") is None else batch
 
 
 class _DeviceFeed:

@@ -59,11 +59,11 @@ def folder(tmp_path_factory):
     return root, write_folder(root)
 
 
-def load(folder, stream, **more):
+def load(folder, stream=None, **more):
     root, table = folder
     return datasets.load("folder", {"root": str(root), "metadata": str(table), "bias_column": "bias",
                                     "mask_column": "mask", "split_column": "split", "image_size": 10,
-                                    "stream": stream, **more}, seed=0)
+                                    **({} if stream is None else {"stream": stream}), **more}, seed=0)
 
 
 def test_lazy_rows_equal_the_arrays_in_memory_bit_for_bit(folder):
@@ -152,6 +152,52 @@ def test_a_streamed_run_trains_to_the_bits_of_the_in_memory_run_and_resumes_to_t
     assert "streamed from disk" in err and "\n" not in err
 
 
+def test_decode_workers_give_the_host_feed_the_same_batches_in_the_same_order(folder):
+    """The grain pipeline of a streamed epoch (decode threads ahead) yields the arrays the plain gather yields, in
+    the order of the epoch's rows, and the in-memory arrays' bits; an image that fails to decode is its error."""
+    from jaxbias.training import loop
+    from jaxbias.training.parallel import Layout
+
+    mem, plain, ahead = load(folder, False), load(folder, True), load(folder, True, workers=3)
+    assert ahead.train.x.workers == ahead.train.mask.workers == 3 and plain.train.x.workers == 0
+    n = len(mem.train.x)
+    rows = [np.random.default_rng(t).permutation(n)[:16] for t in range(9)] + [np.arange(5)]  # a short last batch
+
+    def feed(train):
+        return loop._HostFeed(lambda st, b, args: (st, {"loss": 0.0}), train, Layout(), n=n, batch_size=16,
+                              drop_last=False)
+
+    want = [(mem.train.x[i], mem.train.mask[i]) for i in rows]
+    for train in (plain.train, ahead.train):
+        f = feed(train)
+        assert f.workers == train.x.workers
+        got = list(f._batches(rows))
+        assert len(got) == len(rows)
+        for b, (x, mask) in zip(got, want):
+            assert np.asarray(b.x).tobytes() == x.tobytes() and np.asarray(b.mask).tobytes() == mask.tobytes()
+    f = feed(ahead.train)
+    with pytest.raises(IndexError, match="outside the"):  # the worker's error, raised where the loop reads
+        list(f._batches([np.arange(4), np.array([n])]))
+    assert loop.PREFETCH_PER_WORKER * 3 <= 6  # memory: a few batches ahead, whatever the epoch's length
+
+
+def test_decode_workers_are_refused_without_stream_or_below_zero(folder):
+    for more, match in (({"stream": False, "workers": 2}, "0 without stream"), ({"stream": True, "workers": -1},
+                                                                                  "non-negative")):
+        with pytest.raises(ValueError, match=match) as info:
+            load(folder, **more)
+        assert "\n" not in str(info.value)
+
+
+def test_a_streamed_run_with_decode_workers_trains_to_the_bits_of_the_in_memory_run(folder, tmp_path):
+    from jaxbias.cli import main
+
+    root, table = folder
+    assert main(_argv(root, table, tmp_path / "mem", "--epochs", "2", "--feed", "host")) == 0
+    assert main(_argv(root, table, tmp_path / "ahead", "--epochs", "2", "--stream", "true", "--workers", "2")) == 0
+    assert _numbers(tmp_path / "ahead") == _numbers(tmp_path / "mem")
+
+
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_folder(tmp_path):
     """Training streamed from 10× the images takes no more peak memory (within 10 %), with glibc's mmap threshold
@@ -167,3 +213,58 @@ def test_peak_memory_does_not_grow_with_the_folder(tmp_path):
                                      malloc=stream_memory.FIXED_MALLOC)[0]
            for n in (small, large)}
     assert rss[large] <= 1.10 * rss[small], rss
+
+
+@pytest.mark.slow
+def test_a_streamed_run_killed_mid_epoch_resumes_to_the_bits_of_the_uninterrupted_run(folder, tmp_path):
+    """``kill -9`` of a streamed run (decode workers on) in the middle of its second epoch (its progress bar past
+    the first step), then ``--resume`` to the end: the checkpoint (parameters, optimiser state, step, key) and every
+    metrics row equal those of the uninterrupted streamed run (no workers), bit for bit."""
+    import os
+    import re
+    import signal
+    import time
+
+    import jax
+
+    from jaxbias import runs
+
+    root, table = folder
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+
+    def argv(wd, *more):  # 240 training images in batches of 2: 120 steps per epoch
+        args = _argv(root, table, wd, "--epochs", "3", "--stream", "true", "--batch-size", "2", *more)
+        return [sys.executable, "-m", "jaxbias.cli", *(a for a in args if a != "--no-progress")]
+
+    assert subprocess.run(argv(tmp_path / "ref"), capture_output=True, env=env, timeout=300).returncode == 0
+    wd, log = tmp_path / "killed", tmp_path / "killed.log"
+    with open(log, "w") as err:  # a file, not a pipe: nothing blocks a child that is about to be killed
+        proc = subprocess.Popen(argv(wd, "--workers", "2"), stdout=subprocess.DEVNULL, stderr=err, env=env)
+    mid = re.compile(r"epoch 2/3: +\d+%\|[^|]*\| *([1-9]\d*)/120")  # the second epoch's bar past its first step
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not mid.search(log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.002)
+    assert proc.poll() is None, f"the run ended before it was killed: {log.read_text()}"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    steps = [int(s) for s in mid.findall(log.read_text(errors="replace"))]
+    kept = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == [1] and 0 < steps[-1] < 120, (kept, steps)  # killed inside epoch 2
+    done = subprocess.run(argv(wd, "--workers", "2", "--resume"), capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((wd / "results.json").read_text())["resumed_from"] == 1
+
+    a, b = runs.restore(str(tmp_path / "ref")), runs.restore(str(wd))
+    assert a.epoch == b.epoch == 3
+    leaves_a, leaves_b = jax.tree.leaves(a.state), jax.tree.leaves(b.state)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for u, v in zip(leaves_a, leaves_b):  # bit for bit
+        assert np.asarray(u).dtype == np.asarray(v).dtype and np.array_equal(np.asarray(u), np.asarray(v))
+
+    def rows(w):
+        return [{k: v for k, v in json.loads(r).items() if k != "seconds"}
+                for r in (w / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows(wd)] == [1, 2, 3] and rows(wd) == rows(tmp_path / "ref")
+    assert _numbers(wd) == _numbers(tmp_path / "ref")
