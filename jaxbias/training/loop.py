@@ -210,7 +210,6 @@ class _HostFeed:
         sums, losses = self.collect(ms)  # once per epoch, one program: the steps' metrics summed in order
         return state, sums, losses, len(rows)
 
-
     def _batches(self, rows: list[np.ndarray]):
         """The batches of ``rows`` in order: gathered when the loop asks for each, or with decode workers by a grain
         pipeline whose threads gather and place the next ones ahead (closed with the iterator)."""
