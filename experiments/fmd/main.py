@@ -37,7 +37,7 @@ from jaxbias.runs.chunks import Budget, append_row, check_fingerprints, mean_std
 from jaxbias.runs.unlearning import _logits_fn, report, split_biased_mnist, unlearn_workdir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from configs import CONFIGS, NOTES  # noqa: E402
+from configs import CONFIGS, NOTES, NOTES_FASHION  # noqa: E402
 
 
 def _row(seed, dataset, model, rep, *, seconds=None, base_bias=None, base_acc=None):
@@ -235,7 +235,7 @@ def summarize_chunked(cfg: dict, rows: list[dict], *, out_dir: str, name: str, c
         + markdown_table(table, ["model", "n", *cols, "criterion met", "steps / scales"])
         + "\n\nVariants: " + json.dumps(cfg["variants"]) + "; baselines: " + json.dumps(cfg["finetune"])
         + f"\n\nRegenerate / continue (each call runs the missing cells for at most its budget, then stops): "
-        f"`{command}`\n"
+        f"`{command}`\n" + ("\n" + NOTES_FASHION if name == "fashion" and not left else "")
     )
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"results_{name}.json"), "w") as f:
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
         given = {"--out": a.out if a.out != p.get_default("out") else None, "--seeds": a.seeds,
                  "--base-epochs": a.base_epochs, "--data-dir": a.data_dir}
         command = ("nice -n 10 python experiments/fmd/main.py --config " + a.config
-                   + f" --budget-minutes {a.budget_minutes:g} --no-progress --workroot {a.workroot}"
+                   + f" --budget-minutes {a.budget_minutes or 18:g} --no-progress --workroot {a.workroot}"
                    + "".join(f" {k} {v}" for k, v in given.items() if v is not None)
                    + ("" if not a.variants else " --variants " + " ".join(repr(v) for v in a.variants)))
         run_chunked(cfg, out_dir=a.out, name=a.config, workroot=a.workroot, progress=not a.no_progress,

@@ -60,7 +60,7 @@ def mean_std(vals: np.ndarray, scale: float, fmt: str) -> str:
     if vals.size == 0:
         return "–"
     m = format(scale * vals.mean(), fmt)
-    return m if vals.size == 1 else f"{m} ± {format(scale * vals.std(ddof=1), fmt)}"
+    return m if vals.size == 1 else f"{m} ± {format(scale * vals.std(ddof=1), fmt.lstrip('+'))}"
 
 
 class Budget:
