@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from jaxbias import runs as runs_lib
+from jaxbias.runs.chunks import append_row, check_fingerprints, mean_std, read_rows
 from jaxbias.runs.correction import correct, measured
 from jaxbias.report import markdown_table
 from jaxbias.runs import RunConfig
@@ -50,29 +51,6 @@ def _fingerprint(cfg: dict, label: str) -> str:
     return json.dumps(part, sort_keys=True, default=list)
 
 
-def read_rows(path: str) -> list[dict]:
-    """The finished cells of ``results_<config>.jsonl`` (a torn last line, from a killed write, is dropped)."""
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    print(f"skipping an unreadable line of {path}", file=sys.stderr)
-    return rows
-
-
-def _mean_std(vals: np.ndarray, scale: float, fmt: str) -> str:
-    if vals.size == 0:
-        return "–"
-    m = format(scale * vals.mean(), fmt)
-    return m if vals.size == 1 else f"{m} ± {format(scale * vals.std(ddof=1), fmt)}"
-
-
 def summarize(cfg: dict, rows: list[dict], *, out_dir: str, name: str, seconds: float | None = None) -> str:
     """Rewrite ``results_<name>.md`` and ``.json`` from the rows: mean ± std (sample std) over the seeds present."""
     only = cfg.get("_only")
@@ -87,9 +65,9 @@ def summarize(cfg: dict, rows: list[dict], *, out_dir: str, name: str, seconds: 
         row = {"model": label, "n": str(len(rs))}
         for k in COLUMNS:
             vals = np.array([r[k] for r in rs if r.get(k) is not None], dtype=float)
-            row[k] = _mean_std(vals, 1.0, ".4g") if k == "tcav_sens" else _mean_std(vals, 100.0, ".1f")
+            row[k] = mean_std(vals, 1.0, ".4g") if k == "tcav_sens" else mean_std(vals, 100.0, ".1f")
         rel = np.array([r["tcav_sens"] / base_sens[r["seed"]] - 1 for r in rs if r["seed"] in base_sens], dtype=float)
-        row["TCAV_sens vs uncorrected"] = _mean_std(rel, 100.0, "+.0f") + ("%" if rel.size else "")
+        row["TCAV_sens vs uncorrected"] = mean_std(rel, 100.0, "+.0f") + ("%" if rel.size else "")
         secs = np.array([r["seconds_per_epoch"] for r in rs if r.get("seconds_per_epoch") is not None], dtype=float)
         row["s / epoch"] = f"{secs.mean():.1f}" if secs.size else "–"
         table.append(row)
@@ -139,11 +117,8 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
     cfg = {**cfg, "_only": only}
     path = os.path.join(out_dir, f"results_{name}.jsonl")
     rows = read_rows(path)
-    for r in rows:
-        if r["model"] in cfg["methods"] or r["model"] == "uncorrected":
-            if r.get("fingerprint") != _fingerprint(cfg, r["model"]):
-                raise SystemExit(f"{path} holds a {r['model']!r} row (seed {r['seed']}) run under other settings "
-                                 f"than these: use another --out, or move the file away to start over")
+    check_fingerprints(rows, lambda m: _fingerprint(cfg, m) if m in cfg["methods"] or m == "uncorrected" else None,
+                       path)
     done = {(r["seed"], r["model"]) for r in rows}
     labels = ["uncorrected", *[m for m in cfg["methods"] if not only or m in only]]
     todo = [(seed, label) for seed in cfg["seeds"] for label in labels if (seed, label) not in done]
@@ -198,8 +173,7 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
                        "seconds_per_epoch": res["seconds_per_epoch"] if epochs else None, **res["report"]}
             row["cell_seconds"] = time.perf_counter() - tc
             row["fingerprint"] = _fingerprint(cfg, label)
-            with open(path, "a") as f:  # one line per finished cell: a killed chunk loses at most its own cell
-                f.write(json.dumps(row, default=list) + "\n")
+            append_row(path, row)  # one line per finished cell: a killed chunk loses at most its own cell
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if not k.endswith("per_class") and k != "fingerprint"}),
                   flush=True)

@@ -215,7 +215,9 @@ class BiasedMNIST(NamedTuple):
     ``*_x``: ``(N, 28, 28, 3)`` float32 in ``[0, 1]``; ``*_y``: digit labels and
     ``*_bias``: colour indices, both ``(N,)`` int32. ``biased_*`` is the test split
     at ``ρ = 1``, ``unbiased_*`` the test split at ``ρ = 0.1``. ``source`` names the
-    digit source that was used (``"offline"`` or ``"tfds"``).
+    digit source that was used (``"offline"``, ``"tfds"`` or ``"dir"``), ``images`` the image set
+    (``"mnist"`` or ``"fashion_mnist"``) and ``data_dir`` the folder it was read from, so that code
+    which needs the grey images again (FMD's counterfactual pairs) reads the same ones.
     """
 
     train_x: np.ndarray
@@ -228,6 +230,8 @@ class BiasedMNIST(NamedTuple):
     unbiased_y: np.ndarray
     unbiased_bias: np.ndarray
     source: str
+    images: str = "mnist"
+    data_dir: str | None = None
 
 
 def derived_seed(seed: int, stream: int) -> int:
@@ -291,6 +295,8 @@ def biased_mnist(
         unbiased_y=test_y.copy(),
         unbiased_bias=u_bias,
         source=digits.source,
+        images=images,
+        data_dir=None if data_dir is None else str(data_dir),
     )
 
 

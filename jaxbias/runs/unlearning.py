@@ -27,7 +27,8 @@ import optax
 from jaxbias.batching import map_batches
 from jaxbias import models as models_lib
 from jaxbias.runs.run import Run, restore
-from jaxbias.data import colourise, load_mnist, to_float
+from jaxbias.data import colourise, to_float
+from jaxbias.data.sources import load_images
 from jaxbias.data.adult import counterfactual_pairs
 from jaxbias.data.biased_mnist import colour_pairs
 from jaxbias.influence import merge, select
@@ -55,8 +56,17 @@ def _check_external(external: Any, n: int) -> int:
 
 
 def split_biased_mnist(data, *, external: int, seed: int = 0) -> Split:
-    """External pairs and evaluation data from a :class:`jaxbias.data.BiasedMNIST`."""
-    digits = load_mnist(data.source)
+    """External pairs and evaluation data from a :class:`jaxbias.data.BiasedMNIST`.
+
+    The pairs are built from the grey images the run was trained on: ``data.images`` (MNIST or
+    Fashion-MNIST) from ``data.source`` / ``data.data_dir``; their test labels must be the
+    data's own (else a ``ValueError``: the images were not the run's).
+    """
+    digits = load_images(getattr(data, "images", "mnist"), data.source, data_dir=getattr(data, "data_dir", None))
+    if digits.test_x.shape[0] != data.biased_y.shape[0] or not np.array_equal(digits.test_y, data.biased_y) \
+            or digits.train_x.shape[0] != data.train_y.shape[0]:
+        raise ValueError(f"the reloaded {getattr(data, 'images', 'mnist')!r} images ({data.source}) are not the "
+                         "ones this Biased MNIST data was built from (test labels differ)")
     n = digits.test_x.shape[0]
     external = _check_external(external, n)
     rng = np.random.default_rng(seed)

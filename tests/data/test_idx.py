@@ -175,6 +175,33 @@ def test_protocols_take_fashion_images(tmp_path):
     assert old.data == datasets.get("artifact_mnist").Settings(artifact="blend")
 
 
+def test_fmd_pairs_come_from_the_runs_images(tmp_path):
+    """split_biased_mnist (FMD's external pairs) reads the images the Biased MNIST data was built from: a
+    Fashion-MNIST folder, not the MNIST digits (issue 39's bug: it reloaded MNIST whatever the run's images)."""
+    from jaxbias.data.biased_mnist import biased_mnist
+    from jaxbias.runs.unlearning import split_biased_mnist
+
+    folder = str(tmp_path / "fashion")
+    make_dir(folder, n_train=200, n_test=50, gz=False, seed=4)
+    raw = load_fashion_mnist("dir", data_dir=folder)
+    data = datasets.load("biased_mnist", {"images": "fashion_mnist", "source": "dir", "data_dir": folder,
+                                          "rho": 0.99}, seed=0).raw
+    assert data.images == "fashion_mnist" and data.data_dir == folder and data.source == "dir"
+    split = split_biased_mnist(data, external=10, seed=2)
+    x, x_cf, y = split.pairs
+    ext = np.sort(np.random.default_rng(2).permutation(50)[:10])  # the external test images, as split draws them
+    np.testing.assert_array_equal(y, raw.test_y[ext])
+    fg = raw.test_x[ext] != 0  # the garment pixels are white in both halves of each pair, the rest is colour
+    for half in (x, x_cf):
+        white = np.all(half == 1.0, axis=-1)
+        np.testing.assert_array_equal(white, fg)
+    assert split.eval_pairs[0].shape[0] == 9 * 40 and split.train_cf.shape == (200, 28, 28, 3)
+    np.testing.assert_array_equal(np.all(split.train_cf == 1.0, axis=-1), raw.train_x != 0)
+    # data that claims other images than it was built from is refused, not paired with the wrong images
+    with pytest.raises(ValueError, match="not the ones this Biased MNIST data was built from"):
+        split_biased_mnist(data._replace(images="mnist", source="offline", data_dir=None), external=10)
+
+
 def test_train_help_lists_fashion_mnist(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
