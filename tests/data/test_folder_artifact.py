@@ -123,7 +123,25 @@ def test_train_then_correct_streamed_and_in_memory(table, tmp_path, capsys):
         for rep in (out["report"], out["base_report"]):
             assert rep["tcav_sens"] >= 0 and 0 <= rep["clean"] <= 1 and 0 <= rep["r_bias"] <= 1
         reports[stream] = (out["base_report"], out["report"])
+        assert main(["evaluate", "--workdir", str(tmp_path / f"rr-{stream}"), "--json"]) == 0
+        ev = json.loads(capsys.readouterr().out)
+        assert ev["artifact_report"]["tcav_sens"] == pytest.approx(out["report"]["tcav_sens"], rel=1e-5)
     for mem, lazy in zip(*reports.values()):
         assert mem.keys() == lazy.keys()
         for k in mem:
             assert mem[k] == pytest.approx(lazy[k], rel=1e-5, abs=1e-7), k
+
+
+@pytest.mark.slow
+def test_correct_refuses_a_folder_without_artifact(table, tmp_path, capsys):
+    from jaxbias.cli import main
+    from jaxbias.runs.correction import correct
+
+    root, meta = table
+    base = tmp_path / "plain"
+    assert main(["train", "--dataset", f"folder:{root}", "--metadata", str(meta), "--split-column", "split",
+                 "--image-size", str(SIZE), "--model", "simple_conv", "--channels", "2,2,2,2", "--epochs", "1",
+                 "--batch-size", "8", "--workdir", str(base), "--no-progress", "--json"]) == 0
+    with pytest.raises(ValueError, match="lacks a target class") as info:
+        correct(base=str(base), method="rrclarc", epochs=1, progress=False)
+    assert "\n" not in str(info.value) and "'clean'" in str(info.value)
