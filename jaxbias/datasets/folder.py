@@ -179,6 +179,15 @@ def view(data: Folder) -> Dataset:
     return Dataset("folder", train, evals, data.table.num_classes, concept, data)
 
 
+def shown(dataset: Dataset, n: int) -> Batch:
+    """Heatmaps show, with artifact, the artifact class's test images with the artifact drawn in (as artifact_mnist's
+    do), else the first ``n`` of the first evaluation set; only these rows are decoded."""
+    first = dataset.evals["artifact"] if dataset.artifact else next(iter(dataset.evals.values()))
+    y = np.asarray(first.y)
+    keep = np.flatnonzero(y == dataset.target_class)[:n] if dataset.artifact else np.arange(min(n, y.size))
+    return Batch(first.x[keep], y[keep])
+
+
 def _clean_split(data: Folder) -> str:
     """The evaluation split that is ``clean`` (and, artifact drawn in, ``artifact``): ``test``, else the only one."""
     names = sorted(data.eval_rows)

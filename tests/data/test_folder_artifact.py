@@ -88,6 +88,17 @@ def test_every_artifact_image_carries_it(table):
     np.testing.assert_array_equal(art.x[~inside], clean.x[~inside])
 
 
+def test_heatmaps_show_the_artifact_class_with_the_artifact(table):
+    from jaxbias import datasets
+
+    data = load(table, stream=True)
+    picked = datasets.shown(data, 2)
+    assert picked.x.shape == (2, SIZE, SIZE, 3) and picked.y.tolist() == [0, 0]
+    np.testing.assert_array_equal(picked.x, load(table).evals["artifact"].x[data.evals["artifact"].y == 0][:2])
+    plain = load(table, artifact=None)
+    np.testing.assert_array_equal(datasets.shown(plain, 3).x, plain.evals["test"].x[:3])
+
+
 def test_settings_refusals(table):
     root, meta = table
     with pytest.raises(ValueError, match="image_size") as info:
