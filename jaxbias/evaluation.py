@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbias.batching import map_batches
+from jaxbias.batching import _pad, map_batches
 from jaxbias import metrics
 from jaxbias.concepts import fit_cavs
 from jaxbias.explain import make_lrp_model
@@ -192,14 +192,23 @@ def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_cla
     if batch.mask is None:
         raise ValueError("batch.mask must mark the artifact pixels")
     fn = make_lrp_model(module, dict(variables), edit=edit)
-    x, y = np.asarray(batch.x), np.asarray(batch.y)
-    mask = np.asarray(batch.mask)
-    if postprocess:
-        mask = metrics.postprocess_mask(mask.astype(np.float64), sigma=blur_sigma)
+    y = np.asarray(batch.y)
 
     def mean_r_bias(sel, target):
-        relevance = map_batches(fn, x[sel], np.asarray(target, np.int32), batch_size=batch_size)
-        return float(metrics.r_bias(relevance, mask[sel]).mean())
+        # batch_size rows at a time, images and masks decoded per chunk (a streamed set is never whole in memory);
+        # every chunk padded to one size (one compilation), the post-processing and R_bias are per sample
+        rows, target = np.flatnonzero(sel), np.asarray(target, np.int32)
+        size = min(batch_size, rows.size)
+        values = []
+        for start in range(0, rows.size, size):
+            part = rows[start:start + size]
+            mask = np.asarray(batch.mask[part])
+            if postprocess:
+                mask = metrics.postprocess_mask(mask.astype(np.float64), sigma=blur_sigma)
+            x, t = _pad(np.asarray(batch.x[part]), size), _pad(target[start:start + size], size)
+            relevance = map_batches(fn, x, t, batch_size=size)[:part.size]
+            values.append(metrics.r_bias(relevance, mask))
+        return float(np.concatenate(values).mean())
 
     every = np.ones(y.shape[0], bool)
     out = {"r_bias": mean_r_bias(every, y)}

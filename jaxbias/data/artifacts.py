@@ -540,6 +540,11 @@ def _named(name: str) -> Artifact:
 ARTIFACTS = ("stamp", "blend", "lsb", "patch")
 
 
+def named(name: str) -> Artifact:
+    """The artifact ``name`` of :data:`ARTIFACTS` as ``artifact(image, rng) -> (image, mask)`` (defaults there)."""
+    return _named(name)
+
+
 def _insert(imgs: np.ndarray, chosen: np.ndarray, artifact: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(artifact, str):
         artifact = _named(artifact)

@@ -29,7 +29,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from jaxbias.data.artifacts import ARTIFACTS, named
 from jaxbias.data.images import MODES, to_uint8
+
 _INT = re.compile(r"^\s*[+-]?\d+\s*$")
 
 
@@ -170,6 +172,60 @@ class FolderSource:
         return out
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArtifactSource:
+    """``source`` (a :class:`FolderSource`) with ``artifact`` drawn into the rows ``carries`` marks, when decoded.
+
+    ``read(i, "image")`` is the source's uint8 image, with the artifact drawn in (on the 0..255 pixels, before
+    any division by 255) when ``carries[i]``; ``read(i, "mask")`` is the artifact's mask there (all ``False``
+    elsewhere), OR the source's mask column when it has one. A row's artifact depends only on ``(seed, i)``
+    (its generator is ``np.random.default_rng([seed, 1, i])``, as :func:`jaxbias.data.artifacts.insert_all`
+    seeds sample ``i``): decoding the same row twice, or streamed and in memory, gives the same arrays. Holds
+    the source, a name, an int and a bool array: it pickles.
+
+    Attributes:
+      source: the folder read.
+      artifact: one of :data:`jaxbias.data.artifacts.ARTIFACTS`.
+      seed: seeds the artifacts' randomness (e.g. a patch's position).
+      carries: ``(N,)`` bool over the source's rows, ``True`` where the artifact is drawn.
+    """
+
+    source: FolderSource
+    artifact: str
+    seed: int
+    carries: np.ndarray
+
+    def __post_init__(self):
+        if self.artifact not in ARTIFACTS:
+            raise ValueError(f"artifact must be one of {ARTIFACTS}; got {self.artifact!r}")
+        if np.shape(self.carries) != (len(self.source),):
+            raise ValueError(f"carries must be ({len(self.source)},) bool, one per row of metadata table "
+                             f"{self.source.table!r}; got shape {np.shape(self.carries)}")
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _draw(self, image: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return named(self.artifact)(image, np.random.default_rng([self.seed, 1, i]))
+
+    def read(self, i: int, field: str) -> np.ndarray:
+        """Row ``i``'s ``image`` (uint8 ``(S, S, C)``, artifact drawn in where carried) or ``mask`` (bool
+        ``(S, S)``: the artifact's pixels, OR the mask column's)."""
+        i = self.source._row(i)
+        if field == "image":
+            image = self.source.read(i, "image")
+            return self._draw(image, i)[0] if self.carries[i] else image
+        if field == "mask":
+            s, c = self.source.image_size, 1 if self.source.mode == "grey" else 3
+            # the artifacts' masks do not depend on the pixels: drawn on a blank image, no file decoded
+            mask = self._draw(np.zeros((s, s, c), np.uint8), i)[1] if self.carries[i] else np.zeros((s, s), bool)
+            return mask | self.source.read(i, "mask") if self.source.masks is not None else mask
+        raise KeyError(f"metadata table {self.source.table!r} has no {field!r} per row")
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.source[i], "image": self.read(i, "image"), "mask": self.read(i, "mask")}
+
+
 def _column(columns: Sequence[str], name: str, role: str, table: str) -> int:
     if name not in columns:
         raise ValueError(f"metadata table {table!r} has no column {name!r} ({role}); its columns: "
@@ -287,4 +343,4 @@ def open_folder(root: str | os.PathLike, metadata: str | os.PathLike, *, path_co
     return FolderSource(table, paths, labels, bias, masks, splits, classes, int(k), int(image_size), mode)
 
 
-__all__ = ["MODES", "FolderSource", "open_folder", "read_table"]
+__all__ = ["MODES", "ArtifactSource", "FolderSource", "open_folder", "read_table"]

@@ -120,6 +120,22 @@ class LazyImages:
         raise TypeError(f"{self!r} is streamed from disk and is not turned into one array in memory (the data may "
                         "not fit); index its rows, or load the dataset without streaming (stream false)")
 
+    def take(self, index: Any) -> "LazyImages":
+        """The rows ``index`` (an int array, a bool array over the rows or a slice) as a :class:`LazyImages` of
+        the same source: nothing decoded (a subset that stays on disk, e.g. one class's images)."""
+        if isinstance(index, slice):
+            return LazyImages(self.source, self.rows[index], item_shape=self.item_shape, field=self.field,
+                              workers=self.workers)
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            if idx.shape != (self.rows.size,):
+                raise IndexError(f"a boolean index must have shape ({self.rows.size},); got {idx.shape}")
+            idx = np.flatnonzero(idx)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"row indices must be ints; got {idx.dtype}")
+        return LazyImages(self.source, self.rows[idx.astype(np.int64).reshape(-1)], item_shape=self.item_shape,
+                          field=self.field, workers=self.workers)
+
     def materialise(self) -> np.ndarray:
         """Every row decoded into one array in memory (what a dataset loaded without streaming holds)."""
         return self._gather(self.rows)
@@ -130,4 +146,12 @@ def is_lazy(a: Any) -> bool:
     return isinstance(a, LazyImages)
 
 
-__all__ = ["FIELDS", "LazyImages", "is_lazy"]
+def take(a: Any, index: Any) -> Any:
+    """Rows ``index`` of ``a``: a :class:`LazyImages` of those rows (nothing decoded) for a lazy ``a``, else
+    ``np.asarray(a)[index]``; ``None`` stays ``None``."""
+    if a is None:
+        return None
+    return a.take(index) if is_lazy(a) else np.asarray(a)[index]
+
+
+__all__ = ["FIELDS", "LazyImages", "is_lazy", "take"]

@@ -58,6 +58,20 @@ class Dataset:
         return getattr(self.raw, "target_class", None)
 
     @property
+    def artifact_missing(self) -> list[str]:
+        """What the artifact report (``jaxbias correct``) needs and this dataset lacks: a ``target_class`` (the
+        class that carries the artifact), ``clean`` and ``artifact`` evaluation sets; empty when it has them."""
+        need = [] if self.target_class is not None else ["a target class (the class that carries the artifact)"]
+        return need + [f"an evaluation set {k!r}" for k in ("clean", "artifact") if k not in self.evals]
+
+    @property
+    def artifact(self) -> bool:
+        """Whether this is an artifact dataset: a target class, a ``clean`` and an ``artifact`` evaluation set
+        (every image with the artifact), what the artifact report measures on (``artifact_mnist``, ``folder``
+        with ``artifact``)."""
+        return not self.artifact_missing
+
+    @property
     def source(self) -> str | None:
         """What the loader read: the digits' source (``auto`` resolved) or a data file; ``None`` if unknown."""
         return getattr(self.raw, "source", None)

@@ -9,6 +9,15 @@ By default every image is read into memory (float32 in [0, 1], ``(N, S, S, C)``)
 (and masks) stay on disk: ``train.x`` and each evaluation set's ``x`` are :class:`jaxbias.data.lazy.LazyImages`,
 decoded a batch at a time by the host feed and the batched evaluation, the same numbers in memory that does not
 grow with the folder (labels and bias labels, read from the table, stay in memory).
+
+With ``artifact`` (one of :data:`jaxbias.data.artifacts.ARTIFACTS`) the folder becomes the ClArC family's
+controlled setting, as :mod:`jaxbias.datasets.artifact_mnist` builds it on digits: each training image of class
+``artifact_class`` carries the artifact with probability ``p`` (which ones drawn once from the data seed); the
+artifact is drawn into each image as it is decoded (:class:`jaxbias.data.folder.ArtifactSource`), the same
+pixels streamed or in memory. ``train.bias`` is 1 where the artifact is, ``train.mask`` its pixels (OR the mask
+column's). The evaluation sets are ``clean`` (the ``test`` split, or the only evaluation split, as it is) and
+``artifact`` (the same images, each with the artifact), the other splits as they are; the concept samples are
+the artifact class's training images. ``jaxbias correct`` then corrects a model trained on it.
 """
 from __future__ import annotations
 
@@ -18,8 +27,9 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from jaxbias import settings as settings_lib
-from jaxbias.data.folder import MODES, FolderSource, open_folder
-from jaxbias.data.lazy import LazyImages
+from jaxbias.data.artifacts import ARTIFACTS
+from jaxbias.data.folder import MODES, ArtifactSource, FolderSource, open_folder
+from jaxbias.data.lazy import LazyImages, take
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
 
@@ -28,6 +38,8 @@ IMAGES = True
 ARGUMENT = "root"
 #: the share of each class held out as ``test`` when the table has no split column
 HELD_OUT = 0.2
+#: the smallest image_size the stamp artifact (the text 12:05, 1 pixel from the edges) fits
+STAMP_SIZE = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +66,15 @@ class Settings:
       workers: with stream, threads that decode and place the next training batches while the current step runs
         (a grain pipeline, at most 2 batches ahead per worker; same numbers); 0 = decode each batch when its
         step comes.
+      artifact: an artifact drawn into the images as they are decoded (stamp needs image_size >= 20): each
+        training image of artifact_class carries it with probability p, and the evaluation sets are clean (the
+        test split) and artifact (the same images, each with it); none = the images as they are. Not with a
+        bias column (the bias label is whether the artifact is drawn).
+      artifact_class: with artifact, the class whose training images carry it.
+      p: with artifact, its insertion probability in that class, in [0, 1].
     """
 
-    CHOICES: ClassVar[dict] = {"image_mode": MODES}
+    CHOICES: ClassVar[dict] = {"image_mode": MODES, "artifact": ARTIFACTS}
     root: str | None = None
     metadata: str | None = None
     path_column: str = "path"
@@ -70,6 +88,9 @@ class Settings:
     limit: int | None = None
     stream: bool = False
     workers: int = 0
+    artifact: str | None = None
+    artifact_class: int = 0
+    p: float = 0.5
 
     def __post_init__(self):
         settings_lib.check(self)
@@ -81,10 +102,19 @@ class Settings:
         settings_lib.need(self.workers >= 0, self, "workers", "a non-negative int")
         settings_lib.need(self.workers == 0 or self.stream, self, "workers",
                           "0 without stream (decode workers read streamed images; --stream true)")
+        settings_lib.need(0 <= self.p <= 1, self, "p", "in [0, 1]")
+        settings_lib.need(self.artifact_class >= 0, self, "artifact_class", "a non-negative int (a class index)")
+        settings_lib.need(self.artifact != "stamp" or self.image_size >= STAMP_SIZE, self, "image_size",
+                          f"an int >= {STAMP_SIZE} with artifact stamp (its text is {STAMP_SIZE - 1} pixels wide "
+                          "and sits 1 pixel from the edge)")
+        settings_lib.need(self.artifact is None or self.bias_column is None, self, "bias_column",
+                          "none with artifact (the bias label is whether the artifact is drawn)")
 
 
 class Folder(NamedTuple):
-    """What :func:`load` read: the checked table, which rows went where, and the table's path."""
+    """What :func:`load` read: the checked table, which rows went where, and the table's path; with an artifact,
+    which it is, its class (``target_class``), the ``(N,)`` bool over the table's rows of those that carry it in
+    training (``inserted``) and the data seed."""
 
     table: FolderSource
     train_rows: np.ndarray
@@ -93,6 +123,10 @@ class Folder(NamedTuple):
     source: str
     stream: bool = False
     workers: int = 0
+    artifact: str | None = None
+    target_class: int | None = None
+    inserted: np.ndarray | None = None
+    seed: int = 0
 
 
 def held_out(labels: np.ndarray, *, share: float = HELD_OUT, seed: int) -> np.ndarray:
@@ -107,24 +141,65 @@ def held_out(labels: np.ndarray, *, share: float = HELD_OUT, seed: int) -> np.nd
     return out
 
 
-def _batch(source: FolderSource, rows: np.ndarray, stream: bool, workers: int = 0) -> Batch:
+def _batch(source: FolderSource | ArtifactSource, rows: np.ndarray, stream: bool, workers: int = 0,
+           bias: np.ndarray | None = None) -> Batch:
     """Rows ``rows``: x float32 ``(n, S, S, C)`` in [0, 1], y int32, bias int32, mask bool ``(n, S, S)``; x and mask
     decoded now, or (``stream``) :class:`LazyImages` decoding them when indexed (by ``workers`` threads ahead in
-    training), the same values either way."""
-    s = source.image_size
-    x = LazyImages(source, rows, item_shape=(s, s, 1 if source.mode == "grey" else 3), workers=workers)
-    mask = None if source.masks is None else LazyImages(source, rows, item_shape=(s, s), field="mask",
-                                                        workers=workers)
+    training), the same values either way. An :class:`ArtifactSource` draws its artifact in and always has masks;
+    ``bias`` (over the table's rows) replaces the table's bias column."""
+    table = source.source if isinstance(source, ArtifactSource) else source
+    s = table.image_size
+    x = LazyImages(source, rows, item_shape=(s, s, 1 if table.mode == "grey" else 3), workers=workers)
+    masked = isinstance(source, ArtifactSource) or table.masks is not None
+    mask = LazyImages(source, rows, item_shape=(s, s), field="mask", workers=workers) if masked else None
     if not stream:
         x, mask = x.materialise(), None if mask is None else mask.materialise()
-    bias = None if source.bias is None else source.bias[rows]
-    return Batch(x, source.labels[rows], bias, mask)
+    bias = table.bias if bias is None else bias
+    return Batch(x, table.labels[rows], None if bias is None else bias[rows], mask)
 
 
 def view(data: Folder) -> Dataset:
-    train = _batch(data.table, data.train_rows, data.stream, data.workers)
-    evals = {name: _batch(data.table, rows, data.stream) for name, rows in data.eval_rows.items()}
-    return Dataset("folder", train, evals, data.table.num_classes, train, data)
+    if data.artifact is None:
+        train = _batch(data.table, data.train_rows, data.stream, data.workers)
+        evals = {name: _batch(data.table, rows, data.stream) for name, rows in data.eval_rows.items()}
+        return Dataset("folder", train, evals, data.table.num_classes, train, data)
+    # training and clean images read through one source: it draws the artifact only into inserted training rows
+    plain = ArtifactSource(data.table, data.artifact, data.seed, data.inserted)
+    marked = ArtifactSource(data.table, data.artifact, data.seed + 1, np.ones(len(data.table), bool))
+    bias = data.inserted.astype(np.int32)
+    train = _batch(plain, data.train_rows, data.stream, data.workers, bias=bias)
+    clean = _clean_split(data)
+    evals = {("clean" if name == clean else name): _batch(plain, rows, data.stream)
+             for name, rows in data.eval_rows.items()}
+    evals["artifact"] = _batch(marked, data.eval_rows[clean], data.stream)
+    # as artifact_mnist: the CAV is fitted on the artifact class alone (with vs without the artifact), so that it
+    # does not also encode "this is the artifact class"; streamed, its rows stay on disk (take decodes nothing)
+    keep = np.asarray(train.y) == data.target_class
+    concept = Batch(*(take(a, keep) for a in train))
+    return Dataset("folder", train, evals, data.table.num_classes, concept, data)
+
+
+def shown(dataset: Dataset, n: int) -> Batch:
+    """Heatmaps show, with artifact, the artifact class's test images with the artifact drawn in (as artifact_mnist's
+    do), else the first ``n`` of the first evaluation set; only these rows are decoded."""
+    first = dataset.evals["artifact"] if dataset.artifact else next(iter(dataset.evals.values()))
+    y = np.asarray(first.y)
+    keep = np.flatnonzero(y == dataset.target_class)[:n] if dataset.artifact else np.arange(min(n, y.size))
+    return Batch(first.x[keep], y[keep])
+
+
+def _clean_split(data: Folder) -> str:
+    """The evaluation split that is ``clean`` (and, artifact drawn in, ``artifact``): ``test``, else the only one."""
+    names = sorted(data.eval_rows)
+    if "test" in names or len(names) == 1:
+        clean = "test" if "test" in names else names[0]
+        taken = [n for n in names if n in ("clean", "artifact") and n != clean]
+        if taken:
+            raise ValueError(f"metadata table {data.source!r} has an evaluation split named {taken[0]!r}; with "
+                             "artifact that name is the test split's (rename the split)")
+        return clean
+    raise ValueError(f"metadata table {data.source!r} has the evaluation splits {', '.join(names)}; with artifact, "
+                     "one named test is the clean set (and, with the artifact drawn in, the artifact set)")
 
 
 def load(settings: Settings, *, seed: int) -> Dataset:
@@ -150,4 +225,16 @@ def load(settings: Settings, *, seed: int) -> Dataset:
             raise ValueError(f"limit must be at most the {train.size} training images of metadata table "
                              f"{table.table!r}; got {settings.limit}")
         train = train[:settings.limit]
-    return view(Folder(table, train, evals, table.classes, table.table, settings.stream, settings.workers))
+    if settings.artifact is None:
+        return view(Folder(table, train, evals, table.classes, table.table, settings.stream, settings.workers))
+    if settings.artifact_class >= table.num_classes:
+        raise ValueError(f"artifact_class must be one of the {table.num_classes} classes 0 to "
+                         f"{table.num_classes - 1} of metadata table {table.table!r}; got {settings.artifact_class}")
+    # drawn over every row of the table (as insert_into_class draws over its images), kept for the training rows
+    # of the class: which rows carry the artifact does not depend on the split or the limit
+    u = np.random.default_rng([seed, 0]).random(len(table))
+    inserted = np.zeros(len(table), bool)
+    inserted[train] = True
+    inserted &= (table.labels == settings.artifact_class) & (u < settings.p)
+    return view(Folder(table, train, evals, table.classes, table.table, settings.stream, settings.workers,
+                       settings.artifact, settings.artifact_class, inserted, seed))

@@ -93,7 +93,8 @@ def correct(
     base_report: bool = True,
     **settings: Any,
 ) -> dict[str, Any]:
-    """Correct the newest checkpoint of the artifact-dataset run in ``base`` with ``method``.
+    """Correct the newest checkpoint of the artifact-dataset run in ``base`` with ``method`` (a dataset with a
+    target class, ``clean`` and ``artifact`` evaluation sets: :attr:`jaxbias.datasets.Dataset.artifact`).
 
     ``config`` (:class:`CorrectionConfig`, default its defaults) with ``settings`` (any of its fields, e.g.
     ``epochs=1, lr=2e-3, trainable=("fc",)``) replaced is the schedule: fine-tunes for ``epochs`` epochs (``0``
@@ -123,17 +124,17 @@ def correct(
                         f"({', '.join(f.name for f in dataclasses.fields(CorrectionConfig))})")
     config = dataclasses.replace(config, **settings)
     base_run = base if isinstance(base, Run) else restore(base)  # restored once, then passed on
-    if base_run.config.dataset != "artifact_mnist":
-        raise ValueError(f"correct needs a base run on the artifact dataset; {base!r} was trained on "
-                         f"{base_run.config.dataset!r}")
+    dataset = base_run.config.load_data(data)
+    if not dataset.artifact:
+        raise ValueError(f"correct needs a base run on an artifact dataset (artifact_mnist, or folder with "
+                         f"--artifact); {base!r} was trained on {base_run.config.dataset!r}, which lacks "
+                         f"{', '.join(dataset.artifact_missing)}")
     cav_layer = config.cav_layer or report_layer(base_run) or getattr(methods_lib.make_hparams(
         methods_lib.get(method), dict(hparams or {})), "layer", None)
     if cav_layer is None:
         raise ValueError(f"the report's CAV needs a layer and the model of {base!r} taps none: pass cav_layer "
                          "(--cav-layer) naming one of its submodules")
     base_run = base_run.tapped([cav_layer])  # a network of yours: tapped there, and so is the corrected run
-    bcfg = base_run.config
-    dataset = bcfg.load_data(data)
 
     # one reference CAV on the uncorrected model, shared by every report
     cav = reference_cav(base_run, dataset, layer=cav_layer, cav=config.cav_method)

@@ -82,13 +82,14 @@ def artifact_report(run: Run, dataset: Dataset, *, cav=None, chosen=None) -> dic
 
 
 def evaluate(run: Run, data: Any = None) -> dict[str, Any]:
-    """``{"workdir", "epoch", "config", "eval"}`` and, on the artifact dataset, ``artifact_report``.
+    """``{"workdir", "epoch", "config", "eval"}`` and, on an artifact dataset (:attr:`Dataset.artifact`),
+    ``artifact_report``.
 
     ``data``: the run's dataset already loaded (``None``: read from its configuration).
     """
     dataset = run.config.load_data(data)
     out = {"workdir": run.workdir, "epoch": run.epoch, "config": run.record, "eval": run.evaluate(dataset)}
-    if dataset.name == "artifact_mnist":
+    if dataset.artifact:
         out["artifact_report"] = artifact_report(run, dataset)
     return out
 
