@@ -23,7 +23,9 @@ def is_traced(tree: Any) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
-def _pad(a: Any, size: int) -> Any:
+def pad_rows(a: Any, size: int) -> Any:
+    """``a`` with its first row repeated up to ``size`` rows: finite padding, so a short batch keeps one compiled
+    shape (NumPy in, NumPy out; JAX in, JAX out)."""
     m = a.shape[0]
     if m == size:
         return a
@@ -74,13 +76,13 @@ def map_batches(fn: Callable[..., Any], *xs: Any, args: tuple = (), batch_size: 
     size = min(batch_size, n)
     if is_traced((args, xs)):
         nb = -(-n // size)
-        stacked = [_pad(jnp.asarray(x), nb * size).reshape(nb, size, *jnp.shape(x)[1:]) for x in xs]
+        stacked = [pad_rows(jnp.asarray(x), nb * size).reshape(nb, size, *jnp.shape(x)[1:]) for x in xs]
         out = jax.lax.map(lambda b: fn(*args, *b), stacked)
         return jax.tree.map(lambda o: o.reshape(nb * size, *o.shape[2:])[:n], out)
     step = _jitted(fn)
     chunks = []
     for start in range(0, n, size):
-        batch = [_pad(x[start:start + size], size) for x in xs]
+        batch = [pad_rows(x[start:start + size], size) for x in xs]
         m = min(size, n - start)
         chunks.append(jax.tree.map(lambda o, m=m: np.asarray(o)[:m], step(*args, *batch)))
     return jax.tree.map(lambda *cs: np.concatenate(cs), *chunks)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbias.batching import _pad, map_batches
+from jaxbias.batching import map_batches, pad_rows
 from jaxbias import metrics
 from jaxbias.concepts import fit_cavs
 from jaxbias.explain import make_lrp_model
@@ -205,7 +205,7 @@ def lrp_r_bias(module, variables: Mapping[str, Any], batch: Batch, *, target_cla
             mask = np.asarray(batch.mask[part])
             if postprocess:
                 mask = metrics.postprocess_mask(mask.astype(np.float64), sigma=blur_sigma)
-            x, t = _pad(np.asarray(batch.x[part]), size), _pad(target[start:start + size], size)
+            x, t = pad_rows(np.asarray(batch.x[part]), size), pad_rows(target[start:start + size], size)
             relevance = map_batches(fn, x, t, batch_size=size)[:part.size]
             values.append(metrics.r_bias(relevance, mask))
         return float(np.concatenate(values).mean())
