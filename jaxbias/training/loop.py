@@ -196,13 +196,15 @@ class _HostFeed:
         full, last = self.order(lane.data_key, epoch)
         rows = list(to_host(full)) + ([to_host(last)] if last is not None else [])
         state, ms = lane.state, []
+        step, args, interrupted, ahead = self.step, lane.args, self.interrupted, self.ahead  # looked up once
         with contextlib.closing(self._batches(rows)) as batches:
             for t, batch in enumerate(batches):  # per step: one call of the compiled step, nothing else on the device
-                _stop_if(self.interrupted)
-                state, m = self.step(state, batch, lane.args)
+                if interrupted():
+                    raise KeyboardInterrupt
+                state, m = step(state, batch, args)
                 ms.append(m)
-                if self.ahead is not None and t >= self.ahead:  # streamed: a bounded queue of decoded batches
-                    jax.block_until_ready(ms[t - self.ahead])
+                if ahead is not None and t >= ahead:  # streamed: a bounded queue of decoded batches
+                    jax.block_until_ready(ms[t - ahead])
                 if bar is not None:
                     if t % 5 == 4:
                         bar.set_postfix(loss=_short(m["loss"]))
@@ -214,7 +216,8 @@ class _HostFeed:
         """The batches of ``rows`` in order: gathered when the loop asks for each, or with decode workers by a grain
         pipeline whose threads gather and place the next ones ahead (closed with the iterator)."""
         if not self.workers:
-            return (self.layout.gather(self.train, idx) for idx in rows)
+            gather, train = self.layout.gather, self.train
+            return (gather(train, idx) for idx in rows)
         import grain  # heavy at start (absl, protobuf): only for a streamed run with decode workers
 
         options = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=PREFETCH_PER_WORKER * self.workers)
