@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from jaxbias import runs as runs_lib
-from jaxbias.runs.chunks import append_row, check_fingerprints, mean_std, read_rows
+from jaxbias.runs.chunks import append_row, check_fingerprints, mean_std, read_rows, report_left
 from jaxbias.runs.correction import correct, measured
 from jaxbias.report import markdown_table
 from jaxbias.runs import RunConfig
@@ -180,16 +180,8 @@ def run(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool, on
             md = summarize(cfg, rows, out_dir=out_dir, name=name, seconds=time.perf_counter() - t0)
         if stopped:
             break
-    done = {(r["seed"], r["model"]) for r in rows}
-    left = [(seed, label) for seed in cfg["seeds"] for label in labels if (seed, label) not in done]
-    if md:
-        print(md)
-    if left:
-        why = f"budget of {budget_minutes} min reached" if stopped else "not run"
-        print(f"{why}: {len(left)} cells left: " + ", ".join(f"seed {s} {m}" for s, m in left)
-              + "; run the same command again to continue", flush=True)
-    else:
-        print(f"all {len(rows)} cells of {path} done", flush=True)
+    cells = [(seed, label) for seed in cfg["seeds"] for label in labels]
+    left = report_left(rows, cells, path=path, markdown=md, stopped=stopped, budget_minutes=budget_minutes)
     return {"runs": rows, "markdown": md, "left": left}
 
 

@@ -33,7 +33,7 @@ from jaxbias import runs as runs_lib
 from jaxbias.methods import fmd
 from jaxbias.report import markdown_table, mean_std_rows
 from jaxbias.runs import RunConfig
-from jaxbias.runs.chunks import Budget, append_row, check_fingerprints, mean_std, read_rows
+from jaxbias.runs.chunks import Budget, append_row, check_fingerprints, mean_std, read_rows, report_left
 from jaxbias.runs.unlearning import _logits_fn, report, split_biased_mnist, unlearn_workdir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -296,16 +296,8 @@ def run_chunked(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: 
                                    seconds=budget.elapsed())
         if stopped:
             break
-    done = {(r["seed"], r["model"]) for r in rows}
-    left = [(s, m) for s in cfg["seeds"] for m in _labels(cfg) if (s, m) not in done]
-    if md:
-        print(md)
-    if left:
-        why = f"budget of {budget_minutes} min reached" if stopped else "not run"
-        print(f"{why}: {len(left)} cells left: " + ", ".join(f"seed {s} {m}" for s, m in left)
-              + "; run the same command again to continue", flush=True)
-    else:
-        print(f"all {len(rows)} cells of {path} done", flush=True)
+    cells = [(s, m) for s in cfg["seeds"] for m in _labels(cfg)]
+    left = report_left(rows, cells, path=path, markdown=md, stopped=stopped, budget_minutes=budget_minutes)
     return {"runs": rows, "markdown": md, "left": left}
 
 

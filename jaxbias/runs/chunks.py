@@ -75,3 +75,20 @@ class Budget:
 
     def over(self) -> bool:
         return self.minutes is not None and self.elapsed() >= 60 * self.minutes
+
+
+def report_left(rows: list[dict], cells: Iterable[tuple[int, str]], *, path: str, markdown: str, stopped: bool,
+                budget_minutes: float | None) -> list[tuple[int, str]]:
+    """Print the table and which ``(seed, label)`` cells are still missing from ``rows`` (and how to go on);
+    returns them."""
+    done = {(r["seed"], r["model"]) for r in rows}
+    left = [c for c in cells if c not in done]
+    if markdown:
+        print(markdown)
+    if left:
+        why = f"budget of {budget_minutes} min reached" if stopped else "not run"
+        print(f"{why}: {len(left)} cells left: " + ", ".join(f"seed {s} {m}" for s, m in left)
+              + "; run the same command again to continue", flush=True)
+    else:
+        print(f"all {len(rows)} cells of {path} done", flush=True)
+    return left

