@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from jaxbias import runs as runs_lib
-from jaxbias.runs.chunks import append_row, check_fingerprints, mean_std, read_rows, report_left
+from jaxbias.runs.chunks import append_row, by_label, check_fingerprints, mean_std, read_rows, report_left
 from jaxbias.runs.correction import correct, measured
 from jaxbias.report import markdown_table
 from jaxbias.runs import RunConfig
@@ -55,13 +55,9 @@ def summarize(cfg: dict, rows: list[dict], *, out_dir: str, name: str, seconds: 
     """Rewrite ``results_<name>.md`` and ``.json`` from the rows: mean ± std (sample std) over the seeds present."""
     only = cfg.get("_only")
     labels = ["uncorrected", *[m for m in cfg["methods"] if not only or m in only]]
-    labels += [r["model"] for r in rows if r["model"] not in labels]  # rows of methods left out by --only
     base_sens = {r["seed"]: r["tcav_sens"] for r in rows if r["model"] == "uncorrected"}
     table = []
-    for label in dict.fromkeys(labels):
-        rs = sorted((r for r in rows if r["model"] == label), key=lambda r: r["seed"])
-        if not rs:
-            continue
+    for label, rs in by_label(rows, labels):  # rows of methods left out by --only come last
         row = {"model": label, "n": str(len(rs))}
         for k in COLUMNS:
             vals = np.array([r[k] for r in rs if r.get(k) is not None], dtype=float)

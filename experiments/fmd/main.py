@@ -33,7 +33,7 @@ from jaxbias import runs as runs_lib
 from jaxbias.methods import fmd
 from jaxbias.report import markdown_table, mean_std_rows
 from jaxbias.runs import RunConfig
-from jaxbias.runs.chunks import Budget, append_row, check_fingerprints, mean_std, read_rows, report_left
+from jaxbias.runs.chunks import Budget, append_row, by_label, check_fingerprints, mean_std, read_rows, report_left
 from jaxbias.runs.unlearning import _logits_fn, report, split_biased_mnist, unlearn_workdir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -187,16 +187,12 @@ def _cell(cfg: dict, label: str, *, seed: int, model, data) -> dict:
 def summarize_chunked(cfg: dict, rows: list[dict], *, out_dir: str, name: str, command: str,
                       seconds: float | None = None) -> str:
     """Rewrite ``results_<name>.md`` / ``.json`` from the rows: mean ± sample std over the seeds present."""
-    labels = list(dict.fromkeys([*_labels(cfg), *[r["model"] for r in rows]]))
     cols = ["B", "B_change_%", "acc_biased", "acc_unbiased", "acc_biased_change", "acc_unbiased_change", "seconds"]
     fmts = {"B": (1.0, ".3f"), "B_change_%": (1.0, "+.1f"), "acc_biased": (100.0, ".1f"),
             "acc_unbiased": (100.0, ".1f"), "acc_biased_change": (1.0, "+.1f"), "acc_unbiased_change": (1.0, "+.1f"),
             "seconds": (1.0, ".3g")}
     table = []
-    for label in labels:
-        rs = sorted((r for r in rows if r["model"] == label), key=lambda r: r["seed"])
-        if not rs:
-            continue
+    for label, rs in by_label(rows, _labels(cfg)):
         row = {"model": label, "n": str(len(rs))}
         for c in cols:
             vals = np.array([r[c] for r in rs if r.get(c) is not None], dtype=float)

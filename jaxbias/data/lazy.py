@@ -103,18 +103,22 @@ class LazyImages:
         if isinstance(index, tuple) or index is None or index is Ellipsis:
             raise TypeError(f"{type(self).__name__} takes one row index (an int, a slice or an int array), not "
                             f"{index!r}: index the rows first, then the array they return")
-        idx = np.asarray(index)
-        if idx.dtype == bool:
-            if idx.shape != (n,):
-                raise IndexError(f"a boolean index must have shape ({n},); got {idx.shape}")
-            idx = np.flatnonzero(idx)
-        if idx.size and not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(f"row indices must be ints; got {idx.dtype}")
-        idx = idx.astype(np.int64)
+        idx = self._positions(index)
         if idx.size and (idx.min() < -n or idx.max() >= n):
             bad = idx[(idx < -n) | (idx >= n)][0]
             raise IndexError(f"index {int(bad)} is outside the {n} rows")
         return self._gather(self.rows[idx])
+
+    def _positions(self, index: Any) -> np.ndarray:
+        """An int array or a bool array over the rows as int64 positions (checked to be ints)."""
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            if idx.shape != (self.rows.size,):
+                raise IndexError(f"a boolean index must have shape ({self.rows.size},); got {idx.shape}")
+            idx = np.flatnonzero(idx)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"row indices must be ints; got {idx.dtype}")
+        return idx.astype(np.int64)
 
     def __array__(self, dtype: Any = None, copy: Any = None):
         raise TypeError(f"{self!r} is streamed from disk and is not turned into one array in memory (the data may "
@@ -126,14 +130,7 @@ class LazyImages:
         if isinstance(index, slice):
             return LazyImages(self.source, self.rows[index], item_shape=self.item_shape, field=self.field,
                               workers=self.workers)
-        idx = np.asarray(index)
-        if idx.dtype == bool:
-            if idx.shape != (self.rows.size,):
-                raise IndexError(f"a boolean index must have shape ({self.rows.size},); got {idx.shape}")
-            idx = np.flatnonzero(idx)
-        if idx.size and not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(f"row indices must be ints; got {idx.dtype}")
-        return LazyImages(self.source, self.rows[idx.astype(np.int64).reshape(-1)], item_shape=self.item_shape,
+        return LazyImages(self.source, self.rows[self._positions(index).reshape(-1)], item_shape=self.item_shape,
                           field=self.field, workers=self.workers)
 
     def materialise(self) -> np.ndarray:

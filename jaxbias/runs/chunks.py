@@ -92,3 +92,13 @@ def report_left(rows: list[dict], cells: Iterable[tuple[int, str]], *, path: str
     else:
         print(f"all {len(rows)} cells of {path} done", flush=True)
     return left
+
+
+def by_label(rows: list[dict], labels: Iterable[str]):
+    """``(label, its rows sorted by seed)`` for ``labels`` in order, then any other label the rows hold (e.g. a
+    method left out by a filter); labels without rows are skipped."""
+    order = dict.fromkeys([*labels, *(r["model"] for r in rows)])
+    for label in order:
+        rs = sorted((r for r in rows if r["model"] == label), key=lambda r: r["seed"])
+        if rs:
+            yield label, rs
