@@ -56,7 +56,7 @@ NUM_CLASSES = 10
 #: ρ of the two ReBias test sets.
 BIASED_TEST_RHO = 1.0
 UNBIASED_TEST_RHO = 0.1
-_FOREGROUNDS = ("white", "grey")
+FOREGROUNDS = ("white", "grey")
 
 
 def _check_rho(rho: Any) -> float:
@@ -162,8 +162,8 @@ def colourise(images: Any, bias: Any, *, foreground: str = "white") -> np.ndarra
         raise ValueError(f"bias has {bias.shape[0]} entries but images has {imgs.shape[0]}")
     if bias.size and (bias.min() < 0 or bias.max() >= NUM_CLASSES):
         raise ValueError(f"bias must be colour indices in [0, {NUM_CLASSES - 1}], got range [{bias.min()}, {bias.max()}]")
-    if foreground not in _FOREGROUNDS:
-        raise ValueError(f"foreground must be one of {_FOREGROUNDS}, got {foreground!r}")
+    if foreground not in FOREGROUNDS:
+        raise ValueError(f"foreground must be one of {FOREGROUNDS}, got {foreground!r}")
     fg = imgs != 0
     fg_value = np.where(fg, np.uint8(255), np.uint8(0)) if foreground == "white" else imgs
     background = COLOURS[bias][:, None, None, :]  # (N, 1, 1, 3)
@@ -232,6 +232,10 @@ class BiasedMNIST(NamedTuple):
     source: str
     images: str = "mnist"
     data_dir: str | None = None
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+    val_bias: np.ndarray | None = None
+    foreground: str = "white"
 
 
 def derived_seed(seed: int, stream: int) -> int:
@@ -247,6 +251,7 @@ def biased_mnist(
     data_dir: str | None = None,
     images: str = "mnist",
     foreground: str = "white",
+    validation: int = 0,
 ) -> BiasedMNIST:
     """Load digits and build Biased MNIST: train at ``ρ``, test at ``ρ = 1`` and ``ρ = 0.1``.
 
@@ -263,6 +268,9 @@ def biased_mnist(
       data_dir: TFDS data directory (``"tfds"``/``"auto"``) or the IDX folder (``"dir"``).
       images: the image set coloured, ``"mnist"`` or ``"fashion_mnist"`` (:func:`jaxbias.data.sources.load_images`).
       foreground: see :func:`color_mnist`.
+      validation: build ``val_*`` from this many of the first training images, recoloured at ``ρ = 0.1`` with
+        seed ``derived_seed(seed, 3)`` (the EnD authors' validation set: hyperparameters are chosen on it, not on
+        the test sets); 0 = none.
 
     Returns:
       A :class:`BiasedMNIST`.
@@ -284,6 +292,15 @@ def biased_mnist(
     )
     train_y = np.asarray(digits.train_y, dtype=np.int32)
     test_y = np.asarray(digits.test_y, dtype=np.int32)
+    if isinstance(validation, bool) or not isinstance(validation, numbers.Integral) or not (
+            0 <= validation <= train_y.size):
+        raise ValueError(f"validation must be an int in [0, {train_y.size}] (training images recoloured at rho = "
+                         f"{UNBIASED_TEST_RHO}); got {validation!r}")
+    val = (None, None, None)
+    if validation:
+        v_rgb, v_bias = color_mnist(digits.train_x[:validation], digits.train_y[:validation], rho=UNBIASED_TEST_RHO,
+                                    seed=derived_seed(seed, 3), foreground=foreground)
+        val = (to_float(v_rgb), train_y[:validation].copy(), v_bias)
     return BiasedMNIST(
         train_x=to_float(train_rgb),
         train_y=train_y,
@@ -297,6 +314,10 @@ def biased_mnist(
         source=digits.source,
         images=images,
         data_dir=None if data_dir is None else str(data_dir),
+        val_x=val[0],
+        val_y=val[1],
+        val_bias=val[2],
+        foreground=foreground,
     )
 
 
@@ -343,6 +364,9 @@ def colour_pairs(images: Any, labels: Any, *, others: str = "all", seed: int = 0
         ``seed`` (``N`` pairs), for a small external set.
       seed: non-negative int (``"random"`` only).
       foreground: see :func:`color_mnist`.
+      validation: build ``val_*`` from this many of the first training images, recoloured at ``ρ = 0.1`` with
+        seed ``derived_seed(seed, 3)`` (the EnD authors' validation set: hyperparameters are chosen on it, not on
+        the test sets); 0 = none.
 
     Returns:
       :class:`ColourPairs`.

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from jaxbias.data.artifacts import ARTIFACTS, named
-from jaxbias.data.images import MODES, to_uint8
+from jaxbias.data.images import DECODES, MODES, open_uint8
 
 _INT = re.compile(r"^\s*[+-]?\d+\s*$")
 
@@ -121,6 +121,7 @@ class FolderSource:
       num_classes: the number of classes (``num_classes`` given, else ``max label + 1`` or the names).
       image_size: side of the square images returned.
       mode: ``rgb`` or ``grey``.
+      decode: how the images (not the masks) are decoded to that size (:data:`jaxbias.data.images.DECODES`).
     """
 
     table: str
@@ -133,14 +134,14 @@ class FolderSource:
     num_classes: int
     image_size: int
     mode: str
+    decode: str = "full"
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _open(self, path: str, i: int, what: str, mode: str) -> np.ndarray:
         try:
-            with Image.open(path) as img:
-                return to_uint8(img, mode, self.image_size)
+            return open_uint8(path, mode, self.image_size, decode=self.decode if what == "image" else "full")
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(f"metadata table {self.table!r} row {i + 1}: cannot decode the {what} {path!r} "
                              f"({_one_line(e)})") from None
@@ -289,7 +290,7 @@ def _labels(cells: Sequence[Any], column: str, table: str,
 def open_folder(root: str | os.PathLike, metadata: str | os.PathLike, *, path_column: str = "path",
                 label_column: str = "label", bias_column: str | None = None, mask_column: str | None = None,
                 split_column: str | None = None, num_classes: int | None = None, image_size: int = 64,
-                mode: str = "rgb") -> FolderSource:
+                mode: str = "rgb", decode: str = "full") -> FolderSource:
     """The image folder ``root`` described by the table ``metadata``, every row checked; nothing decoded.
 
     Args:
@@ -301,6 +302,8 @@ def open_folder(root: str | os.PathLike, metadata: str | os.PathLike, *, path_co
       num_classes: labels must lie in ``[0, num_classes)``; ``None``: as many as the labels say.
       image_size: side of the square images :class:`FolderSource` returns (≥ 1).
       mode: ``rgb`` (3 channels) or ``grey`` (1).
+      decode: ``full`` or ``reduced`` (:data:`jaxbias.data.images.DECODES`: JPEGs decoded at a reduced scale
+        first, several times faster for photos a few times larger than ``image_size``).
     Raises:
       FileNotFoundError: no folder ``root``, no table, or a path in the table that does not exist.
       ValueError: a column missing (the columns present listed), an empty table, a label outside
@@ -314,6 +317,8 @@ def open_folder(root: str | os.PathLike, metadata: str | os.PathLike, *, path_co
     root, table = os.fspath(root), os.fspath(metadata)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}; got {decode!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError(f"image_size must be a positive int; got {image_size!r}")
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
@@ -340,7 +345,7 @@ def open_folder(root: str | os.PathLike, metadata: str | os.PathLike, *, path_co
             if not _text(c):
                 raise ValueError(f"metadata table {table!r} row {i}: the split (column {split_column!r}) is empty")
         splits = np.array([_text(c) for c in cells["split"]])
-    return FolderSource(table, paths, labels, bias, masks, splits, classes, int(k), int(image_size), mode)
+    return FolderSource(table, paths, labels, bias, masks, splits, classes, int(k), int(image_size), mode, decode)
 
 
 __all__ = ["MODES", "ArtifactSource", "FolderSource", "open_folder", "read_table"]

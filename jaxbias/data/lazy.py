@@ -12,12 +12,16 @@ or die. :meth:`LazyImages.materialise` does it on purpose (the in-memory loaders
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 #: the fields a :class:`LazyImages` reads: images as float32 in [0, 1], masks as bool
 FIELDS = ("image", "mask")
+#: Batches :func:`prefetched` may hold decoded ahead of the one being used, per decode worker.
+PREFETCH_PER_WORKER = 2
+
+T = TypeVar("T")
 
 
 class LazyImages:
@@ -138,6 +142,27 @@ class LazyImages:
         return self._gather(self.rows)
 
 
+def prefetched(read: Callable[[np.ndarray], T], rows: Sequence[np.ndarray], *, workers: int) -> Iterator[T]:
+    """``read(idx)`` for each ``idx`` of ``rows``, in order: with ``workers`` = 0 each when the caller asks for it;
+    else a grain pipeline whose ``workers`` threads call ``read`` on the next ones while the caller uses the current
+    one, at most :data:`PREFETCH_PER_WORKER` ``· workers`` ahead (memory bounded whatever the number of batches).
+    The same values in the same order either way. Close the iterator (``contextlib.closing``) to stop the threads
+    of an epoch left early.
+
+    Example:
+      >>> [int(b.sum()) for b in prefetched(lambda idx: idx * 2, [np.arange(2), np.arange(3)], workers=1)]
+      [2, 6]
+    """
+    if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 0:
+        raise ValueError(f"workers must be a non-negative int; got {workers!r}")
+    if not workers:
+        return (read(idx) for idx in rows)
+    import grain  # heavy at start (absl, protobuf): only for a streamed run with decode workers
+
+    options = grain.ReadOptions(num_threads=int(workers), prefetch_buffer_size=PREFETCH_PER_WORKER * int(workers))
+    return iter(grain.MapDataset.source(list(rows)).map(read).to_iter_dataset(options))
+
+
 def is_lazy(a: Any) -> bool:
     """Whether ``a`` is read when indexed (a :class:`LazyImages`), not an array in memory."""
     return isinstance(a, LazyImages)
@@ -151,4 +176,4 @@ def take(a: Any, index: Any) -> Any:
     return a.take(index) if is_lazy(a) else np.asarray(a)[index]
 
 
-__all__ = ["FIELDS", "LazyImages", "is_lazy", "take"]
+__all__ = ["FIELDS", "PREFETCH_PER_WORKER", "LazyImages", "is_lazy", "prefetched", "take"]

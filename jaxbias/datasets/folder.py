@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxbias import settings as settings_lib
 from jaxbias.data.artifacts import ARTIFACTS
+from jaxbias.data.images import DECODES
 from jaxbias.data.folder import MODES, ArtifactSource, FolderSource, open_folder
 from jaxbias.data.lazy import LazyImages, take
 from jaxbias.datasets import Dataset
@@ -60,6 +61,9 @@ class Settings:
       train_split: the split column's value of the training images; the other values are evaluation sets.
       image_size: side of the square images the folder's images are resized to (bilinear).
       image_mode: rgb = 3 channels, grey = 1.
+      decode: full = every JPEG decoded at its own size, then resized; reduced = JPEGs decoded at 1/2, 1/4 or 1/8
+        scale first (the smallest still >= image_size; libjpeg's DCT scaling), then resized: several times faster
+        for photos a few times larger than image_size, slightly different pixels.
       limit: use only the first N training images (quick runs); none = all. The evaluation sets stay whole.
       stream: read the images from disk at each step instead of loading them into memory (folders larger than
         memory; same numbers, the host feed); methods that need every training image at once refuse it.
@@ -74,7 +78,7 @@ class Settings:
       p: with artifact, its insertion probability in that class, in [0, 1].
     """
 
-    CHOICES: ClassVar[dict] = {"image_mode": MODES, "artifact": ARTIFACTS}
+    CHOICES: ClassVar[dict] = {"image_mode": MODES, "decode": DECODES, "artifact": ARTIFACTS}
     root: str | None = None
     metadata: str | None = None
     path_column: str = "path"
@@ -85,6 +89,7 @@ class Settings:
     train_split: str = "train"
     image_size: int = 64
     image_mode: str = "rgb"
+    decode: str = "full"
     limit: int | None = None
     stream: bool = False
     workers: int = 0
@@ -206,7 +211,7 @@ def load(settings: Settings, *, seed: int) -> Dataset:
     table = open_folder(settings.root, settings.metadata, path_column=settings.path_column,
                         label_column=settings.label_column, bias_column=settings.bias_column,
                         mask_column=settings.mask_column, split_column=settings.split_column,
-                        image_size=settings.image_size, mode=settings.image_mode)
+                        image_size=settings.image_size, mode=settings.image_mode, decode=settings.decode)
     if table.splits is None:
         test = held_out(table.labels, seed=seed)
         if not test.any():

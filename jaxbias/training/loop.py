@@ -60,7 +60,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxbias.data.iterators import num_batches, permutation
-from jaxbias.data.lazy import is_lazy
+from jaxbias.data.lazy import PREFETCH_PER_WORKER, is_lazy, prefetched
 from jaxbias.training.checkpoint import interrupts_deferred
 from jaxbias.training.parallel import Layout, to_host
 from jaxbias.types import Batch
@@ -76,8 +76,6 @@ _CPU_DEVICE_FEED_BYTES = 2 << 30
 #: Steps the host feed may run ahead of the device with streamed data: each queued step holds its decoded batch,
 #: so an unbounded queue would grow with the epoch.
 STREAM_AHEAD = 2
-#: Decoded batches a streamed epoch's grain pipeline may hold ahead of the step, per decode worker.
-PREFETCH_PER_WORKER = 2
 #: Most progress-bar updates per epoch with the device feed (each one a sync, so few).
 BAR_CHUNKS = 10
 
@@ -218,10 +216,7 @@ class _HostFeed:
         if not self.workers:
             gather, train = self.layout.gather, self.train
             return (gather(train, idx) for idx in rows)
-        import grain  # heavy at start (absl, protobuf): only for a streamed run with decode workers
-
-        options = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=PREFETCH_PER_WORKER * self.workers)
-        return iter(grain.MapDataset.source(rows).map(self._placed_batch).to_iter_dataset(options))
+        return prefetched(self._placed_batch, rows, workers=self.workers)
 
     def _placed_batch(self, idx: np.ndarray) -> Batch:
         """A decode worker's part: batch ``idx`` gathered and put on the device(s) with the step's sharding."""

@@ -225,3 +225,32 @@ def test_colour_pairs_all_and_random():
         colour_pairs(imgs, labels, others="some")
     with pytest.raises(ValueError, match="labels"):
         colour_pairs(imgs, labels[:3])
+
+
+def test_validation_set_is_the_first_training_images_recoloured_at_rho_0_1():
+    """The EnD authors' validation set: training images (not test images) with colours independent of the class,
+    so that hyperparameters are chosen without looking at a test set."""
+    data = biased_mnist(rho=0.99, seed=3, validation=500, foreground="grey")
+    assert data.val_x.shape == (500, 28, 28, 3) and data.foreground == "grey"
+    np.testing.assert_array_equal(data.val_y, data.train_y[:500])
+    np.testing.assert_array_equal(np.bincount(data.val_bias, minlength=10), np.full(10, 50))  # rho 0.1: even
+    assert abs(np.mean(data.val_bias == data.val_y) - 0.1) < 0.03  # the training set's colours mostly match
+    assert np.mean(data.train_bias == data.train_y) > 0.98
+    # the same images: where the colour drawn is the training colour, the validation image is the training image
+    same = data.val_bias == data.train_bias[:500]
+    assert 0 < same.sum() < 500
+    np.testing.assert_array_equal(data.val_x[same], data.train_x[:500][same])
+    assert not np.array_equal(data.val_x[~same][0], data.train_x[:500][~same][0])
+    assert biased_mnist(rho=0.99, seed=3).val_x is None
+    with pytest.raises(ValueError, match="validation must be an int in"):
+        biased_mnist(rho=0.99, seed=3, validation=10**6)
+
+
+def test_the_dataset_adds_val_to_its_evaluation_sets_when_asked():
+    from jaxbias import datasets
+
+    ds = datasets.load("biased_mnist", {"rho": 0.99, "validation": 100}, seed=0)
+    assert set(ds.evals) == {"biased", "unbiased", "val"}
+    assert set(datasets.load("biased_mnist", {"rho": 0.99}, seed=0).evals) == {"biased", "unbiased"}
+    with pytest.raises(ValueError, match="foreground must be one of"):
+        datasets.settings("biased_mnist", {"foreground": "pink"})

@@ -335,3 +335,27 @@ def test_heatmaps_of_a_streamed_folder_run_decode_only_the_images_shown(tmp_path
                  str(tmp_path / "maps"), "--json"]) == 0
     assert (tmp_path / "maps" / "heatmaps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 3 in decoded and max(decoded) <= 512  # the shown rows, and the evaluation's batches: never all at once
+
+
+def test_reduced_decoding_scales_large_jpegs_while_decoding_and_leaves_other_files_alone(tmp_path):
+    """decode=reduced asks libjpeg for a 1/2-, 1/4- or 1/8-scale decode (at least the target size) before the
+    resize: the same picture within a few grey levels, not the same pixels (so the reduction happened), and a PNG
+    decodes exactly as with decode=full."""
+    rng = np.random.default_rng(1)
+    coarse = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
+    photo = np.asarray(Image.fromarray(coarse).resize((256, 192), Image.Resampling.BICUBIC))
+    photo = np.clip(photo + rng.normal(0, 8, photo.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "a.jpg", quality=92)
+    Image.fromarray(photo).save(tmp_path / "b.png")
+    write_csv(tmp_path / "meta.csv", [{"path": "a.jpg", "label": 0}, {"path": "b.png", "label": 1}])
+    full, reduced = (open_folder(tmp_path, tmp_path / "meta.csv", image_size=40, decode=d) for d in ("full", "reduced"))
+    assert reduced.decode == "reduced" and pickle.loads(pickle.dumps(reduced)).decode == "reduced"
+    a_full, a_reduced = full.read(0, "image").astype(int), reduced.read(0, "image").astype(int)
+    assert a_full.shape == a_reduced.shape == (40, 40, 3)
+    assert np.abs(a_full - a_reduced).max() > 0  # decoded at 1/4 scale (64x48), not at full size
+    assert np.abs(a_full - a_reduced).mean() < 4  # the same picture
+    np.testing.assert_array_equal(full.read(1, "image"), reduced.read(1, "image"))  # PNG: no reduced decode
+    with pytest.raises(ValueError, match="decode must be one of"):
+        open_folder(tmp_path, tmp_path / "meta.csv", decode="fast")
+    with pytest.raises(ValueError, match="decode must be one of"):
+        datasets.settings("folder", {"root": "photos", "metadata": "m.csv", "decode": "fast"})

@@ -268,3 +268,17 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_the_bits_of_the_uninterrupte
                 for r in (w / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows(wd)] == [1, 2, 3] and rows(wd) == rows(tmp_path / "ref")
     assert _numbers(wd) == _numbers(tmp_path / "ref")
+
+
+def test_prefetched_gives_the_same_values_in_order_with_and_without_workers():
+    from jaxbias.data.lazy import prefetched
+
+    rows = [np.arange(i, i + 3) for i in range(0, 30, 3)]
+    expected = [idx * 10 for idx in rows]
+    for workers in (0, 1, 3):
+        got = list(prefetched(lambda idx: idx * 10, rows, workers=workers))
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g, e)
+    with pytest.raises(ValueError, match="workers must be a non-negative int"):
+        prefetched(lambda idx: idx, rows, workers=-1)
