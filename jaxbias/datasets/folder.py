@@ -5,7 +5,8 @@ The split column's value ``train_split`` is the training set; every other value 
 name. Without a split column a stratified 20 % of each class, drawn with the data seed, is held out as ``test``.
 The concept samples are the training set (``bias`` = the bias column: 1 where the concept is present).
 
-By default every image is read into memory (float32 in [0, 1], ``(N, S, S, C)``). With ``stream`` the images
+Every image is read into memory (float32 in [0, 1], ``(N, S, S, C)``) when the decoded folder takes at most
+:data:`MEMORY_SHARE` of this machine's memory (``stream`` none, the default), else streamed; with ``stream`` true the images
 (and masks) stay on disk: ``train.x`` and each evaluation set's ``x`` are :class:`jaxbias.data.lazy.LazyImages`,
 decoded a batch at a time by the host feed and the batched evaluation, the same numbers in memory that does not
 grow with the folder (labels and bias labels, read from the table, stay in memory).
@@ -22,6 +23,8 @@ the artifact class's training images. ``jaxbias correct`` then corrects a model 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -34,11 +37,15 @@ from jaxbias.data.lazy import LazyImages, take
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
 
+log = logging.getLogger(__name__)
+
 IMAGES = True
 #: ``--dataset folder:PATH`` is ``--dataset folder --root PATH`` (:func:`jaxbias.datasets.split_name`)
 ARGUMENT = "root"
 #: the share of each class held out as ``test`` when the table has no split column
 HELD_OUT = 0.2
+#: ``stream`` none streams a folder whose decoded images would take more than this share of the machine's memory
+MEMORY_SHARE = 0.25
 #: the smallest image_size the stamp artifact (the text 12:05, 1 pixel from the edges) fits
 STAMP_SIZE = 20
 
@@ -66,8 +73,9 @@ class Settings:
         for photos a few times larger than image_size, slightly different pixels.
       limit: use only the first N training images (quick runs); none = all. The evaluation sets stay whole.
       stream: read the images from disk at each step instead of loading them into memory (folders larger than
-        memory; same numbers, the host feed); methods that need every training image at once refuse it.
-      workers: with stream, threads that decode and place the next training batches while the current step runs
+        memory; same numbers, the host feed); methods that need every training image at once refuse it. none =
+        streamed when the decoded images (float32) would take more than a quarter of this machine's memory.
+      workers: when streamed, threads that decode and place the next training batches while the current step runs
         (a grain pipeline, at most 2 batches ahead per worker; same numbers); 0 = decode each batch when its
         step comes.
       artifact: an artifact drawn into the images as they are decoded (stamp needs image_size >= 20): each
@@ -91,7 +99,7 @@ class Settings:
     image_mode: str = "rgb"
     decode: str = "full"
     limit: int | None = None
-    stream: bool = False
+    stream: bool | None = None
     workers: int = 0
     artifact: str | None = None
     artifact_class: int = 0
@@ -105,8 +113,8 @@ class Settings:
         settings_lib.need(self.image_size >= 8, self, "image_size", "an int >= 8")
         settings_lib.need(self.limit is None or self.limit >= 1, self, "limit", "a positive int or none")
         settings_lib.need(self.workers >= 0, self, "workers", "a non-negative int")
-        settings_lib.need(self.workers == 0 or self.stream, self, "workers",
-                          "0 without stream (decode workers read streamed images; --stream true)")
+        settings_lib.need(self.workers == 0 or self.stream is not False, self, "workers",
+                          "0 with stream false (decode workers read streamed images)")
         settings_lib.need(0 <= self.p <= 1, self, "p", "in [0, 1]")
         settings_lib.need(self.artifact_class >= 0, self, "artifact_class", "a non-negative int (a class index)")
         settings_lib.need(self.artifact != "stamp" or self.image_size >= STAMP_SIZE, self, "image_size",
@@ -207,6 +215,27 @@ def _clean_split(data: Folder) -> str:
                      "one named test is the clean set (and, with the artifact drawn in, the artifact set)")
 
 
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def streamed(settings: Settings, table: FolderSource) -> bool:
+    """Whether the folder is streamed: ``settings.stream``, or (none) whether its decoded images — float32, every
+    row of the table, masks included — would take more than :data:`MEMORY_SHARE` of the memory."""
+    if settings.stream is not None:
+        return settings.stream
+    s, c = table.image_size, 1 if table.mode == "grey" else 3
+    need = len(table) * s * s * (4 * c + (1 if table.masks is not None or settings.artifact else 0))
+    stream = need > MEMORY_SHARE * (memory_bytes() or float("inf"))
+    log.info("folder %s: %d images of %dx%dx%d take %.1f GiB decoded: %s", table.table, len(table), s, s, c,
+             need / 2**30, "streamed (more than a quarter of the memory)" if stream else "read into memory")
+    return stream
+
+
 def load(settings: Settings, *, seed: int) -> Dataset:
     table = open_folder(settings.root, settings.metadata, path_column=settings.path_column,
                         label_column=settings.label_column, bias_column=settings.bias_column,
@@ -225,13 +254,14 @@ def load(settings: Settings, *, seed: int) -> Dataset:
                              f"(train_split) in column {settings.split_column!r}; its splits: {', '.join(names)}")
         train = np.flatnonzero(table.splits == settings.train_split)
         evals = {n: np.flatnonzero(table.splits == n) for n in names if n != settings.train_split}
+    stream = streamed(settings, table)
     if settings.limit is not None:
         if settings.limit > train.size:
             raise ValueError(f"limit must be at most the {train.size} training images of metadata table "
                              f"{table.table!r}; got {settings.limit}")
         train = train[:settings.limit]
     if settings.artifact is None:
-        return view(Folder(table, train, evals, table.classes, table.table, settings.stream, settings.workers))
+        return view(Folder(table, train, evals, table.classes, table.table, stream, settings.workers))
     if settings.artifact_class >= table.num_classes:
         raise ValueError(f"artifact_class must be one of the {table.num_classes} classes 0 to "
                          f"{table.num_classes - 1} of metadata table {table.table!r}; got {settings.artifact_class}")
@@ -241,5 +271,5 @@ def load(settings: Settings, *, seed: int) -> Dataset:
     inserted = np.zeros(len(table), bool)
     inserted[train] = True
     inserted &= (table.labels == settings.artifact_class) & (u < settings.p)
-    return view(Folder(table, train, evals, table.classes, table.table, settings.stream, settings.workers,
+    return view(Folder(table, train, evals, table.classes, table.table, stream, settings.workers,
                        settings.artifact, settings.artifact_class, inserted, seed))

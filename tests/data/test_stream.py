@@ -182,7 +182,7 @@ def test_decode_workers_give_the_host_feed_the_same_batches_in_the_same_order(fo
 
 
 def test_decode_workers_are_refused_without_stream_or_below_zero(folder):
-    for more, match in (({"stream": False, "workers": 2}, "0 without stream"), ({"stream": True, "workers": -1},
+    for more, match in (({"stream": False, "workers": 2}, "0 with stream false"), ({"stream": True, "workers": -1},
                                                                                   "non-negative")):
         with pytest.raises(ValueError, match=match) as info:
             load(folder, **more)
@@ -282,3 +282,20 @@ def test_prefetched_gives_the_same_values_in_order_with_and_without_workers():
             np.testing.assert_array_equal(g, e)
     with pytest.raises(ValueError, match="workers must be a non-negative int"):
         prefetched(lambda idx: idx, rows, workers=-1)
+
+
+def test_stream_none_streams_exactly_when_the_decoded_folder_would_not_fit_a_quarter_of_the_memory(folder,
+                                                                                                   monkeypatch):
+    from jaxbias.datasets import folder as folder_ds
+
+    assert folder_ds.memory_bytes() > 2**28  # this machine's memory, read from the system
+    root, meta = folder
+    settings = {"root": str(root), "metadata": str(meta), "image_size": SIZE, "mask_column": "mask"}
+    need = 300 * SIZE * SIZE * (4 * 3 + 1)  # 300 images of 12x12x3 float32 and a mask byte per pixel
+    for memory, lazy in ((4 * need, False), (4 * need - 4, True), (0, False)):  # 0: the system does not say
+        monkeypatch.setattr(folder_ds, "memory_bytes", lambda memory=memory: memory)
+        ds = datasets.load("folder", settings, seed=0)
+        assert isinstance(ds.train.x, LazyImages) is lazy, memory
+        assert all(isinstance(e.x, LazyImages) is lazy for e in ds.evals.values())
+    monkeypatch.setattr(folder_ds, "memory_bytes", lambda: 1)  # an explicit setting wins over the estimate
+    assert not isinstance(datasets.load("folder", {**settings, "stream": False}, seed=0).train.x, LazyImages)
