@@ -296,6 +296,7 @@ def make_member_step(
     tx: optax.GradientTransformation,
     *,
     train_mode: bool = True,
+    augment: Callable[[jax.Array, Batch], Batch] | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array], Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """One member's step with the swept values as arguments: ``step(state, values, batch)``, pure.
 
@@ -305,7 +306,7 @@ def make_member_step(
 
     def member_step(state, values, batch):
         loss_fn = method_loss(method, module, with_values(hp, values), train=train_mode)
-        return make_train_step(loss_fn, tx)(state, batch)
+        return make_train_step(loss_fn, tx, augment=augment)(state, batch)
 
     return member_step
 
@@ -317,6 +318,7 @@ def make_sweep_step(
     tx: optax.GradientTransformation,
     *,
     train_mode: bool = True,
+    augment: Callable[[jax.Array, Batch], Batch] | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array], Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The vmapped step: ``step(states, values, batches) -> (states, metrics)``, pure.
 
@@ -330,7 +332,7 @@ def make_sweep_step(
       >>> step = jax.jit(make_sweep_step(rrr, module, rrr.Hparams(), tx), donate_argnums=0)
       >>> states, metrics = step(states, {"lam": jnp.array([1.0, 10.0])}, batches)
     """
-    return jax.vmap(make_member_step(method, module, hp, tx, train_mode=train_mode))
+    return jax.vmap(make_member_step(method, module, hp, tx, train_mode=train_mode, augment=augment))
 
 
 # --------------------------------------------------------------------------- #
@@ -423,6 +425,7 @@ def fit_sweep(
     train_mode: bool = True,
     vectorize: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    augment: Callable[[jax.Array, Batch], Batch] | None = None,
     feed: str = "auto",
 ) -> SweepResult:
     """Train ``len(members)`` models in one compiled step; member ``k`` reproduces a :func:`~jaxbias.train.fit` run.
@@ -444,6 +447,7 @@ def fit_sweep(
     Args:
       module, method, train, epochs, batch_size, eval_sets, eval_every,
         drop_last, progress, config, init_params, train_mode: as for ``fit``.
+      augment: transforms each member's batch inside the step (:class:`jaxbias.training.augment.Augment`).
       hp: the base ``Hparams`` (default ``method.Hparams()``).
       members: one mapping per member with any of ``"lr"``, ``"seed"`` and
         numeric ``hp`` fields; missing keys take ``lr``, ``seed`` and ``hp``'s
@@ -545,7 +549,8 @@ def fit_sweep(
                      train_mode)
 
     traces = [0]
-    step_impl = (make_sweep_step if vectorize else make_member_step)(method, module, hp, tx, train_mode=train_mode)
+    step_impl = (make_sweep_step if vectorize else make_member_step)(method, module, hp, tx, train_mode=train_mode,
+                                                                      augment=augment)
 
     def counted(states, batch, values):
         traces[0] += 1  # runs only while tracing: a second trace would mean a recompilation

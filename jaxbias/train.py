@@ -127,11 +127,13 @@ def build(
     method_state: Any = None,
     init_params: tuple[Params, ModelState] | None = None,
     train_mode: bool = True,
+    augment: Callable[[jax.Array, Batch], Batch] | None = None,
 ) -> Program:
     """:class:`Program` of ``method`` (with ``hp``) on ``module`` trained by ``tx``, keys from ``seed``:
     ``init_key, data_key, step_key = split(key(seed), 3)``. ``method_state``: the method's fitted state (the
     ClArC family's CAV), else ``method.init`` on the starting model and the training data. ``train_mode=False``
-    runs the model in evaluation mode while training (frozen batch-norm statistics)."""
+    runs the model in evaluation mode while training (frozen batch-norm statistics). ``augment``: transforms
+    each training batch inside the step (:class:`jaxbias.training.augment.Augment`)."""
     init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
     if method_state is None and methods_lib.kind(method).fits_on_model:
         raise _needs_fitted_state(method)  # before anything is traced
@@ -147,7 +149,8 @@ def build(
             state = jax.tree.map(jnp.array, method_state)
         return create_train_state(params, model_state, tx, key=step_key, method_state=state)
 
-    return Program(init=init, step=make_train_step(method_loss(method, module, hp, train=train_mode), tx),
+    return Program(init=init, step=make_train_step(method_loss(method, module, hp, train=train_mode), tx,
+                                                   augment=augment),
                    predict=make_predict(module), data_key=data_key,
                    meta={"method": method.__name__.rsplit(".", 1)[-1], "hparams": hp_dict(hp)},
                    num_classes=getattr(module, "num_classes", None))
@@ -230,6 +233,7 @@ def fit(
     train_mode: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     feed: str = "auto",
+    augment: Callable[[jax.Array, Batch], Batch] | None = None,
 ) -> FitResult:
     """Train ``module`` with ``method`` for ``epochs`` epochs.
 
@@ -241,6 +245,9 @@ def fit(
     ``workdir/metrics.jsonl`` (one JSON object per epoch). ``train_mode=False``
     runs the model in evaluation mode while training (frozen batch-norm
     statistics; pair it with :func:`freeze` to train only some layers).
+
+    ``augment`` (:class:`jaxbias.training.augment.Augment`): random flips / crops of each training batch inside
+    the step, masks moved with their images, drawn from the step's key (a resumed run repeats them).
 
     ``feed``: how batches reach the step (:mod:`jaxbias.training.loop`): ``"device"``
     keeps the training set on the device and runs each epoch as one compiled
@@ -255,7 +262,7 @@ def fit(
     process places only its own rows (see :mod:`jaxbias.training.parallel`).
     """
     program = build(module=module, method=method, hp=hp, tx=tx, seed=seed, method_state=method_state,
-                    init_params=init_params, train_mode=train_mode)
+                    init_params=init_params, train_mode=train_mode, augment=augment)
     return run(program, train=train, epochs=epochs, batch_size=batch_size, eval_sets=eval_sets,
                eval_every=eval_every, store=None if workdir is None else Store(workdir), resume=resume,
                drop_last=drop_last, progress=progress, config=config, log=log, mesh=mesh, feed=feed)

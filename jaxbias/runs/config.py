@@ -23,6 +23,7 @@ from jaxbias import methods
 from jaxbias import models as models_lib
 from jaxbias import settings as settings_lib
 from jaxbias.datasets import Dataset
+from jaxbias.training.augment import Augment, parse_augment
 
 #: Channels of the ReBias/EnD network; the offline demo uses a narrower one
 #: because XLA:CPU trains 7×7 convolutions at 28×28 slowly (issue "CPU training speed").
@@ -117,6 +118,10 @@ class RunConfig:
       members: a sweep's members (``lr``, ``seed`` and numeric hyperparameters); ``None`` for a single run.
       vectorize: a sweep: one vmapped step (``True``) or members taking turns.
       eval_every: evaluate every N epochs (and after the last).
+      augment: random transforms of each training batch inside the compiled step (images only): flip (left-right,
+        probability 1/2), crop:P (pad P zero pixels per side, cut a random window of the original size), or both
+        comma-separated (``flip,crop:4``); masks move with their images; ``None``: none
+        (:mod:`jaxbias.training.augment`).
     """
 
     dataset: str = "biased_mnist"
@@ -142,6 +147,7 @@ class RunConfig:
     members: tuple[Mapping[str, Any], ...] | None = None
     vectorize: bool = True
     eval_every: int = 1
+    augment: str | None = None
 
     def __post_init__(self):
         for name in ("trainable", "members"):
@@ -200,6 +206,9 @@ class RunConfig:
         need(self.devices is None or (is_int(self.devices) and self.devices >= 1), "devices", "a positive int or None")
         need(is_int(self.data_devices) and self.data_devices >= 1, "data_devices", "a positive int")
         need(is_int(self.eval_every) and self.eval_every >= 1, "eval_every", "a positive int")
+        need(self.augment is None or isinstance(self.augment, str), "augment", "flip, crop:P or both, or None")
+        augment = parse_augment(self.augment)  # its words checked, one line naming the bad one
+        object.__setattr__(self, "augment", None if augment is None else str(augment))
         need(self.weights is None or (isinstance(self.weights, str) and self.weights != ""), "weights",
              "a path to a .npz / .safetensors file or an orbax checkpoint directory, or None")
         if self.weights is not None and self.init_from is not None:
@@ -216,6 +225,11 @@ class RunConfig:
             raise ValueError("members is empty: a sweep needs at least one member")
 
     # ------------------------------------------------------------------ views
+    @property
+    def augmentation(self) -> Augment | None:
+        """:attr:`augment` as the step's :class:`jaxbias.training.augment.Augment` (``None``: none)."""
+        return parse_augment(self.augment)
+
     @property
     def resolved_data_seed(self) -> int:
         return self.seed if self.data_seed is None else self.data_seed

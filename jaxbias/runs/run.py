@@ -221,6 +221,9 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False, read_we
                              f"{config.dataset!r} have {what} labels up to {int(np.max(labels))}: set it to at least "
                              f"{int(np.max(labels)) + 1}")
     record["input_shape"] = [int(d) for d in np.shape(dataset.train.x)[1:]]
+    augment = config.augmentation
+    if augment is not None:
+        augment.check(np.shape(dataset.train.x))
     module = make_module(record["model"])
     weights = None
     if config.weights is not None and read_weights:  # checked against the model the run builds, before any workdir
@@ -231,7 +234,7 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False, read_we
     tx = _tx(config, n_train // config.batch_size, None if init_params is None else init_params[0])
     # the run's state and step, built once; a sweep's members are this program with other values
     program = build(module=module, method=method, hp=hp, tx=tx, seed=config.seed, method_state=method_state,
-                    init_params=init_params, train_mode=config.trainable is None)
+                    init_params=init_params, train_mode=config.trainable is None, augment=augment)
     program.check(dataset.train, config.batch_size)  # before any workdir is written
     return Prepared(config, record, dataset, module, method, hp, base, method_state, mesh, program, weights)
 
@@ -432,6 +435,7 @@ def _sweep(prep: Prepared, workdir: str | None, resume: bool, progress: bool, lo
         workdir=workdir, resume=resume, progress=progress,
         config={"dataset": config.dataset, "model": prep.record["model"]}, log=log, init_params=prep.init_params,
         train_mode=config.trainable is None, vectorize=config.vectorize, mesh=prep.mesh, feed=config.feed,
+        augment=config.augmentation,
     )
     seconds = time.perf_counter() - t0
     rows, predict = [], make_predict(prep.module)  # one program for every member's final evaluation

@@ -21,22 +21,31 @@ from jaxbias.training.loop import check_eval_sets
 from jaxbias.training.state import TrainState
 from jaxbias.types import Aux, Batch, ModelState, Params
 
-__all__ = ["LossFn", "evaluate", "make_predict", "make_train_step", "predict_in_batches", "stack", "unstack"]
+__all__ = ["AUGMENT_STREAM", "LossFn", "evaluate", "make_predict", "make_train_step", "predict_in_batches", "stack", "unstack"]
 
 LossFn = Callable[[Params, ModelState, Any, Batch, jax.Array], tuple[jax.Array, Aux]]
 
 
+#: folded into a step's key for its augmentation draw (the loss keeps the step's key itself)
+AUGMENT_STREAM = 0x61756776
+
+
 def make_train_step(
-    loss_fn: LossFn, tx: optax.GradientTransformation
+    loss_fn: LossFn, tx: optax.GradientTransformation, *, augment: Callable[[jax.Array, Batch], Batch] | None = None
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """One optimiser step, pure: ``step(state, batch) -> (state, metrics)``.
 
     The caller jits it once (``jax.jit(step, donate_argnums=0)``). Metrics are
-    the loss and the method's own scalars.
+    the loss and the method's own scalars. ``augment`` (e.g. a
+    :class:`jaxbias.training.augment.Augment`) transforms the batch first, with
+    the step's key folded with :data:`AUGMENT_STREAM`; without it the step is
+    what it always was (the loss's key does not change).
     """
 
     def step(state: TrainState, batch: Batch):
         key = jax.random.fold_in(state.key, state.step)
+        if augment is not None:
+            batch = augment(jax.random.fold_in(key, AUGMENT_STREAM), batch)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state, state.method_state, batch, key
         )
