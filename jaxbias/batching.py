@@ -1,6 +1,9 @@
 """One batched-inference helper: a function of a batch, applied to a whole array in fixed-size batches.
 
-Used for predictions, activations, relevance maps and influence terms alike.
+Used for predictions, activations, relevance maps and influence terms alike
+(:func:`map_batches`); :func:`each_batch` hands the batches' outputs over one
+at a time, for reductions that must not hold a per-sample array of the whole
+set (a streamed dataset).
 Every batch has the same shape (the last one is padded and its padding
 dropped), so one compilation serves a whole array. Called with concrete
 inputs the batches run one after another from the host and the result is a
@@ -11,7 +14,7 @@ batches, so callers stay traceable.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -79,10 +82,35 @@ def map_batches(fn: Callable[..., Any], *xs: Any, args: tuple = (), batch_size: 
         stacked = [pad_rows(jnp.asarray(x), nb * size).reshape(nb, size, *jnp.shape(x)[1:]) for x in xs]
         out = jax.lax.map(lambda b: fn(*args, *b), stacked)
         return jax.tree.map(lambda o: o.reshape(nb * size, *o.shape[2:])[:n], out)
+    chunks = [out for _, out in each_batch(fn, *xs, args=args, batch_size=size)]
+    return jax.tree.map(lambda *cs: np.concatenate(cs), *chunks)
+
+
+def each_batch(fn: Callable[..., Any], *xs: Any, args: tuple = (), batch_size: int = 512) -> Iterator[tuple[slice, Any]]:
+    """``(rows, fn(*args, *batch))`` for each batch of :func:`map_batches`, one after another, as NumPy arrays with
+    the padding dropped (``rows``: the batch's slice of the leading axis).
+
+    For a reduction over data larger than memory (a streamed :class:`jaxbias.data.lazy.LazyImages`): only one
+    batch of ``xs`` is read, and one batch of outputs held, at a time; whoever iterates keeps what it needs
+    (running sums, counts). Concrete inputs only (it runs on the host).
+
+    Example:
+      >>> total = sum(float(out.sum()) for _, out in each_batch(predict, test_x, args=(params,), batch_size=256))
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    if not xs:
+        raise ValueError("each_batch needs at least one array to split into batches")
+    n = int(np.shape(xs[0])[0]) if np.ndim(xs[0]) else 0
+    for i, x in enumerate(xs):
+        if np.ndim(x) == 0 or np.shape(x)[0] != n:
+            raise ValueError(f"xs[{i}] has shape {np.shape(x)}; every array needs the leading length {n} of xs[0]")
+    if is_traced((args, xs)):
+        raise ValueError("each_batch runs batches from the host and needs concrete inputs; under a trace use "
+                         "map_batches")
+    size = min(batch_size, max(n, 1))
     step = _jitted(fn)
-    chunks = []
     for start in range(0, n, size):
         batch = [pad_rows(x[start:start + size], size) for x in xs]
         m = min(size, n - start)
-        chunks.append(jax.tree.map(lambda o, m=m: np.asarray(o)[:m], step(*args, *batch)))
-    return jax.tree.map(lambda *cs: np.concatenate(cs), *chunks)
+        yield slice(start, start + m), jax.tree.map(lambda o, m=m: np.asarray(o)[:m], step(*args, *batch))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbias.batching import map_batches, pad_rows
+from jaxbias.batching import each_batch, map_batches, pad_rows
 from jaxbias import metrics
 from jaxbias.concepts import fit_cavs
 from jaxbias.explain import make_lrp_model
@@ -144,6 +144,9 @@ def artifact_report(
       ``other_*`` accuracies on both sets, ``tcav`` and ``tcav_sens`` over the
       artifact test images (per position), and ``artifact_flip_to_target``:
       the fraction of non-target artifact images predicted as the target class.
+
+    Every set is read ``batch_size`` images at a time (a streamed set is never whole in memory); what is kept per
+    image is its predicted class.
     """
     chosen = (target_class,) if chosen is None else tuple(chosen)
     def predict(p, x):
@@ -163,10 +166,17 @@ def artifact_report(
         if name == "artifact":
             off = y != target_class
             out["artifact_flip_to_target"] = float(np.mean(pred[off] == target_class))
-    s = map_batches(lambda p, x: latent_sensitivity(model, p, x, cav, layer=layer, target=target_class),
-                    evals["artifact"].x, args=(params,), batch_size=batch_size)
-    out["tcav"] = metrics.tcav(s)
-    out["tcav_sens"] = metrics.tcav_sens(s)
+    # TCAV and TCAV_sens from counts and a sum gathered batch by batch: no sensitivity map of the whole set held
+    pos = neg = count = 0
+    total = 0.0
+    for _, s in each_batch(lambda p, x: latent_sensitivity(model, p, x, cav, layer=layer, target=target_class),
+                           evals["artifact"].x, args=(params,), batch_size=batch_size):
+        if not np.isfinite(s).all():
+            raise ValueError("the latent sensitivities s of the artifact set have non-finite values (NaN or inf)")
+        pos, neg, count = pos + int(np.sum(s > 0)), neg + int(np.sum(s < 0)), count + s.size
+        total += float(np.sum(np.abs(s), dtype=np.float64))
+    out["tcav"] = pos / (pos + neg) if pos + neg else 0.0  # metrics.tcav, zeros excluded
+    out["tcav_sens"] = total / count  # metrics.tcav_sens: mean |s|
     return out
 
 

@@ -192,6 +192,83 @@ def fit_cavs(
 
 
 # --------------------------------------------------------------------------- #
+# the signal CAV from running sums (data seen one batch at a time)
+# --------------------------------------------------------------------------- #
+
+
+class SignalSums:
+    """The balanced signal CAV of data seen one batch at a time: per concept class, the count and the sum of the
+    pooled activations (float64), and each feature's smallest and largest value.
+
+    Balanced signal is ``h ∝ W₊W₋(μ₊ − μ₋)`` (module docstring), so these sums give the same unit CAV as
+    :func:`fit_cav` (``method="signal"``, ``balanced=True``) on all the rows at once, up to float32 rounding,
+    with memory that does not grow with the number of rows; the class means also give the mean projections
+    ``h·μ±`` (ClArC's ``⟨z±⟩``).
+
+    Example:
+      >>> sums = SignalSums()
+      >>> for rows, a in layer_acts_batches(model, params, x, "block4", pool="max"):  # doctest: +SKIP
+      ...     sums.add(a, labels[rows])
+      >>> h = sums.cav()  # doctest: +SKIP
+    """
+
+    def __init__(self, pool: str = "max"):
+        _checks.check_choice("pool", pool, POOLS)
+        self.pool = pool
+        self.count = np.zeros(2, np.int64)
+        self.sums: np.ndarray | None = None  # (2, m): clean, concept
+        self.low: np.ndarray | None = None
+        self.high: np.ndarray | None = None
+
+    def add(self, acts: Any, labels: Any) -> None:
+        """Add a batch: ``acts`` ``(B, m)`` (or ``(B, H, W, m)``, pooled with ``pool``), ``labels`` ``(B,)`` 0/1."""
+        a = np.asarray(pool_acts(jnp.asarray(acts), self.pool) if np.ndim(acts) == 4 else acts, np.float64)
+        t = np.asarray(labels)
+        if a.ndim != 2 or t.shape != (a.shape[0],):
+            raise ValueError(f"acts must be (B, m) with labels (B,); got acts {a.shape}, labels {t.shape}")
+        if not np.isin(t, (0, 1)).all():
+            raise ValueError(f"labels must be binary concept labels (0 or 1); got values {np.unique(t)[:10]}")
+        if not np.isfinite(a).all():
+            raise ValueError("acts has non-finite values (NaN or inf): no CAV can be fitted on them")
+        if a.shape[0] == 0:
+            return
+        if self.sums is None:
+            self.sums = np.zeros((2, a.shape[1]))
+            self.low, self.high = a.min(0), a.max(0)
+        elif a.shape[1] != self.sums.shape[1]:
+            raise ValueError(f"acts has {a.shape[1]} features; earlier batches had {self.sums.shape[1]}")
+        else:
+            self.low, self.high = np.minimum(self.low, a.min(0)), np.maximum(self.high, a.max(0))
+        for c in (0, 1):
+            self.sums[c] += a[t == c].sum(0)
+            self.count[c] += int(np.sum(t == c))
+
+    def means(self) -> np.ndarray:
+        """``(2, m)``: the mean pooled activation of the clean (0) and the concept (1) rows."""
+        if self.sums is None or self.count.min() == 0:
+            raise ValueError(f"labels need both concept classes; got {int(self.count[1])} concept and "
+                             f"{int(self.count[0])} clean samples")
+        return self.sums / self.count[:, None]
+
+    def cav(self) -> np.ndarray:
+        """The unit signal CAV ``(m,)`` (float32), refused as :func:`fit_cav` refuses it (constant activations,
+        a zero vector)."""
+        mu = self.means()
+        scale = float(np.max(np.maximum(np.abs(self.low), np.abs(self.high))))
+        spread = float(np.max(self.high - self.low))
+        if spread <= 1e-6 * scale or scale == 0.0:
+            raise ValueError(f"acts are the same for all {int(self.count.sum())} samples (largest spread of a "
+                             f"feature {spread:.3g}, magnitude {scale:.3g}): a saturated or dead layer has no concept "
+                             "direction; choose another layer")
+        h = mu[1] - mu[0]
+        norm = float(np.linalg.norm(h))
+        if norm == 0.0:
+            raise ValueError("the fitted CAV is the zero vector (method='signal'): the two classes have the same "
+                             "mean activation; choose another layer")
+        return (h / norm).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- #
 # cross-validation of λ
 # --------------------------------------------------------------------------- #
 

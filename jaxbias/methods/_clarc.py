@@ -16,6 +16,7 @@ exactly on the target value for both max- and mean-pooling.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -25,11 +26,18 @@ import numpy as np
 import optax
 
 from jaxbias.batching import is_traced
-from jaxbias.concepts import check_layer, fit_cav, layer_acts, pool_acts
+from jaxbias.concepts import SignalSums, check_layer, fit_cav, layer_acts, layer_acts_batches, pool_acts
+from jaxbias.data.lazy import is_lazy
 from jaxbias.methods import static
 from jaxbias.types import Aux, Batch, BoundModel, Params
 
 Array = jax.Array
+
+log = logging.getLogger(__name__)
+
+#: Concept samples a regularised CAV fitter (ridge, lasso, logistic, svm) is fitted on when the concept set is
+#: streamed: a seeded, class-stratified subsample of at most this many (the signal CAV uses every sample).
+STREAM_CAV_SAMPLES = 2048
 
 
 class State(NamedTuple):
@@ -91,6 +99,54 @@ def _fit_on_host(pooled: np.ndarray, labels: np.ndarray, cav: str, cav_reg: floa
     return State(cav=h, z_plus=np.float32(proj[labels == 1].mean()), z_minus=np.float32(proj[labels == 0].mean()))
 
 
+def stratified_subsample(labels: np.ndarray, size: int, *, seed: int = 0) -> np.ndarray:
+    """Bool ``(N,)``: ``min(size, N)`` rows, each class's share kept (rounded; every class keeps at least
+    ``max(1, size // 20)`` rows, or all of its rows), drawn with ``np.random.default_rng(seed)``."""
+    labels = np.asarray(labels)
+    out = np.zeros(labels.shape[0], bool)
+    if labels.shape[0] <= size:
+        out[:] = True
+        return out
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    sizes = np.array([int(np.sum(labels == c)) for c in classes])
+    want = np.minimum(sizes, max(1, size // 20))
+    want = np.minimum(sizes, want + sizes * (size - want.sum()) // labels.shape[0])
+    for i in np.argsort(-sizes):  # what the rounding left: to the largest classes first
+        want[i] += min(sizes[i] - want[i], size - want.sum())
+    for c, k in zip(classes, want):
+        out[rng.permutation(np.flatnonzero(labels == c))[:k]] = True
+    return out
+
+
+def _fit_streamed(model: BoundModel, params: Params, x: Any, labels: np.ndarray, *, layer: str, cav: str,
+                  cav_reg: float | None, pool: str, batch_size: int) -> State:
+    """:func:`fit_state` on streamed concept samples, one batch of ``batch_size`` images decoded at a time.
+
+    The class means of the pooled activations are running sums over every sample (:class:`SignalSums`): the
+    signal CAV is theirs (the same as the in-memory fit up to float32 rounding), and so are ``⟨z±⟩`` (``h·μ±``).
+    Another fitter is fitted on the pooled activations of a stratified subsample of at most
+    :data:`STREAM_CAV_SAMPLES` samples (:func:`stratified_subsample`, seed 0), kept as the batches pass.
+    """
+    labels = labels.astype(np.int32)
+    sums = SignalSums(pool)
+    keep = None if cav == "signal" else stratified_subsample(labels, STREAM_CAV_SAMPLES)
+    kept = []
+    for rows, a in layer_acts_batches(model, params, x, layer, batch_size=batch_size, pool=pool):
+        sums.add(a, labels[rows])
+        if keep is not None:
+            kept.append(np.asarray(a)[keep[rows]])
+    if keep is None:
+        h = sums.cav()
+    else:
+        if keep.sum() < keep.size:
+            log.info("CAV %s on streamed concept samples: fitted on a stratified subsample of %d of the %d samples "
+                     "(STREAM_CAV_SAMPLES); the class means use every sample", cav, int(keep.sum()), keep.size)
+        h = _fit_on_host(np.concatenate(kept), labels[keep], cav, cav_reg).cav
+    mu = sums.means()
+    return State(cav=h, z_plus=np.float32(mu[1] @ h), z_minus=np.float32(mu[0] @ h))
+
+
 def fit_state(
     model: BoundModel,
     params: Params,
@@ -109,6 +165,9 @@ def fit_state(
     ``data.bias``. Traceable: under ``jit``/``eval_shape`` the CAV solver (a
     host computation: scikit-learn or NumPy) runs as a ``pure_callback``, so
     ``jax.eval_shape`` gives the state's structure without fitting anything.
+    A streamed ``data.x`` (:class:`jaxbias.data.lazy.LazyImages`) is read ``batch_size`` images at a time and
+    no per-sample activations of the whole set are kept: see :func:`_fit_streamed` (the signal CAV from running
+    sums; another fitter on at most :data:`STREAM_CAV_SAMPLES` samples).
     """
     labels = data.bias if concept is None else concept
     if labels is None:
@@ -119,6 +178,9 @@ def fit_state(
     if not traced and not np.isin(np.asarray(labels), (0, 1)).all():
         raise ValueError(f"concept labels must be 0 (clean) or 1 (artifact); got values "
                          f"{np.unique(np.asarray(labels))[:10]}")
+    if not traced and is_lazy(data.x):
+        return jax.tree.map(jnp.asarray, _fit_streamed(model, params, data.x, np.asarray(labels), layer=layer,
+                                                       cav=cav, cav_reg=cav_reg, pool=pool, batch_size=batch_size))
     pooled = layer_acts(model, params, data.x, layer, batch_size=batch_size, pool=pool)
     if not traced:
         return jax.tree.map(jnp.asarray, _fit_on_host(pooled, labels, cav, cav_reg))
