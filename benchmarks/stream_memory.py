@@ -68,6 +68,26 @@ def write(root: str | os.PathLike, n: int, *, seed: int = 0) -> tuple[Path, Path
     return root, table
 
 
+def child_peak(argv: list[str], *, malloc: dict[str, str] | None = None,
+               stdout: str | os.PathLike | None = None) -> tuple[int, float]:
+    """``(peak RSS in bytes, wall seconds)`` of ``argv`` run in a child process of its own (``malloc``: glibc
+    settings for it, e.g. :data:`FIXED_MALLOC`; ``stdout``: a file for its output, else discarded); its
+    ``ru_maxrss`` from ``os.wait4``, not the largest of every child so far."""
+    env = {**os.environ, **(malloc or {}), "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    t0 = time.perf_counter()
+    out = subprocess.DEVNULL if stdout is None else open(stdout, "w")
+    proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.PIPE)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if stdout is not None:
+        out.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
+    return usage.ru_maxrss * 1024, seconds  # Linux reports KiB
+
+
 def peak_rss(folder: tuple[Path, Path], workdir: str | os.PathLike, *, stream: bool,
              malloc: dict[str, str] | None = None, workers: int = 0) -> tuple[int, float]:
     """``(peak RSS in bytes, wall seconds)`` of one epoch of ``jaxbias train`` on ``folder`` in a child process
@@ -77,16 +97,7 @@ def peak_rss(folder: tuple[Path, Path], workdir: str | os.PathLike, *, stream: b
             str(table), "--image-size", str(SIZE), "--model", "mlp", "--epochs", "1", "--batch-size", "128",
             "--no-progress", "--stream", "true" if stream else "false", "--workdir", str(workdir),
             *(["--workers", str(workers)] if workers else [])]
-    env = {**os.environ, **(malloc or {}), "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
-    return usage.ru_maxrss * 1024, seconds  # Linux reports KiB
+    return child_peak(argv, malloc=malloc)
 
 
 def main() -> None:
