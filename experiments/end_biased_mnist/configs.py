@@ -85,6 +85,11 @@ FASHION = {
 
 #: The paper's full grid on Biased Fashion-MNIST, for an accelerator: 4 ρ, 80 epochs (lr × 0.1 every 20), EnD's
 #: 16/32/64/128 network, batch 256, an (α, β) search per ρ on the validation set, 3 seeds; one command, no budget.
+#: Expected cost: 24 search runs + 24 runs = 48 runs × 80 epochs = 3,840 epochs of 60,000 images. On the 2-core
+#: CPU an epoch of the 8/16/32/64 network took 432 s (the 16/32/64/128 one about 4× the convolution work), so
+#: this grid is out of reach there (~2 CPU-months); no accelerator was lent to measure it, so its device time is
+#: an estimate: at one epoch per 2-5 s (60,000 28×28 images through a 4-block network, data on the device), 2-6
+#: hours.
 FASHION_FULL = {
     **FASHION,
     "rhos": [0.999, 0.997, 0.995, 0.990],
