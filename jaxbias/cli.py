@@ -108,6 +108,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feed", default=S, choices=["auto", "device", "host"],
                    help="how batches reach the step: device = the training set on the device, each epoch one "
                    "compiled scan; host = gathered and sent per step; auto (default) = device when the data fit")
+    p.add_argument("--normalize", default=S, metavar="imagenet|MEANS/STDS",
+                   help="normalise the model's inputs per channel as its first operation, (x - mean) / std: imagenet "
+                   "(torchvision's, for ImageNet weights) or MEANS/STDS, e.g. 0.5/0.25; the data stay in [0, 1]; "
+                   "default none")
     p.add_argument("--augment", default=S, metavar="flip,crop:P",
                    help="random transforms of each training batch inside the compiled step (images only): flip = "
                    "mirror left-right with probability 1/2, crop:P = pad P zero pixels per side and cut a random "

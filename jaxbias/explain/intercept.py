@@ -54,6 +54,7 @@ from jaxbias.explain.lrp import RULES, target_onehot
 from jaxbias.metrics import postprocess_mask
 from jaxbias.models.adapters import FunctionTapped, intercept_nnx, nnx_replaced
 from jaxbias.models.layers import Activation, Gate
+from jaxbias.models.normalize import Normalized
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
@@ -68,6 +69,8 @@ def supported(module: Any) -> bool:
     """Whether :func:`lrp_model` can explain ``module``: a Linen network, whose layers it intercepts, or an NNX
     model wrapped by :func:`jaxbias.models.from_nnx` (its layers are swapped in the copy each call merges) —
     not functions wrapped by ``from_functions``, which have no layers to apply rules to."""
+    while isinstance(module, Normalized):  # a normalisation first: whether its network can be explained
+        module = module.inner
     return isinstance(module, nn.Module) and not isinstance(module, FunctionTapped)
 
 

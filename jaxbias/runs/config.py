@@ -23,6 +23,8 @@ from jaxbias import methods
 from jaxbias import models as models_lib
 from jaxbias import settings as settings_lib
 from jaxbias.datasets import Dataset
+from jaxbias.models.normalize import parse_normalize
+from jaxbias.models.normalize import text_of as normalize_text
 from jaxbias.training.augment import Augment, parse_augment
 
 #: Channels of the ReBias/EnD network; the offline demo uses a narrower one
@@ -118,6 +120,9 @@ class RunConfig:
       members: a sweep's members (``lr``, ``seed`` and numeric hyperparameters); ``None`` for a single run.
       vectorize: a sweep: one vmapped step (``True``) or members taking turns.
       eval_every: evaluate every N epochs (and after the last).
+      normalize: the model's inputs normalised per channel as its first operation, ``(x − mean) / std``
+        (:mod:`jaxbias.models.normalize`): ``imagenet`` (torchvision's ImageNet mean and std, for ImageNet weights) or
+        ``MEANS/STDS`` (``0.5/0.25``, ``0.49,0.48,0.45/0.25,0.24,0.26``); the data stay in [0, 1]; ``None``: none.
       augment: random transforms of each training batch inside the compiled step (images only): flip (left-right,
         probability 1/2), crop:P (pad P zero pixels per side, cut a random window of the original size), or both
         comma-separated (``flip,crop:4``); masks move with their images; ``None``: none
@@ -147,6 +152,7 @@ class RunConfig:
     members: tuple[Mapping[str, Any], ...] | None = None
     vectorize: bool = True
     eval_every: int = 1
+    normalize: str | None = None
     augment: str | None = None
 
     def __post_init__(self):
@@ -207,6 +213,9 @@ class RunConfig:
         need(is_int(self.data_devices) and self.data_devices >= 1, "data_devices", "a positive int")
         need(is_int(self.eval_every) and self.eval_every >= 1, "eval_every", "a positive int")
         need(self.augment is None or isinstance(self.augment, str), "augment", "flip, crop:P or both, or None")
+        need(self.normalize is None or isinstance(self.normalize, str), "normalize", "imagenet, MEANS/STDS or None")
+        spec = parse_normalize(self.normalize)  # checked, one line
+        object.__setattr__(self, "normalize", None if spec is None else normalize_text(spec))
         augment = parse_augment(self.augment)  # its words checked, one line naming the bad one
         object.__setattr__(self, "augment", None if augment is None else str(augment))
         need(self.weights is None or (isinstance(self.weights, str) and self.weights != ""), "weights",

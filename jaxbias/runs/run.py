@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxbias import methods as methods_lib
 from jaxbias import models as models_lib
+from jaxbias.models.normalize import normalized
 from jaxbias.training import parallel
 from jaxbias import settings as settings_lib
 from jaxbias.data.sources import SOURCES
@@ -107,7 +108,7 @@ class Run:
             return self
         model = {**self.record["model"], "layers": list(config.model_settings.layers)}
         return dataclasses.replace(self, config=config, record={**self.record, "model": model},
-                                   module=make_module(model))
+                                   module=make_module(model, self.record.get("normalize")))
 
 
 def tap_layers(config: RunConfig, layers: Any) -> RunConfig:
@@ -146,11 +147,12 @@ class Prepared:
         return self.base.variables if self.base is not None else self.weights
 
 
-def make_module(model: Mapping[str, Any]):
-    """The Flax module of ``config.json``'s ``model`` entry (``{"name": ..., **settings, "num_classes": ...}``)."""
+def make_module(model: Mapping[str, Any], normalize: str | None = None):
+    """The Flax module of ``config.json``'s ``model`` entry (``{"name": ..., **settings, "num_classes": ...}``), behind
+    its ``normalize`` entry's input normalisation (:mod:`jaxbias.models.normalize`) when there is one."""
     model = dict(model)
     name, num_classes = model.pop("name"), int(model.pop("num_classes", 10))
-    return models_lib.build(name, model, num_classes=num_classes)
+    return normalized(models_lib.build(name, model, num_classes=num_classes), normalize)
 
 
 def input_shape(record: Mapping[str, Any]) -> tuple[int, ...]:
@@ -183,9 +185,9 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False, read_we
     base = None
     if config.init_from is not None:
         base = config.init_from if isinstance(config.init_from, Run) else restore(config.init_from)
-    if base is not None:  # the model is the starting run's: the configuration says so too
+    if base is not None:  # the model is the starting run's, its input normalisation too: the configuration says so
         bc = base.config
-        config = config.replace(model=bc.model, model_settings=bc.model_settings)
+        config = config.replace(model=bc.model, model_settings=bc.model_settings, normalize=bc.normalize)
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
     config = tap_layers(config, [getattr(hp, "layer", None)])  # a network of yours: tapped where the method works
@@ -224,7 +226,7 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False, read_we
     augment = config.augmentation
     if augment is not None:
         augment.check(np.shape(dataset.train.x))
-    module = make_module(record["model"])
+    module = normalized(make_module(record["model"]), config.normalize, channels=record["input_shape"][-1])
     weights = None
     if config.weights is not None and read_weights:  # checked against the model the run builds, before any workdir
         sample = jax.ShapeDtypeStruct((1, *np.shape(dataset.train.x)[1:]), np.asarray(dataset.train.x[:1]).dtype)
@@ -478,7 +480,7 @@ def restore(workdir: str) -> Run:
                          "evaluate, unlearn --from and correct --from take a `jaxbias train` workdir; a sweep's "
                          "members are scored in its results.json (in Python: runs.sweep(...).member(i))")
     config = RunConfig.from_dict(record)
-    module = make_module(record["model"])
+    module = make_module(record["model"], record.get("normalize"))
     method = methods_lib.get(config.method)
     hp = methods_lib.make_hparams(method, config.hparams)
     config = tap_layers(config, [getattr(hp, "layer", None)])
