@@ -56,11 +56,17 @@ def check_acts_vary(name: str, acts: jax.Array, pool: str) -> None:
     if is_traced(acts):
         return
     a = acts if acts.ndim == 2 else (jnp.max(acts, axis=(1, 2)) if pool == "max" else jnp.mean(acts, axis=(1, 2)))
-    spread = float(jnp.max(jnp.max(a, axis=0) - jnp.min(a, axis=0)))
-    scale = float(jnp.max(jnp.abs(a)))
+    check_range_varies(name, np.asarray(jnp.min(a, axis=0)), np.asarray(jnp.max(a, axis=0)), a.shape[0])
+
+
+def check_range_varies(name: str, low: Any, high: Any, n: int) -> None:
+    """:func:`check_acts_vary` from each feature's smallest and largest value over ``n`` samples (what a
+    batch-by-batch fit keeps)."""
+    spread = float(np.max(np.asarray(high) - np.asarray(low)))
+    scale = float(np.max(np.maximum(np.abs(low), np.abs(high))))
     if spread <= 1e-6 * scale or scale == 0.0:
         raise ValueError(
-            f"{name} are the same for all {a.shape[0]} samples (largest spread of a feature {spread:.3g}, "
+            f"{name} are the same for all {n} samples (largest spread of a feature {spread:.3g}, "
             f"magnitude {scale:.3g}): a saturated or dead layer has no concept direction; choose another layer"
         )
 

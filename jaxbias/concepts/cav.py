@@ -254,12 +254,7 @@ class SignalSums:
         """The unit signal CAV ``(m,)`` (float32), refused as :func:`fit_cav` refuses it (constant activations,
         a zero vector)."""
         mu = self.means()
-        scale = float(np.max(np.maximum(np.abs(self.low), np.abs(self.high))))
-        spread = float(np.max(self.high - self.low))
-        if spread <= 1e-6 * scale or scale == 0.0:
-            raise ValueError(f"acts are the same for all {int(self.count.sum())} samples (largest spread of a "
-                             f"feature {spread:.3g}, magnitude {scale:.3g}): a saturated or dead layer has no concept "
-                             "direction; choose another layer")
+        _checks.check_range_varies("acts", self.low, self.high, int(self.count.sum()))
         h = mu[1] - mu[0]
         norm = float(np.linalg.norm(h))
         if norm == 0.0:
