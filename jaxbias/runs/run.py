@@ -147,12 +147,13 @@ class Prepared:
         return self.base.variables if self.base is not None else self.weights
 
 
-def make_module(model: Mapping[str, Any], normalize: str | None = None):
+def make_module(model: Mapping[str, Any], normalize: str | None = None, *, channels: int | None = None):
     """The Flax module of ``config.json``'s ``model`` entry (``{"name": ..., **settings, "num_classes": ...}``), behind
-    its ``normalize`` entry's input normalisation (:mod:`jaxbias.models.normalize`) when there is one."""
+    its ``normalize`` entry's input normalisation (:mod:`jaxbias.models.normalize`; ``channels``: the inputs',
+    checked against it) when there is one."""
     model = dict(model)
     name, num_classes = model.pop("name"), int(model.pop("num_classes", 10))
-    return normalized(models_lib.build(name, model, num_classes=num_classes), normalize)
+    return normalized(models_lib.build(name, model, num_classes=num_classes), normalize, channels=channels)
 
 
 def input_shape(record: Mapping[str, Any]) -> tuple[int, ...]:
@@ -226,7 +227,7 @@ def prepare(config: RunConfig, *, data: Any = None, sweep: bool = False, read_we
     augment = config.augmentation
     if augment is not None:
         augment.check(np.shape(dataset.train.x))
-    module = normalized(make_module(record["model"]), config.normalize, channels=record["input_shape"][-1])
+    module = make_module(record["model"], config.normalize, channels=record["input_shape"][-1])
     weights = None
     if config.weights is not None and read_weights:  # checked against the model the run builds, before any workdir
         sample = jax.ShapeDtypeStruct((1, *np.shape(dataset.train.x)[1:]), np.asarray(dataset.train.x[:1]).dtype)
