@@ -17,7 +17,8 @@ import numpy as np
 
 from jaxbias.batching import each_batch, map_batches, pad_rows
 from jaxbias import metrics
-from jaxbias.concepts import fit_cavs
+from jaxbias.concepts import (STREAM_CAV_SAMPLES, SignalSums, fit_cavs, layer_acts_batches,
+                              stratified_subsample)
 from jaxbias.explain import make_lrp_model
 from jaxbias.types import Batch, BoundModel, Params
 
@@ -71,45 +72,118 @@ def latent_sensitivity(
 def tcav_test(
     model: BoundModel,
     params: Params,
-    x: Array,
-    acts: Array,
-    concept: Array,
+    x: Any,
+    acts: Any = None,
+    concept: Any = None,
     *,
     layer: str,
     target: int,
     n_random: int = 100,
     key: Array | int = 0,
     method: str = "signal",
+    reg: float | None = None,
     pool: str = "max",
     zeros: str = "exclude",
+    concept_x: Any = None,
+    acts_model: BoundModel | None = None,
+    batch_size: int = 256,
 ) -> dict[str, Any]:
     """TCAV of the concept CAV and its t-test against CAVs of random splits (SPEC §2).
 
     The concept CAV is fitted on ``acts`` (``(N, C)`` or ``(N, H, W, C)``) with
     labels ``concept``; ``n_random`` more CAVs are fitted on random permutations
-    of the same labels (same class sizes) — all ``n_random + 1`` in one vmapped
-    call. One latent gradient of the target logit on ``x`` serves every CAV
-    (``s = ∇_a f_c · H^T``). The test is :func:`jaxbias.metrics.tcav_significance`
-    with the single concept score against the random ones. Every score is
-    :func:`jaxbias.metrics.tcav` with ``zeros`` (default: the release's
-    ``#(s > 0) / #(s ≠ 0)``).
+    of the same labels (same class sizes). One latent gradient of the target logit
+    per image of ``x`` serves every CAV (``s = ∇_a f_c · H^T``). The test is
+    :func:`jaxbias.metrics.tcav_significance` with the single concept score against
+    the random ones. Every score is :func:`jaxbias.metrics.tcav` with ``zeros``
+    (default: the release's ``#(s > 0) / #(s ≠ 0)``). ``method`` and ``reg`` are
+    :func:`~jaxbias.concepts.fit_cavs`'s (``reg``: the ``λ`` a regularised method needs).
+
+    Instead of ``acts``, ``concept_x`` gives the concept images (an array or a streamed
+    :class:`~jaxbias.data.lazy.LazyImages`): their activations at ``layer`` under ``acts_model``
+    (default ``model``) are computed ``batch_size`` images at a time and never held whole. The
+    signal CAVs then come from running class sums over every image, all ``n_random + 1`` label rows
+    in one product per batch (:class:`~jaxbias.concepts.SignalSums`: the in-memory fit up to float32
+    rounding); another ``method`` is fitted on a seeded, stratified subsample of at most
+    :data:`~jaxbias.concepts.STREAM_CAV_SAMPLES` images (all of them when there are fewer), the random
+    splits permuting the subsample's labels. ``x`` is always read ``batch_size`` images at a time,
+    and only the counts behind the scores are kept.
 
     Returns:
       ``{"tcav", "tcav_sens", "random_tcav" (list), "p_value", "t", ...}``.
+
+    Example:
+      >>> out = tcav_test(model, params, art.x, concept=concept.bias, concept_x=concept.x, layer="block4", target=0)
     """
-    if n_random < 2:
-        raise ValueError(f"n_random must be ≥ 2 for a t-test; got {n_random}")
-    concept = jnp.asarray(concept)
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 2:
+        raise ValueError(f"n_random must be an int ≥ 2 for a t-test; got {n_random!r}")
+    if zeros not in ("exclude", "count"):
+        raise ValueError(f"zeros must be 'exclude' or 'count'; got {zeros!r}")
+    if (acts is None) == (concept_x is None):
+        raise ValueError("pass the concept set's activations (acts) or its images (concept_x), one of them")
+    if concept is None:
+        raise ValueError("concept (the 0/1 concept label of each concept sample) is missing")
+    concept = np.asarray(concept)
+    n = np.shape(acts if concept_x is None else concept_x)[0]
+    if concept.shape != (n,) or not np.isin(concept, (0, 1)).all():
+        raise ValueError(f"concept must be 0/1 labels of shape ({n},), one per concept sample; got shape "
+                         f"{concept.shape} with values {np.unique(concept)[:10]}")
     keys = jax.random.split(jax.random.key(key) if isinstance(key, int) else key, n_random)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, concept))(keys)
-    labels = jnp.concatenate([concept[None], perms], axis=0)
-    cavs = fit_cavs(jnp.asarray(acts), labels, method=method, pool=pool)  # (1 + n_random, C)
-    g = latent_gradient(model, params, x, layer=layer, target=target)
-    s = np.asarray(g.reshape(-1, g.shape[-1]) @ cavs.T)  # (B·H·W, 1 + n_random)
-    scores = np.array([metrics.tcav(s[:, k], zeros=zeros) for k in range(s.shape[1])], np.float64)
+
+    def with_random_splits(labels):  # (1 + n_random, n): the labels, then permutations of them
+        perms = jax.vmap(lambda k: jax.random.permutation(k, jnp.asarray(labels)))(keys)
+        return np.concatenate([np.asarray(labels)[None], np.asarray(perms)]).astype(np.int32)
+
+    if concept_x is None:
+        cavs = fit_cavs(jnp.asarray(acts), with_random_splits(concept), method=method, regs=reg, pool=pool)
+    else:
+        cavs = _streamed_cavs(acts_model or model, params, concept_x, concept, with_random_splits, layer=layer,
+                              method=method, reg=reg, pool=pool, batch_size=batch_size)
+    cavs = jnp.asarray(cavs, jnp.float32)  # (1 + n_random, C)
+    if np.ndim(x) == 0 or np.shape(x)[0] == 0:
+        raise ValueError(f"x must hold at least one image to take latent gradients of; got shape {np.shape(x)}")
+    # positions per image of the layer's sensitivity map (1 for a (B, C) layer)
+    places = int(np.prod(_check_layer_target(model, params, x[:1], layer, target)[1:-1], dtype=np.int64))
+    places *= int(np.shape(x)[0])
+
+    def counts(p, xb):  # per image: positive / negative s per CAV, Σ|s| of the concept CAV, all finite
+        g = latent_gradient(model, p, xb, layer=layer, target=target)
+        s = g.reshape(g.shape[0], -1, g.shape[-1]) @ cavs.T  # (B, positions, 1 + n_random)
+        return {"pos": jnp.sum(s > 0, 1), "neg": jnp.sum(s < 0, 1), "abs": jnp.sum(jnp.abs(s[..., 0]), 1),
+                "finite": jnp.all(jnp.isfinite(s), (1, 2))}
+
+    pos = neg = 0
+    total = 0.0
+    for _, c in each_batch(counts, x, args=(params,), batch_size=batch_size):
+        if not c["finite"].all():
+            raise ValueError("the latent sensitivities s of x have non-finite values (NaN or inf)")
+        pos, neg = pos + c["pos"].sum(0, dtype=np.int64), neg + c["neg"].sum(0, dtype=np.int64)
+        total += float(np.sum(c["abs"], dtype=np.float64))
+    if zeros == "count":  # metrics.tcav from counts: #(s > 0) / #s, or / #(s ≠ 0) (0 when every s is 0)
+        scores = pos / places
+    else:
+        scores = np.where(pos + neg > 0, pos / np.maximum(pos + neg, 1), 0.0)
     out = metrics.tcav_significance(scores[0], scores[1:])
-    return {"tcav": float(scores[0]), "tcav_sens": metrics.tcav_sens(s[:, 0]),
-            "random_tcav": scores[1:].tolist(), **out}
+    return {"tcav": float(scores[0]), "tcav_sens": total / places,  # metrics.tcav_sens: mean |s|
+            "random_tcav": scores[1:].astype(np.float64).tolist(), **out}
+
+
+def _streamed_cavs(model: BoundModel, params: Params, x: Any, concept: np.ndarray, with_random_splits, *,
+                   layer: str, method: str, reg: float | None, pool: str, batch_size: int) -> np.ndarray:
+    """:func:`tcav_test`'s CAVs of the concept labels and their random splits, from images read a batch at a time."""
+    if method == "signal":
+        if reg is not None:
+            raise ValueError(f"method='signal' has no regularisation; reg must be None, got {reg!r}")
+        labels = with_random_splits(concept)
+        sums = SignalSums(pool)
+        for rows, a in layer_acts_batches(model, params, x, layer, batch_size=batch_size, pool=pool):
+            sums.add(a, labels[:, rows])
+        return sums.cav()
+    keep = stratified_subsample(concept, STREAM_CAV_SAMPLES)
+    kept = [np.asarray(a)[keep[rows]]
+            for rows, a in layer_acts_batches(model, params, x, layer, batch_size=batch_size, pool=pool)]
+    return np.asarray(fit_cavs(jnp.asarray(np.concatenate(kept)), with_random_splits(concept[keep]), method=method,
+                               regs=reg, pool=pool))
 
 
 def _per_class(pred: np.ndarray, y: np.ndarray, classes: Sequence[int]) -> dict[str, float]:

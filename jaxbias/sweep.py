@@ -544,8 +544,8 @@ def fit_sweep(
     if trainable is not None:
         tx = freeze(tx, unstack(state.params, 0), trainable)
 
-    train_np = Batch(*(None if a is None else np.asarray(a) for a in train))
-    _check_sweepable(method, module, plan, unstack(state, 0), _gather(train_np, np.arange(batch_size) % n),
+    # one batch's rows only: a streamed training set (LazyImages) decodes just these
+    _check_sweepable(method, module, plan, unstack(state, 0), _gather(train, np.arange(batch_size) % n),
                      train_mode)
 
     traces = [0]

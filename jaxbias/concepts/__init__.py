@@ -14,6 +14,7 @@ from jaxbias.concepts.cav import (
     DEFAULT_REGS,
     METHODS,
     SCORINGS,
+    STREAM_CAV_SAMPLES,
     CVResult,
     SignalSums,
     fit_cav,
@@ -21,12 +22,14 @@ from jaxbias.concepts.cav import (
     pool_acts,
     select_reg,
     stratified_folds,
+    stratified_subsample,
 )
 
 __all__ = [
     "DEFAULT_REGS",
     "METHODS",
     "SCORINGS",
+    "STREAM_CAV_SAMPLES",
     "CVResult",
     "SignalSums",
     "alignment",
@@ -38,4 +41,5 @@ __all__ = [
     "pool_acts",
     "select_reg",
     "stratified_folds",
+    "stratified_subsample",
 ]

@@ -196,14 +196,41 @@ def fit_cavs(
 # --------------------------------------------------------------------------- #
 
 
+#: Concept samples a regularised CAV fitter (ridge, lasso, logistic, svm) is fitted on when the concept set is
+#: streamed: a seeded, class-stratified subsample of at most this many (the signal CAV uses every sample).
+STREAM_CAV_SAMPLES = 2048
+
+
+def stratified_subsample(labels: Any, size: int, *, seed: int = 0) -> np.ndarray:
+    """Bool ``(N,)``: ``min(size, N)`` rows, each class's share kept (rounded; every class keeps at least
+    ``max(1, size // 20)`` rows, or all of its rows), drawn with ``np.random.default_rng(seed)``."""
+    labels = np.asarray(labels)
+    out = np.zeros(labels.shape[0], bool)
+    if labels.shape[0] <= size:
+        out[:] = True
+        return out
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    sizes = np.array([int(np.sum(labels == c)) for c in classes])
+    want = np.minimum(sizes, max(1, size // 20))
+    want = np.minimum(sizes, want + sizes * (size - want.sum()) // labels.shape[0])
+    for i in np.argsort(-sizes):  # what the rounding left: to the largest classes first
+        want[i] += min(sizes[i] - want[i], size - want.sum())
+    for c, k in zip(classes, want):
+        out[rng.permutation(np.flatnonzero(labels == c))[:k]] = True
+    return out
+
+
 class SignalSums:
-    """The balanced signal CAV of data seen one batch at a time: per concept class, the count and the sum of the
-    pooled activations (float64), and each feature's smallest and largest value.
+    """The balanced signal CAV of data seen one batch at a time: per concept and concept class, the count and the
+    sum of the pooled activations (float64), and each feature's smallest and largest value.
 
     Balanced signal is ``h ∝ W₊W₋(μ₊ − μ₋)`` (module docstring), so these sums give the same unit CAV as
     :func:`fit_cav` (``method="signal"``, ``balanced=True``) on all the rows at once, up to float32 rounding,
     with memory that does not grow with the number of rows; the class means also give the mean projections
-    ``h·μ±`` (ClArC's ``⟨z±⟩``).
+    ``h·μ±`` (ClArC's ``⟨z±⟩``). Labels ``(B,)`` make one concept; labels ``(K, B)`` make ``K`` concepts of the
+    same activations at once (e.g. a TCAV test's random splits: one ``(K, B) @ (B, m)`` product per batch), and
+    :meth:`means` and :meth:`cav` then have a leading ``K`` axis.
 
     Example:
       >>> sums = SignalSums()
@@ -215,49 +242,60 @@ class SignalSums:
     def __init__(self, pool: str = "max"):
         _checks.check_choice("pool", pool, POOLS)
         self.pool = pool
-        self.count = np.zeros(2, np.int64)
-        self.sums: np.ndarray | None = None  # (2, m): clean, concept
+        self.single: bool | None = None  # labels (B,) rather than (K, B)
+        self.count: np.ndarray | None = None  # (K, 2): clean, concept
+        self.sums: np.ndarray | None = None  # (K, 2, m)
         self.low: np.ndarray | None = None
         self.high: np.ndarray | None = None
 
     def add(self, acts: Any, labels: Any) -> None:
-        """Add a batch: ``acts`` ``(B, m)`` (or ``(B, H, W, m)``, pooled with ``pool``), ``labels`` ``(B,)`` 0/1."""
+        """Add a batch: ``acts`` ``(B, m)`` (or ``(B, H, W, m)``, pooled with ``pool``), ``labels`` 0/1 ``(B,)`` or
+        ``(K, B)`` (the same shape at every call)."""
         a = np.asarray(pool_acts(jnp.asarray(acts), self.pool) if np.ndim(acts) == 4 else acts, np.float64)
         t = np.asarray(labels)
-        if a.ndim != 2 or t.shape != (a.shape[0],):
-            raise ValueError(f"acts must be (B, m) with labels (B,); got acts {a.shape}, labels {t.shape}")
+        if a.ndim != 2 or t.ndim not in (1, 2) or t.shape[-1] != a.shape[0]:
+            raise ValueError(f"acts must be (B, m) with labels (B,) or (K, B); got acts {a.shape}, labels {t.shape}")
         if not np.isin(t, (0, 1)).all():
             raise ValueError(f"labels must be binary concept labels (0 or 1); got values {np.unique(t)[:10]}")
         if not np.isfinite(a).all():
             raise ValueError("acts has non-finite values (NaN or inf): no CAV can be fitted on them")
+        rows = t.reshape(-1, a.shape[0]).astype(np.float64)  # (K, B)
+        if self.sums is None:
+            self.single = t.ndim == 1
+            self.count = np.zeros((rows.shape[0], 2), np.int64)
+            self.sums = np.zeros((rows.shape[0], 2, a.shape[1]))
+        elif a.shape[1] != self.sums.shape[2] or rows.shape[0] != self.sums.shape[0] or self.single != (t.ndim == 1):
+            raise ValueError(f"acts {a.shape} with labels {t.shape} do not match the earlier batches' "
+                             f"{self.sums.shape[2]} features and {'(B,)' if self.single else (self.sums.shape[0], 'B')} labels")
         if a.shape[0] == 0:
             return
-        if self.sums is None:
-            self.sums = np.zeros((2, a.shape[1]))
-            self.low, self.high = a.min(0), a.max(0)
-        elif a.shape[1] != self.sums.shape[1]:
-            raise ValueError(f"acts has {a.shape[1]} features; earlier batches had {self.sums.shape[1]}")
-        else:
-            self.low, self.high = np.minimum(self.low, a.min(0)), np.maximum(self.high, a.max(0))
-        for c in (0, 1):
-            self.sums[c] += a[t == c].sum(0)
-            self.count[c] += int(np.sum(t == c))
+        self.low = a.min(0) if self.low is None else np.minimum(self.low, a.min(0))
+        self.high = a.max(0) if self.high is None else np.maximum(self.high, a.max(0))
+        concept = rows @ a  # (K, m)
+        self.sums[:, 1] += concept
+        self.sums[:, 0] += a.sum(0) - concept
+        ones = rows.sum(1).astype(np.int64)
+        self.count[:, 1] += ones
+        self.count[:, 0] += a.shape[0] - ones
 
     def means(self) -> np.ndarray:
-        """``(2, m)``: the mean pooled activation of the clean (0) and the concept (1) rows."""
+        """``(2, m)`` (``(K, 2, m)``): the mean pooled activation of the clean (0) and the concept (1) rows."""
         if self.sums is None or self.count.min() == 0:
-            raise ValueError(f"labels need both concept classes; got {int(self.count[1])} concept and "
-                             f"{int(self.count[0])} clean samples")
-        return self.sums / self.count[:, None]
+            k = 0 if self.count is None else int(np.argmin(self.count.min(1)))
+            got = (0, 0) if self.count is None else self.count[k]
+            raise ValueError(f"labels need both concept classes; got {int(got[1])} concept and {int(got[0])} clean "
+                             f"samples" + ("" if self.single in (None, True) else f" in concept row {k}"))
+        mu = self.sums / self.count[:, :, None]
+        return mu[0] if self.single else mu
 
     def cav(self) -> np.ndarray:
-        """The unit signal CAV ``(m,)`` (float32), refused as :func:`fit_cav` refuses it (constant activations,
-        a zero vector)."""
+        """The unit signal CAV ``(m,)`` (``(K, m)``, float32), refused as :func:`fit_cav` refuses it (constant
+        activations, a zero vector)."""
         mu = self.means()
-        _checks.check_range_varies("acts", self.low, self.high, int(self.count.sum()))
-        h = mu[1] - mu[0]
-        norm = float(np.linalg.norm(h))
-        if norm == 0.0:
+        _checks.check_range_varies("acts", self.low, self.high, int(self.count[0].sum()))
+        h = mu[..., 1, :] - mu[..., 0, :]
+        norm = np.linalg.norm(h, axis=-1, keepdims=True)
+        if np.any(norm == 0.0):
             raise ValueError("the fitted CAV is the zero vector (method='signal'): the two classes have the same "
                              "mean activation; choose another layer")
         return (h / norm).astype(np.float32)

@@ -26,7 +26,8 @@ import numpy as np
 import optax
 
 from jaxbias.batching import is_traced
-from jaxbias.concepts import SignalSums, check_layer, fit_cav, layer_acts, layer_acts_batches, pool_acts
+from jaxbias.concepts import (STREAM_CAV_SAMPLES, SignalSums, check_layer, fit_cav, layer_acts, layer_acts_batches,
+                              pool_acts, stratified_subsample)
 from jaxbias.data.lazy import is_lazy
 from jaxbias.methods import static
 from jaxbias.types import Aux, Batch, BoundModel, Params
@@ -34,10 +35,6 @@ from jaxbias.types import Aux, Batch, BoundModel, Params
 Array = jax.Array
 
 log = logging.getLogger(__name__)
-
-#: Concept samples a regularised CAV fitter (ridge, lasso, logistic, svm) is fitted on when the concept set is
-#: streamed: a seeded, class-stratified subsample of at most this many (the signal CAV uses every sample).
-STREAM_CAV_SAMPLES = 2048
 
 
 class State(NamedTuple):
@@ -97,26 +94,6 @@ def _fit_on_host(pooled: np.ndarray, labels: np.ndarray, cav: str, cav_reg: floa
     h = np.asarray(fit_cav(pooled, labels, method=cav, reg=cav_reg, balanced=True), np.float32)
     proj = pooled @ h
     return State(cav=h, z_plus=np.float32(proj[labels == 1].mean()), z_minus=np.float32(proj[labels == 0].mean()))
-
-
-def stratified_subsample(labels: np.ndarray, size: int, *, seed: int = 0) -> np.ndarray:
-    """Bool ``(N,)``: ``min(size, N)`` rows, each class's share kept (rounded; every class keeps at least
-    ``max(1, size // 20)`` rows, or all of its rows), drawn with ``np.random.default_rng(seed)``."""
-    labels = np.asarray(labels)
-    out = np.zeros(labels.shape[0], bool)
-    if labels.shape[0] <= size:
-        out[:] = True
-        return out
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    sizes = np.array([int(np.sum(labels == c)) for c in classes])
-    want = np.minimum(sizes, max(1, size // 20))
-    want = np.minimum(sizes, want + sizes * (size - want.sum()) // labels.shape[0])
-    for i in np.argsort(-sizes):  # what the rounding left: to the largest classes first
-        want[i] += min(sizes[i] - want[i], size - want.sum())
-    for c, k in zip(classes, want):
-        out[rng.permutation(np.flatnonzero(labels == c))[:k]] = True
-    return out
 
 
 def _fit_streamed(model: BoundModel, params: Params, x: Any, labels: np.ndarray, *, layer: str, cav: str,

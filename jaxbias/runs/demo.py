@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbias import methods as methods_lib
-from jaxbias.concepts import layer_acts
 from jaxbias.evaluation import lrp_r_bias, tcav_test
 from jaxbias.explain import make_lrp_model
 from jaxbias.models import bind
@@ -154,10 +153,9 @@ def _measure(trained: dict[str, Run], dataset, *, n_random: int, seed: int) -> d
         view = {k: report[k] for k in ("clean", "artifact", "chosen_clean", "other_clean", "chosen_artifact",
                                        "other_artifact", "artifact_flip_to_target", "tcav", "tcav_sens")}
         # the t-test's CAVs are fitted on this model's own features (the same as the base for head-only training)
-        acts = layer_acts(bind(run.module, run.state.model_state, train=False), run.state.params,
-                          np.asarray(concept.x), layer)
-        test = tcav_test(run.inference_model(), run.state.params, jnp.asarray(art.x), acts,
-                         np.asarray(concept.bias), layer=layer, target=target, n_random=n_random, key=seed)
+        test = tcav_test(run.inference_model(), run.state.params, art.x, concept=concept.bias, concept_x=concept.x,
+                         acts_model=bind(run.module, run.state.model_state, train=False), layer=layer, target=target,
+                         n_random=n_random, key=seed)
         view.update(tcav_p_value=test["p_value"], random_tcav_mean=test["random_mean"])
         rb = lrp_r_bias(run.module, {"params": run.state.params, **run.state.model_state}, art,
                         target_class=target, edit=run.edits())  # P-ClArC: explained through its projection
