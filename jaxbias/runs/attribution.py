@@ -50,6 +50,7 @@ class RegionConfig:
         ``small``, imagenet for ``resnet18``.
       epochs: training epochs of the region classifier (Adam, constant rate).
       batch_size: its batch size.
+      map_batch_size: images per batch of the calibration and the maps (a streamed set decodes that many at a time).
       lr: its learning rate.
       label_smoothing: its label smoothing.
       seed: initialisation, shuffling and patch sampling (``None``: the data configuration's seed).
@@ -66,6 +67,7 @@ class RegionConfig:
     stem: str | None = None
     epochs: int = 5
     batch_size: int = 64
+    map_batch_size: int = 32
     lr: float = 2e-3
     label_smoothing: float = 0.1
     seed: int | None = None
@@ -93,7 +95,7 @@ class RegionConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not ok(v):
                 raise ValueError(f"{name} must be {what}; got {v!r}")
-        for name in ("patch", "stride", "epochs", "batch_size", "n_bins"):
+        for name in ("patch", "stride", "epochs", "batch_size", "map_batch_size", "n_bins"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "epochs" else 1):
                 raise ValueError(f"{name} must be a {'non-negative' if name == 'epochs' else 'positive'} int; "
