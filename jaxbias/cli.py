@@ -495,9 +495,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Datasets ``jaxbias attribute`` offers: those whose concept set carries confounder labels (``controlled`` is
+#: region_mnist; a folder needs its --bias-column).
+ATTRIBUTE_DATASETS = ("region_mnist", "controlled", "celeba", "folder")
+
+
+def _attribute_dataset(text: str) -> str:
+    """An argparse ``type``: one of :data:`ATTRIBUTE_DATASETS`, or ``name:VALUE`` of one (e.g. ``folder:PATH``)."""
+    name = text if text == "controlled" else datasets.split_name(_dataset_name(text))[0]
+    if name not in ATTRIBUTE_DATASETS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(ATTRIBUTE_DATASETS)})")
+    return text
+
+
 def cmd_attribute(args: argparse.Namespace) -> int:
-    name = "region_mnist" if args.dataset == "controlled" else args.dataset
-    data = RunConfig(dataset=name, seed=args.seed, data=_data_overrides(args, name))
+    given = {"dataset": "region_mnist" if args.dataset == "controlled" else args.dataset}
+    name = datasets.split_name(given["dataset"])[0]
+    overrides = _data_overrides(args, name)
+    _with_named_setting(given, overrides, "its flag")
+    data = RunConfig(dataset=given["dataset"], seed=args.seed, data=overrides)
     region = _settings_from_args(RegionConfig, args, skip=("seed",))  # its seed: the data's (--seed)
 
     def log(rec):
@@ -650,11 +666,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("attribute", help="region attribution: train a patch classifier for a confounder, "
                        "write attribution maps and calibration plots")
-    p.add_argument("--dataset", default="region_mnist", choices=["region_mnist", "controlled", "celeba"],
+    p.add_argument("--dataset", default="region_mnist", type=_attribute_dataset, metavar="NAME",
                    help="region_mnist (also: controlled): MNIST digits below a band that holds the confounder "
                    "(offline, true region known; --style); celeba: target Male, --confounder (needs the prepared "
-                   "TFDS celeb_a). `jaxbias train --dataset region_mnist|celeba --maps OUT` trains on these maps")
-    _add_data_args(p, ["region_mnist", "celeba"])
+                   "TFDS celeb_a); folder (folder:PATH = --root PATH): an image folder and its --metadata table, the "
+                   "confounder its --bias-column (no true region: no IoU); --stream reads it a batch at a time. "
+                   "`jaxbias train --dataset NAME --maps OUT` trains on these maps")
+    # a data setting named like one of this command's flags (a folder's --limit) is --data-NAME
+    _add_owned_args(p, "data", {n: datasets.get(n).Settings for n in ATTRIBUTE_DATASETS if n != "controlled"},
+                    "data settings (from each dataset's Settings; those of --dataset apply)",
+                    taken=set(RunConfig.__dataclass_fields__) | set(RegionConfig.__dataclass_fields__)
+                    | {"limit", "n", "out", "seed", "json", "no_progress"})
     _add_settings_args(p, RegionConfig, "region classifier and maps (from jaxbias.runs.RegionConfig)", skip=("seed",))
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of every set (quick runs)")
     p.add_argument("--n", type=int, default=8, help="images in maps.png")

@@ -20,10 +20,11 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxbias import metrics
 from jaxbias.attribution import maps as maps_lib
 from jaxbias.attribution.network import RegionResNet, small
+from jaxbias.batching import each_batch
 from jaxbias.data.iterators import batch_indices
+from jaxbias.data.lazy import is_lazy
 from jaxbias.training import LossFn, create_train_state, make_optimizer, make_train_step
 from jaxbias.types import Aux, Batch
 from jaxbias.validation import check_labels
@@ -65,8 +66,10 @@ class RegionClassifier(NamedTuple):
         return f
 
 
-def _check_images_labels(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    images = np.asarray(images)
+def _check_images_labels(images: Any, labels: Any) -> tuple[Any, np.ndarray]:
+    """The images (a streamed :class:`~jaxbias.data.lazy.LazyImages` as it is, else a NumPy array) and the labels
+    as int32, checked to match."""
+    images = images if is_lazy(images) else np.asarray(images)
     if images.ndim != 4 or images.shape[0] < 1:
         raise ValueError(f"images must be a non-empty (N, H, W, C) array, got shape {images.shape}")
     if images.dtype.kind != "f":
@@ -163,7 +166,8 @@ def train_region_classifier(
     draws its patches with ``fold_in(step_key, t)``.
 
     Args:
-      images: ``(N, H, W, C)`` float.
+      images: ``(N, H, W, C)`` float: an array, or a streamed :class:`~jaxbias.data.lazy.LazyImages` (each step
+        decodes only its batch's rows).
       labels: ``(N,)`` attribute labels (0 … K−1).
       patch, stride: the grid (:func:`maps.grid_locations`; default 32 / 2 on 128×128).
       module: the network; ``None`` builds :func:`network.small` with ``p`` positions
@@ -263,7 +267,7 @@ def patch_probabilities(clf: RegionClassifier, images: Any, *, batch_size: int =
       >>> probs = patch_probabilities(clf, x_val)   # (N, p, K)
     """
     fn = make_probability_fn(clf, chunk=chunk)
-    return maps_lib.maps_in_batches(fn, clf.variables, np.asarray(images, np.float32), batch_size=batch_size)
+    return maps_lib.maps_in_batches(fn, clf.variables, _float_images(images), batch_size=batch_size)
 
 
 def specific_maps(clf: RegionClassifier, images: Any, *, measure: str = "top", batch_size: int = 16,
@@ -279,18 +283,25 @@ def specific_maps(clf: RegionClassifier, images: Any, *, measure: str = "top", b
       >>> specific, general = maps.minmax(raw), maps.general_map(raw)
     """
     fn = make_specific_map_fn(clf, measure=measure, chunk=chunk, normalize=normalize)
-    return maps_lib.maps_in_batches(fn, clf.variables, np.asarray(images, np.float32), batch_size=batch_size)
+    return maps_lib.maps_in_batches(fn, clf.variables, _float_images(images), batch_size=batch_size)
+
+
+def _float_images(images: Any) -> Any:
+    """A streamed :class:`~jaxbias.data.lazy.LazyImages` as it is (float32 rows when indexed), else float32 NumPy."""
+    return images if is_lazy(images) else np.asarray(images, np.float32)
 
 
 def calibration(clf: RegionClassifier, images: Any, labels: Any, *, n_bins: int = 15, batch_size: int = 16,
                 chunk: int | None = None) -> dict[str, Any]:
     """ECE and reliability bins over all patches of a validation set (every patch carries its image's label).
 
-    ``ECE = Σ_b (n_b / N·p) |acc_b − conf_b|`` over the ``N·p`` patch predictions.
+    ``ECE = Σ_b (n_b / N·p) |acc_b − conf_b|`` over the ``N·p`` patch predictions. The images are classified
+    ``batch_size`` at a time and only per-bin counts and sums are kept (bins as in
+    :func:`jaxbias.metrics.reliability_bins`), so a streamed set is read one batch at a time.
 
     Args:
       clf: the trained classifier.
-      images: ``(N, H, W, C)`` validation images.
+      images: ``(N, H, W, C)`` validation images (an array or a streamed ``LazyImages``).
       labels: ``(N,)`` their attribute labels.
       n_bins: confidence bins.
     Returns:
@@ -301,17 +312,71 @@ def calibration(clf: RegionClassifier, images: Any, labels: Any, *, n_bins: int 
       >>> cal = calibration(clf, x_val, c_val); cal["ece"]
     """
     images, labels = _check_images_labels(images, labels)
-    probs = patch_probabilities(clf, images, batch_size=batch_size, chunk=chunk)
-    n, p, k = probs.shape
-    flat = probs.reshape(n * p, k)
-    lab = np.repeat(labels, p)
-    bins = metrics.reliability_bins(flat, lab, n_bins=n_bins)
-    correct = probs.argmax(-1) == labels[:, None]
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int; got {n_bins!r}")
+    fn = make_probability_fn(clf, chunk=chunk)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    count = np.zeros(n_bins, np.int64)
+    acc_sum = np.zeros(n_bins)
+    conf_sum = np.zeros(n_bins)
+    position_correct = np.zeros(clf.locations.shape[0], np.int64)
+    for rows, probs in each_batch(fn, images, args=(clf.variables,), batch_size=batch_size):
+        p = probs.astype(np.float64)  # as reliability_bins reads probabilities
+        correct = p.argmax(-1) == labels[rows, None]
+        conf = p.max(-1).reshape(-1)
+        b = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+        count += np.bincount(b, minlength=n_bins)
+        acc_sum += np.bincount(b, weights=correct.reshape(-1).astype(np.float64), minlength=n_bins)
+        conf_sum += np.bincount(b, weights=conf, minlength=n_bins)
+        position_correct += correct.sum(axis=0)
+    total = int(count.sum())
+    safe = np.maximum(count, 1)
+    accuracy, confidence = acc_sum / safe, conf_sum / safe
+    bins = {"edges": edges.tolist(), "count": count.astype(int).tolist(), "accuracy": accuracy.tolist(),
+            "confidence": confidence.tolist()}
     return {
-        "ece": metrics.ece(flat, lab, n_bins=n_bins),
-        "accuracy": float(correct.mean()),
-        "mean_confidence": float(flat.max(-1).mean()),
-        "patches": int(n * p),
+        "ece": float(np.sum(count / total * np.abs(accuracy - confidence))),
+        "accuracy": float(acc_sum.sum() / total),
+        "mean_confidence": float(conf_sum.sum() / total),
+        "patches": total,
         "bins": bins,
-        "position_accuracy": correct.mean(axis=0),
+        "position_accuracy": position_correct / images.shape[0],
     }
+
+
+def map_set(clf: RegionClassifier, images: Any, *, measure: str = "top", batch_size: int = 16,
+            chunk: int | None = None, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Specific maps and the general map of a set, ``batch_size`` images at a time: ``(specific, general)``.
+
+    Each batch's raw maps (mean confidences, :func:`specific_maps` with ``normalize=False``) are min-max
+    normalised into ``out[rows]`` and added to a running sum; the general map is ``minmax`` of that sum over
+    ``N`` (:func:`maps.general_map` of the raw maps, up to the order of the summation). Memory holds one batch
+    of images and maps, so with ``out`` on disk (e.g. ``numpy.lib.format.open_memmap``) it does not grow with
+    ``N``.
+
+    Args:
+      images: ``(N, H, W, C)`` (an array or a streamed ``LazyImages``).
+      out: where the ``(N, H, W)`` specific maps go (any float dtype, e.g. a float16 memmap); ``None``: a new
+        float32 array.
+    Returns:
+      ``out`` (or the new array) and the ``(H, W)`` general map (float32).
+
+    Example:
+      >>> specific, general = map_set(clf, x_train, batch_size=32)
+    """
+    images = _float_images(images)
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise ValueError(f"images must be a non-empty (N, H, W, C) array, got shape {images.shape}")
+    n = images.shape[0]
+    want = (n, *clf.image_size)
+    if out is None:
+        out = np.empty(want, np.float32)
+    elif tuple(out.shape) != want:
+        raise ValueError(f"out must have shape (N, H, W) = {want} for these images; got {tuple(out.shape)}")
+    fn = make_specific_map_fn(clf, measure=measure, chunk=chunk, normalize=False)
+    total = np.zeros(clf.image_size, np.float64)
+    for rows, raw in each_batch(fn, images, args=(clf.variables,), batch_size=batch_size):
+        total += raw.sum(axis=0, dtype=np.float64)
+        out[rows] = np.asarray(maps_lib.minmax(raw))
+    general = np.asarray(maps_lib.minmax(np.float32(total / n)))
+    return out, general

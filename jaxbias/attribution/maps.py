@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbias.data.lazy import is_lazy
 from jaxbias.training import predict_in_batches
 
 Array = jax.Array
@@ -481,10 +482,12 @@ def maps_in_batches(map_fn: Callable[[Any, Array], Array], variables: Any, image
                     batch_size: int = 64) -> np.ndarray:
     """Apply a :func:`make_map_fn` function to many images; the last batch is padded (one compilation).
 
+    ``images`` may be a streamed :class:`~jaxbias.data.lazy.LazyImages`: it is read one batch at a time.
+
     Returns:
       ``(N, H, W)`` NumPy maps.
     """
-    images = np.asarray(images)
+    images = images if is_lazy(images) else np.asarray(images)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, H, W, C) array, got shape {images.shape}")
     batch_size = _int("batch_size", batch_size)

@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from jaxbias.attribution import maps as maps_lib
-from jaxbias.attribution.classifier import RegionClassifier, calibration, specific_maps, train_region_classifier
+from jaxbias.attribution.classifier import RegionClassifier, calibration, map_set, train_region_classifier
 from jaxbias.attribution.network import RegionResNet, resnet18, small
 
 ARCHS = ("small", "resnet18")
@@ -24,7 +24,9 @@ class AttributionData(NamedTuple):
     ``attr_x``/``attr_c``: the region classifier's training images and
     confounder labels; ``val_x``/``val_c``: calibration images; ``map_x``: the
     images whose maps are wanted (the target task's training set); ``region``:
-    the true confounder region ``(H, W)`` when known, else ``None``.
+    the true confounder region ``(H, W)`` when known, else ``None``. The image
+    sets may be streamed :class:`~jaxbias.data.lazy.LazyImages`: they are read
+    a batch at a time.
     """
 
     attr_x: np.ndarray
@@ -69,6 +71,7 @@ def attribute(
     q: float = 0.7,
     n_bins: int = 15,
     map_batch_size: int = 32,
+    maps_out: np.ndarray | None = None,
     progress: bool = False,
     log: Callable[[dict], None] | None = None,
     extra: dict[str, Any] | None = None,
@@ -77,7 +80,10 @@ def attribute(
 
     Computes only, writes nothing (:func:`jaxbias.runs.attribute` keeps the
     maps, figures and summary in a run directory). ``extra`` entries join the
-    summary (e.g. the run layer's data settings).
+    summary (e.g. the run layer's data settings). Calibration and the maps go
+    ``map_batch_size`` images at a time; the specific maps are written into
+    ``maps_out`` (an ``(N, H, W)`` array, e.g. a float16 memmap: memory then does
+    not grow with ``N``), or a new float32 array when ``None``.
 
     Returns:
       the summary (``ece``, patch ``accuracy``, ``iou`` of the top-``(1−q)``
@@ -106,10 +112,8 @@ def attribute(
     cal = calibration(clf, data.val_x, data.val_c, n_bins=n_bins, batch_size=map_batch_size)
     t_cal = time.perf_counter() - t0
     t0 = time.perf_counter()
-    raw = specific_maps(clf, data.map_x, measure=measure, batch_size=map_batch_size, normalize=False)
+    specific, general = map_set(clf, data.map_x, measure=measure, batch_size=map_batch_size, out=maps_out)
     t_maps = time.perf_counter() - t0
-    specific = np.asarray(maps_lib.minmax(raw))
-    general = np.asarray(maps_lib.general_map(raw))
     top = np.asarray(maps_lib.top_region(general, q))
     summary: dict[str, Any] = {
         "dataset": data.name, "image_size": list(hw), "patch": patch, "stride": stride, "positions": p,

@@ -31,6 +31,7 @@ from jaxbias import report
 from jaxbias.attribution.maps import MEASURES
 from jaxbias.attribution.pipeline import ARCHS, AttributionData
 from jaxbias.attribution.pipeline import attribute as run_attribution
+from jaxbias.data.lazy import is_lazy, take
 from jaxbias.runs.config import RunConfig
 from jaxbias.datasets import Dataset
 from jaxbias.workdir import run_path, write_json
@@ -49,6 +50,7 @@ class RegionConfig:
         ``small``, imagenet for ``resnet18``.
       epochs: training epochs of the region classifier (Adam, constant rate).
       batch_size: its batch size.
+      map_batch_size: images per batch of the calibration and the maps (a streamed set decodes that many at a time).
       lr: its learning rate.
       label_smoothing: its label smoothing.
       seed: initialisation, shuffling and patch sampling (``None``: the data configuration's seed).
@@ -65,6 +67,7 @@ class RegionConfig:
     stem: str | None = None
     epochs: int = 5
     batch_size: int = 64
+    map_batch_size: int = 32
     lr: float = 2e-3
     label_smoothing: float = 0.1
     seed: int | None = None
@@ -92,7 +95,7 @@ class RegionConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not ok(v):
                 raise ValueError(f"{name} must be {what}; got {v!r}")
-        for name in ("patch", "stride", "epochs", "batch_size", "n_bins"):
+        for name in ("patch", "stride", "epochs", "batch_size", "map_batch_size", "n_bins"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "epochs" else 1):
                 raise ValueError(f"{name} must be a {'non-negative' if name == 'epochs' else 'positive'} int; "
@@ -117,7 +120,8 @@ class Attribution:
     Attributes:
       data: the data the maps were made on (:func:`data_settings` of the :class:`RunConfig`).
       region: the :class:`RegionConfig`.
-      specific: ``(N, H, W)`` per-image maps, min-max normalised, in the training set's order.
+      specific: ``(N, H, W)`` per-image maps, min-max normalised, in the training set's order: float32 in
+        memory, or for a streamed dataset ``specific_maps.npy`` itself (float16, mapped read-only).
       general: ``(H, W)`` their mean map.
       summary: ``attribution.json`` (calibration, IoU with the true region when known, seconds, files).
       classifier: the :class:`~jaxbias.attribution.classifier.RegionClassifier` (``None`` when restored).
@@ -161,7 +165,9 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
       data: the dataset already loaded (``None``: loaded from ``config``).
       workdir: writes ``attribution.json`` (with ``data`` and ``region`` beside the summary),
         ``specific_maps.npy`` (float16), ``general_map.npy``, ``maps.png``, ``reliability.png``; a
-        workdir that already holds an attribution is refused.
+        workdir that already holds an attribution is refused. A streamed dataset needs one: its
+        images are read a batch at a time and its maps written into ``specific_maps.npy`` as they
+        are made (memory does not grow with the number of images).
       limit: keep the first ``limit`` images of every set (quick runs; the maps then cover only
         those training images, and a training run on the full set refuses them).
     """
@@ -178,35 +184,57 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
     if calib is None or calib.bias is None:
         raise ValueError(f"dataset {dataset.name!r} needs a 'val' or 'test' set with confounder labels (calibration)")
 
-    def cut(a):
-        return np.asarray(a) if limit is None else np.asarray(a)[:limit]
+    def cut(a):  # a streamed set stays on disk (take decodes nothing)
+        return take(a, slice(None, limit)) if is_lazy(a) or limit is not None else np.asarray(a)
 
     inputs = AttributionData(cut(dataset.concept.x), cut(dataset.concept.bias), cut(calib.x), cut(calib.bias),
                              cut(dataset.train.x), dataset.region, dataset.name)
+    streamed = any(is_lazy(a) for a in (inputs.attr_x, inputs.val_x, inputs.map_x))
+    if streamed and workdir is None:
+        raise ValueError(f"dataset {dataset.name!r} is streamed: its maps are written to disk as they are made, so "
+                         "attribute needs a workdir (workdir=..., or load it with stream false)")
     settings = region.to_dict()
     settings["seed"] = config.seed if region.seed is None else region.seed
     made_on = {**data_settings(config), **({} if limit is None else {"limit": limit})}
+    maps_out = None
+    if streamed:  # the maps go straight into specific_maps.npy, a batch at a time
+        os.makedirs(workdir, exist_ok=True)
+        maps_out = np.lib.format.open_memmap(run_path(workdir, "specific_maps"), mode="w+", dtype=np.float16,
+                                             shape=(inputs.map_x.shape[0], *inputs.map_x.shape[1:3]))
     # attribution.json says what the maps were made on, so that a training run can check its data
-    res = run_attribution(inputs, **settings, progress=progress, log=log, extra={"data": made_on, "region": settings})
+    res = run_attribution(inputs, **settings, maps_out=maps_out, progress=progress, log=log,
+                          extra={"data": made_on, "region": settings, "streamed": streamed})
     summary = {k: v for k, v in res.items() if k not in ("classifier", "specific", "general")}
+    if streamed:
+        maps_out.flush()
+        del maps_out, res["specific"]
     if workdir is not None:
-        summary["files"] = _save(workdir, summary, inputs, res["specific"], res["general"], n_figure)
-    # the maps a run uses are those the workdir keeps (float16): in memory and through the disk alike
-    specific = np.asarray(res["specific"]).astype(np.float16).astype(np.float32)
+        summary["files"] = _save(workdir, summary, inputs, None if streamed else res["specific"], res["general"],
+                                 n_figure)
+    # the maps a run uses are those the workdir keeps (float16): in memory and through the disk alike; streamed,
+    # they stay in that file
+    specific = (np.load(summary["files"]["specific_maps"], mmap_mode="r") if streamed
+                else np.asarray(res["specific"]).astype(np.float16).astype(np.float32))
     att = Attribution(data=made_on, region=RegionConfig.from_dict(settings), specific=specific,
                       general=res["general"], summary=summary, classifier=res["classifier"], workdir=workdir)
     return att
 
 
 def _save(workdir: str, summary: dict[str, Any], inputs, specific, general, n_figure: int) -> dict[str, str]:
-    """Write an attribution's maps (specific as float16), figures and ``attribution.json`` into ``workdir``."""
+    """Write an attribution's maps (specific as float16), figures and ``attribution.json`` into ``workdir``.
+
+    ``specific=None``: ``specific_maps.npy`` is already written (a streamed set's maps, made into that file); the
+    figure reads its first maps from there."""
     os.makedirs(workdir, exist_ok=True)
     files = {role: run_path(workdir, role) for role in ("general_map", "specific_maps", "maps_png", "reliability_png")}
     files["summary"] = run_path(workdir, "attribution")
     np.save(files["general_map"], np.asarray(general, np.float32))
-    np.save(files["specific_maps"], np.asarray(specific).astype(np.float16))
+    if specific is None:
+        specific = np.load(files["specific_maps"], mmap_mode="r")
+    else:
+        np.save(files["specific_maps"], np.asarray(specific).astype(np.float16))
     k = min(n_figure, inputs.map_x.shape[0])
-    report.attribution_maps(files["maps_png"], np.clip(inputs.map_x[:k], 0, 1), np.asarray(specific)[:k],
+    report.attribution_maps(files["maps_png"], np.clip(inputs.map_x[:k], 0, 1), np.asarray(specific[:k], np.float32),
                             general=general, region=inputs.region, titles=[f"image {i}" for i in range(k)])
     report.reliability_diagram(files["reliability_png"], summary["reliability"], ece=summary["ece"],
                                title=f"region classifier, {summary['val_patches']} patches")
@@ -225,7 +253,10 @@ def load(workdir: str) -> Attribution:
     if "data" not in summary:
         raise ValueError(f"{path} does not say which data its maps were made on (written by an older jaxbias): "
                          "run `jaxbias attribute` again")
-    specific = np.load(run_path(workdir, "specific_maps")).astype(np.float32)
+    # maps of a streamed dataset stay on disk (read-only, mapped); others are read into memory as float32
+    specific = np.load(run_path(workdir, "specific_maps"), mmap_mode="r")
+    if not summary.get("streamed", False):
+        specific = specific.astype(np.float32)
     general = np.load(run_path(workdir, "general_map"))
     return Attribution(data=summary["data"], region=RegionConfig.from_dict(summary["region"]), specific=specific,
                        general=general, summary=summary, workdir=workdir)
