@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 import time
 import warnings
@@ -50,14 +51,24 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxbias.batching import each_batch
+from jaxbias.data.lazy import is_lazy
 from jaxbias.methods import Kind
 from jaxbias.influence import (METHODS, check_solution, ggn_matvec, hessian_matvec, inverse_ggn, inverse_hvp, merge,
                                select, solve_flat)
 
 Array = jax.Array
 
+log = logging.getLogger(__name__)
+
 #: Post-hoc: :func:`edit` changes trained parameters; no training loss.
 KIND = Kind(post_hoc=True)
+
+#: Training samples the curvature of a ``"training"``-mode edit is taken on when the training set is streamed
+#: (:class:`~jaxbias.data.lazy.LazyImages`): a seeded random subsample of at most this many, held in memory. The
+#: influence of every training sample and the removed samples' gradients still use the whole set, read a batch
+#: at a time.
+STREAM_CURVATURE_SAMPLES = 1024
 LogitsFn = Callable[[Any, Array], Array]
 
 __all__ = ["KIND", "Hparams", "EditResult", "counterfactual_bias", "check_pair_labels", "per_sample_grads",
@@ -245,13 +256,10 @@ def influence_on_bias(
       curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton on the training inputs).
     """
     _check_pairs(*pairs)
-    block = select(params, subset)
-    g_b = jax.grad(lambda b: counterfactual_bias(logits_fn, merge(params, b), *pairs))(block)
     solve = _solver(logits_fn, params, train_x, train_y, subset=subset, damping=damping, method=method,
                     curvature=curvature, hessian_loss=hessian_loss)
-    s = solve(g_b)
-    losses = _per_sample_losses(logits_fn, params, train_x, train_y)
-    return -jax.jvp(lambda b: losses(merge(params, b)), (block,), (s,))[1]
+    s = solve(_bias_gradient(logits_fn, params, pairs, subset))
+    return _influences(logits_fn, subset, params, s, train_x, train_y)
 
 
 def _solver(logits_fn, params, x, y, *, subset, damping, method, curvature, hessian_loss=None):
@@ -422,9 +430,36 @@ def _scales(hp: Hparams, n_train: int | None) -> np.ndarray:
     return (np.geomspace(1e-2, 1e2, 21) / n_train).astype(np.float32)  # around the textbook 1/n
 
 
+def _bias_gradient(logits_fn, params, pairs, subset):
+    """``∇_θ B`` on the block."""
+    return jax.grad(lambda b: counterfactual_bias(logits_fn, merge(params, b), *pairs))(select(params, subset))
+
+
+def _influences(logits_fn, subset, params, s, x, y):
+    """``I(z_k) = −∇L(z_k)·s`` of the rows ``(x, y)``: one JVP of their per-sample losses along ``s``."""
+    losses = _per_sample_losses(logits_fn, params, x, y)
+    return -jax.jvp(lambda b: losses(merge(params, b)), (select(params, subset),), (s,))[1]
+
+
+@functools.lru_cache(maxsize=32)
+def _influence_fn(logits_fn, subset):
+    """:func:`_influences` as one function object per ``(logits_fn, subset)``: its batches compile once."""
+    return functools.partial(_influences, logits_fn, subset)
+
+
 @functools.partial(jax.jit, static_argnames=("logits_fn", "hp", "subset"))
-def _debias_core(logits_fn, params, pairs, train, train_cf, *, hp, subset):
-    """The whole edit as one compiled program: gradients, solve(s), influences, scale search."""
+def _bias_solution(logits_fn, params, pairs, curvature_data, *, hp, subset):
+    """``(s, s_flat, diag)``: ``s = (C + λI)⁻¹ ∇B`` with the curvature on ``curvature_data = (x, y)``."""
+    return _flat_solver(logits_fn, params, *curvature_data, subset, hp)(
+        _bias_gradient(logits_fn, params, pairs, subset))
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "hp", "subset", "n_train"))
+def _debias_core(logits_fn, params, pairs, train, train_cf, *, hp, subset, gone=None, n_train=None):
+    """The whole edit as one compiled program: gradients, solve(s), influences, scale search.
+
+    ``gone = (x, y, x_cf or None)``: the removed training samples, already chosen (a streamed training set,
+    :func:`_streamed_removal`; ``n_train`` its size); ``train`` is then only the curvature's data."""
     block = select(params, subset)
     diags = []
     removed = None
@@ -433,20 +468,19 @@ def _debias_core(logits_fn, params, pairs, train, train_cf, *, hp, subset):
         cy = jnp.concatenate([pairs[2], pairs[2]])
         solve = _flat_solver(logits_fn, params, cx, cy, subset, hp)
         direction = _replacement_direction(logits_fn, params, pairs, subset)
-        n_train = None
     else:
-        tx, ty = train
-        n_train = tx.shape[0]
+        tx, ty = train  # the curvature's data: the training set (a streamed one's subsample, with gone given)
         solve = _flat_solver(logits_fn, params, tx, ty, subset, hp)
-        g_b = jax.grad(lambda b: counterfactual_bias(logits_fn, merge(params, b), *pairs))(block)
-        s, s_flat, d0 = solve(g_b)
-        diags.append((d0, s_flat))
-        losses = _per_sample_losses(logits_fn, params, tx, ty)
-        infl = -jax.jvp(lambda b: losses(merge(params, b)), (block,), (s,))[1]
-        removed = jax.lax.top_k(infl, min(hp.top_k, n_train))[1]
-        direction = _summed_grad(logits_fn, params, tx[removed], ty[removed], subset)
-        if train_cf is not None:
-            g_cf = _summed_grad(logits_fn, params, train_cf[removed], ty[removed], subset)
+        if gone is None:
+            n_train = tx.shape[0]
+            s, s_flat, d0 = solve(_bias_gradient(logits_fn, params, pairs, subset))
+            diags.append((d0, s_flat))
+            infl = _influences(logits_fn, subset, params, s, tx, ty)
+            removed = jax.lax.top_k(infl, min(hp.top_k, n_train))[1]
+            gone = (tx[removed], ty[removed], None if train_cf is None else train_cf[removed])
+        direction = _summed_grad(logits_fn, params, gone[0], gone[1], subset)
+        if gone[2] is not None:
+            g_cf = _summed_grad(logits_fn, params, gone[2], gone[1], subset)
             direction = jax.tree.map(jnp.subtract, direction, g_cf)
     step, step_flat, d1 = solve(direction)
     diags.append((d1, step_flat))
@@ -494,6 +528,28 @@ def _debias_core(logits_fn, params, pairs, train, train_cf, *, hp, subset):
             "removed": removed, "diags": diags, "feasible": jnp.any(ok), "step_scales": step_scales}
 
 
+def _streamed_removal(logits_fn, params, pairs, train, train_cf, *, hp, subset, batch_size):
+    """:func:`debias`'s ``"training"`` mode on a streamed training set, up to the choice of the removed samples:
+    ``(curvature_data, gone, removed, (diag, s_flat))``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    tx, ty = train[0], np.asarray(train[1])
+    n = ty.shape[0]
+    rows = np.arange(n)
+    if n > STREAM_CURVATURE_SAMPLES:
+        rows = np.sort(np.random.default_rng(0).choice(n, STREAM_CURVATURE_SAMPLES, replace=False))
+        log.info("FMD on a streamed training set: curvature on a random subsample of %d of the %d training samples "
+                 "(STREAM_CURVATURE_SAMPLES); influences over all of them", rows.size, n)
+    curvature_data = (jnp.asarray(tx[rows]), jnp.asarray(ty[rows]))
+    s, s_flat, diag = _bias_solution(logits_fn, params, pairs, curvature_data, hp=hp, subset=subset)
+    infl = np.concatenate([out for _, out in each_batch(_influence_fn(logits_fn, subset), tx, ty,
+                                                         args=(params, s), batch_size=batch_size)])
+    removed = np.argsort(-infl, kind="stable")[:min(hp.top_k, n)]  # lax.top_k's order: ties by lower index
+    gone = (jnp.asarray(tx[removed]), jnp.asarray(ty[removed]),
+            None if train_cf is None else jnp.asarray(train_cf[removed]))
+    return curvature_data, gone, removed, (diag, s_flat)
+
+
 def debias(
     logits_fn: LogitsFn,
     params: dict,
@@ -504,6 +560,7 @@ def debias(
     train_cf: Array | None = None,
     order: Sequence[str] | None = None,
     y_cf: Array | None = None,
+    batch_size: int = 256,
 ) -> EditResult:
     """FMD's post-hoc edit of a trained model, with a report.
 
@@ -524,6 +581,12 @@ def debias(
         mode, optional): the removed samples are then replaced by these.
       order: the model's parameter groups in forward order (for ``"last"``).
       y_cf: labels of ``x_cf`` when they come separately; they must equal ``y``.
+      batch_size: images per batch of a streamed training set (``train[0]`` or ``train_cf`` a
+        :class:`~jaxbias.data.lazy.LazyImages`). Such a set is never read whole: the curvature is taken on a
+        seeded subsample of at most :data:`STREAM_CURVATURE_SAMPLES` training samples (all of them when there
+        are fewer; the log says so otherwise), the influence of every sample is computed ``batch_size`` at a
+        time, and only the ``top_k`` removed samples are gathered. The edit is then three compiled programs
+        (the bias solve, the batched influences, the rest) instead of one.
 
     Returns:
       :class:`EditResult`.
@@ -548,20 +611,31 @@ def debias(
     subset = resolve_subset(hp.params, params, order=order)
     t0 = time.perf_counter()
     pairs = (jnp.asarray(x), jnp.asarray(x_cf), jnp.asarray(y))
+    streamed = None
     if hp.mode == "training":
         if train is None:
             raise ValueError('mode="training" needs train=(x, y), the training data')
-        train = (jnp.asarray(train[0]), jnp.asarray(train[1]))
-        if jnp.ndim(train[1]) != 1 or train[0].shape[0] != train[1].shape[0]:
-            raise ValueError(f"train must be (x, y) with y of shape (N,) = ({train[0].shape[0]},); "
-                             f"got {jnp.shape(train[1])}")
-        if train_cf is not None:
-            if jnp.shape(train_cf) != train[0].shape:
-                raise ValueError(f"train_cf must have the shape of train x {train[0].shape}; got {jnp.shape(train_cf)}")
-            train_cf = jnp.asarray(train_cf)
+        if np.ndim(train[1]) != 1 or np.shape(train[0])[0] != np.shape(train[1])[0]:
+            raise ValueError(f"train must be (x, y) with y of shape (N,) = ({np.shape(train[0])[0]},); "
+                             f"got {np.shape(train[1])}")
+        if train_cf is not None and tuple(np.shape(train_cf)) != tuple(np.shape(train[0])):
+            raise ValueError(f"train_cf must have the shape of train x {tuple(np.shape(train[0]))}; got "
+                             f"{tuple(np.shape(train_cf))}")
+        if is_lazy(train[0]) or is_lazy(train_cf):
+            streamed = _streamed_removal(logits_fn, params, pairs, train, train_cf, hp=hp, subset=subset,
+                                         batch_size=batch_size)
+        else:
+            train = (jnp.asarray(train[0]), jnp.asarray(train[1]))
+            train_cf = None if train_cf is None else jnp.asarray(train_cf)
     else:
         train = train_cf = None
-    out = _debias_core(logits_fn, params, pairs, train, train_cf, hp=hp, subset=subset)
+    if streamed is None:
+        out = _debias_core(logits_fn, params, pairs, train, train_cf, hp=hp, subset=subset)
+    else:
+        curvature_data, gone, removed, first = streamed
+        out = _debias_core(logits_fn, params, pairs, curvature_data, None, hp=hp, subset=subset, gone=gone,
+                           n_train=int(np.shape(train[1])[0]))
+        out = {**out, "removed": removed, "diags": [first, *out["diags"]]}
     out = jax.block_until_ready(out)
     seconds = time.perf_counter() - t0
     for diag, sol in out["diags"]:

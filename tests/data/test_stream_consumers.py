@@ -80,3 +80,43 @@ def test_sweep_on_a_streamed_folder_equals_in_memory(table, gathered):
     for a, b in zip(jax.tree.leaves(whole.state.params), jax.tree.leaves(streamed.state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [h[-1]["eval"] for h in whole.history] == [h[-1]["eval"] for h in streamed.history]
+
+
+def _fmd_case(table, model):
+    from jaxbias.methods import fmd
+
+    _, params, _, bound = model
+    mem, lazy = load(table), load(table, stream=True)
+    clean, art = mem.evals["clean"], mem.evals["artifact"]
+    np.testing.assert_array_equal(clean.y, art.y)  # the same images with and without the artifact
+    pairs = (art.x, clean.x, art.y)
+    hp = fmd.Hparams(mode="training", params="all", curvature="ggn", damping=0.1, top_k=5)
+    return fmd, params, (lambda p, x: bound(p, x).logits), mem, lazy, pairs, hp
+
+
+def test_fmd_training_mode_on_a_streamed_training_set_equals_in_memory(table, model, gathered):
+    fmd, params, logits, mem, lazy, pairs, hp = _fmd_case(table, model)
+    whole = fmd.debias(logits, params, pairs, hp=hp, train=(mem.train.x, mem.train.y))
+    gathered[0] = 0
+    streamed = fmd.debias(logits, params, pairs, hp=hp, train=(lazy.train.x, lazy.train.y), batch_size=BATCH)
+    np.testing.assert_array_equal(streamed.removed, whole.removed)
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(streamed.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    assert streamed.scale == whole.scale
+    assert streamed.bias_after == pytest.approx(whole.bias_after, rel=1e-4, abs=1e-7)
+
+
+def test_fmd_streamed_curvature_on_a_bounded_subsample(table, model, gathered, monkeypatch, caplog):
+    import logging
+
+    fmd, params, logits, mem, lazy, pairs, hp = _fmd_case(table, model)
+    n = len(lazy.train.y)
+    monkeypatch.setattr(fmd, "STREAM_CURVATURE_SAMPLES", 8)
+    gathered[0] = 0
+    with caplog.at_level(logging.INFO, logger="jaxbias.methods.fmd"):
+        res = fmd.debias(logits, params, pairs, hp=hp, train=(lazy.train.x, lazy.train.y),
+                         batch_size=BATCH)
+    assert f"random subsample of 8 of the {n} training samples" in caplog.text
+    assert 0 < gathered[0] <= 8 < n  # the set was never read whole: batches, the subsample, the top_k removed
+    assert res.removed.shape == (5,) and len(set(res.removed.tolist())) == 5
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(res.params))
