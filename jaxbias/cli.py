@@ -646,8 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_correct)
 
-    p = sub.add_parser("unlearn", help="FMD: debias a trained biased_mnist/adult model with a few counterfactual pairs")
-    p.add_argument("--from", dest="base", required=True, help="workdir of a `jaxbias train` run (biased_mnist or adult)")
+    p = sub.add_parser("unlearn", help="FMD: debias a trained model (biased_mnist, adult, or an inserted artifact: "
+                       "artifact_mnist, folder --artifact) with a few counterfactual pairs")
+    p.add_argument("--from", dest="base", required=True, help="workdir of a `jaxbias train` run (biased_mnist, adult, "
+                   "or a dataset with an inserted artifact: its test images with and without it are the pairs)")
     p.add_argument("--external", type=int, default=100, help="test samples that give the external counterfactual pairs")
     _add_settings_args(p, fmd.Hparams, "the FMD edit (from jaxbias.methods.fmd.Hparams)")
     p.add_argument("--seed", type=int, default=0, help="which test samples are external")

@@ -1,4 +1,5 @@
 """FMD end to end: external pairs and evaluation splits, reports against direct computations, the CLI."""
+import dataclasses
 import json
 
 import jax
@@ -170,3 +171,42 @@ def test_edit_is_compiled_once(mnist_run):
             first = len(traces)
     assert first > 0 and len(traces) == first
     jax.clear_caches()
+
+
+@pytest.fixture(scope="module")
+def artifact_run(tmp_path_factory):
+    """A model trained on artifact_mnist (the stamp in half of the 0s): it learns the stamp as a 0-shortcut."""
+    work = tmp_path_factory.mktemp("fmd_artifact")
+    assert main(["train", "--dataset", "artifact_mnist", "--model", "mlp", "--hidden", "64", "--epochs", "4",
+                 "--batch-size", "64", "--workdir", str(work), "--no-progress", "--json"]) == 0
+    return work
+
+
+def test_unlearn_an_inserted_artifact_with_its_test_pairs(artifact_run, tmp_path, capsys):
+    from jaxbias.runs import restore
+
+    run = restore(str(artifact_run))
+    dataset = run.config.load_data()
+    split = unlearn.split_artifact(dataset, external=40, seed=1)
+    x, x_cf, y = split.pairs
+    clean, marked = dataset.evals["clean"], dataset.evals["artifact"]
+    # each pair: a test image and the same image with the stamp, the bias-aligned one first (the stamped image
+    # for the stamp's class 0, the clean image for the others)
+    assert x.shape == x_cf.shape == (40, *np.shape(clean.x)[1:])
+    own = (y == dataset.target_class)[:, None, None, None]
+    assert 0 < own.sum() < 40
+    hit = [int(np.flatnonzero((np.asarray(clean.x) == c).all(axis=(1, 2, 3)))[0]) for c in np.where(own, x_cf, x)]
+    np.testing.assert_array_equal(np.where(own, x, x_cf), np.asarray(marked.x)[hit])
+    np.testing.assert_array_equal(y, np.asarray(clean.y)[hit])
+    assert len(split.eval_pairs[2]) == len(clean.y) - 40
+    res = unlearn.unlearn_workdir(run, external=40, seed=1, hp=fmd.Hparams(damping=0.01), baseline=False)
+    # B: the mean change of the true class's probability when the stamp is removed, on the held-out images
+    logits = unlearn._logits_fn(run.module, run.state.model_state)
+    ex, ex_cf, ey = split.eval_pairs
+    p = jax.nn.softmax(logits(run.state.params, jnp.asarray(ex)))[np.arange(len(ey)), ey]
+    p_cf = jax.nn.softmax(logits(run.state.params, jnp.asarray(ex_cf)))[np.arange(len(ey)), ey]
+    assert res["before"]["bias"] == pytest.approx(float(np.mean(np.abs(p - p_cf))), rel=1e-5)
+    assert res["before"]["bias"] > 0.01  # the stamp moves the biased model
+    assert res["fmd"]["bias"] < res["before"]["bias"]  # the edit removes part of that dependence
+    with pytest.raises(ValueError, match="no clean and artifact test sets"):
+        unlearn.split_artifact(dataclasses.replace(dataset, evals={"test": clean}), external=5)

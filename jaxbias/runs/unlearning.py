@@ -11,10 +11,16 @@ data side knows two datasets:
 - Adult: ``external`` test records with the protected field flipped (every
   other value for race); the rest of the test split measures ``B``,
   accuracy, accuracy per group and the demographic-parity gap.
+- A controlled artifact dataset (``artifact_mnist``, a ``folder`` with ``artifact``: clean and
+  artifact test sets of the same images): ``external`` test images with the artifact drawn in
+  and without it are the pairs; the other test images measure ``B`` (the same pairs) and the
+  clean and artifact-test accuracy. Streamed sets stay on disk: only the pairs are read into
+  memory, and the training set (``"training"`` mode) is read a batch at a time.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Mapping, NamedTuple
@@ -31,6 +37,7 @@ from jaxbias.data import colourise, to_float
 from jaxbias.data.sources import load_images
 from jaxbias.data.adult import counterfactual_pairs
 from jaxbias.data.biased_mnist import colour_pairs
+from jaxbias.data.lazy import take
 from jaxbias.influence import merge, select
 from jaxbias.methods import fmd
 from jaxbias.workdir import run_path, write_json
@@ -113,6 +120,42 @@ def split_adult(data, *, external: int, seed: int = 0) -> Split:
     )
 
 
+def split_artifact(dataset, *, external: int, seed: int = 0) -> Split:
+    """External pairs and evaluation data of a controlled artifact dataset (a
+    :class:`~jaxbias.datasets.Dataset` whose ``clean`` and ``artifact`` evaluation sets hold the same images,
+    without and with the artifact, and whose ``target_class`` carried it in training).
+
+    Each pair puts the bias-aligned version of an image first, as FMD's pairs do (Colored MNIST: the digit on
+    its class's colour): the image with the artifact for the target class, the clean image for every other
+    class; the counterfactual is the other version. ``B`` does not depend on the order; the edit replaces the
+    aligned sample by the conflicting one, and the pairs' accuracy (``accuracy_on="factual"``) is that of the
+    aligned images, the in-distribution view.
+    """
+    clean, marked = dataset.evals.get("clean"), dataset.evals.get("artifact")
+    if clean is None or marked is None or dataset.target_class is None:
+        raise ValueError(f"dataset {dataset.name!r} has no clean and artifact test sets to pair (evaluation sets: "
+                         f"{sorted(dataset.evals)}, target class {dataset.target_class}); unlearn needs "
+                         "biased_mnist, adult or a dataset with an inserted artifact")
+    y = np.asarray(clean.y)
+    if np.shape(clean.x) != np.shape(marked.x) or not np.array_equal(y, np.asarray(marked.y)):
+        raise ValueError(f"dataset {dataset.name!r}: its clean and artifact test sets are not the same images "
+                         f"(shapes {np.shape(clean.x)} and {np.shape(marked.x)})")
+    n = y.shape[0]
+    external = _check_external(external, n)
+    perm = np.random.default_rng(seed).permutation(n)
+    ext, rest = np.sort(perm[:external]), np.sort(perm[external:])
+    own = (y[ext] == dataset.target_class)[:, None, None, None]
+    with_it, without = np.asarray(marked.x[ext]), np.asarray(clean.x[ext])
+    rest_marked, rest_clean = take(marked.x, rest), take(clean.x, rest)  # streamed: still on disk
+    return Split(
+        pairs=(np.where(own, with_it, without), np.where(own, without, with_it), y[ext]),
+        eval_pairs=(rest_marked, rest_clean, y[rest]),  # B is symmetric in the two halves
+        eval_sets={"clean": (rest_clean, y[rest]), "artifact": (rest_marked, y[rest])},
+        groups=None,
+        train_cf=None,
+    )
+
+
 def _logits_fn(module, model_state):
     bound = models_lib.bind(module, model_state, train=False)
     return jax.jit(lambda p, x: bound(p, x).logits)
@@ -147,34 +190,27 @@ def finetune_on_pairs(logits_fn, params, pairs, *, subset, lr: float = 1e-3, ste
 
     The number of steps is chosen from ``steps`` by FMD's scale rule: the
     smallest ``B`` on the pairs whose accuracy falls by at most
-    ``max_acc_drop``. ``seconds`` covers the whole search (all steps run).
+    ``max_acc_drop``. ``seconds`` covers the whole search (all steps run). The
+    step and the scores are compiled once per ``(logits_fn, lr, accuracy_on)``
+    and data shapes, with the data and parameters as arguments (not constants
+    folded into the program): a second call with the same ``logits_fn`` times
+    the steps alone.
     """
     x, x_cf, y = (jnp.asarray(a) for a in pairs)
     xs, ys = jnp.concatenate([x, x_cf]), jnp.concatenate([y, y])
-    tx = optax.adam(lr)
 
-    def loss(block):
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_fn(merge(params, block), xs), ys))
-
-    @jax.jit
-    def step(block, opt):
-        g = jax.grad(loss)(block)
-        upd, opt = tx.update(g, opt, block)
-        return optax.apply_updates(block, upd), opt
-
-    @jax.jit
     def scores(block):
-        return fmd.pair_scores(logits_fn, merge(params, block), (x, x_cf, y), accuracy_on)
+        return _finetune_scores(logits_fn, accuracy_on, params, block, (x, x_cf, y))
 
     t0 = time.perf_counter()
     block = select(params, subset)
-    opt = tx.init(block)
+    opt = optax.adam(lr).init(block)
     b0, a0 = (float(v) for v in scores(block))
     best = (np.inf, 0, block)
     done = 0
     for target in steps:
         while done < target:
-            block, opt = step(block, opt)
+            block, opt = _finetune_step(logits_fn, float(lr), params, block, opt, xs, ys)
             done += 1
         b, a = (float(v) for v in scores(block))
         if a >= a0 - max_acc_drop - 1e-6 and b < best[0]:
@@ -182,6 +218,21 @@ def finetune_on_pairs(logits_fn, params, pairs, *, subset, lr: float = 1e-3, ste
     jax.block_until_ready(best[2])
     seconds = time.perf_counter() - t0
     return {"params": merge(params, best[2]), "steps": best[1], "seconds": seconds, "bias_pairs_before": b0}
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "lr"))
+def _finetune_step(logits_fn, lr, params, block, opt, xs, ys):
+    """One full-batch Adam step of :func:`finetune_on_pairs` on ``block``."""
+    def loss(b):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_fn(merge(params, b), xs), ys))
+
+    upd, opt = optax.adam(lr).update(jax.grad(loss)(block), opt, block)
+    return optax.apply_updates(block, upd), opt
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "accuracy_on"))
+def _finetune_scores(logits_fn, accuracy_on, params, block, pairs):
+    return fmd.pair_scores(logits_fn, merge(params, block), pairs, accuracy_on)
 
 
 def unlearn_workdir(
@@ -196,7 +247,8 @@ def unlearn_workdir(
     """Restore a ``jaxbias train`` run, debias it with FMD, and report before/after (and the baseline).
 
     Args:
-      workdir: a Biased-MNIST or Adult training run (its workdir, or the :class:`jaxbias.runs.Run`).
+      workdir: a Biased-MNIST, Adult or controlled-artifact training run (its workdir, or the
+        :class:`jaxbias.runs.Run`).
       external: how many test samples give the external counterfactual pairs.
       hp: :class:`jaxbias.methods.fmd.Hparams` (default: the last layer,
         counterfactual mode).
@@ -213,20 +265,26 @@ def unlearn_workdir(
     run = workdir if isinstance(workdir, Run) else restore(workdir)
     workdir = run.workdir
     dataset = run.config.dataset
-    if dataset not in ("biased_mnist", "adult"):
-        raise ValueError(f"unlearn needs a biased_mnist or adult run (counterfactual pairs); {workdir!r} is {dataset!r}")
-    data = run.config.load_data(data).raw
-    split = (split_adult if dataset == "adult" else split_biased_mnist)(data, external=external, seed=seed)
+    loaded = run.config.load_data(data)
+    if dataset in ("biased_mnist", "adult"):
+        raw = loaded.raw
+        split = (split_adult if dataset == "adult" else split_biased_mnist)(raw, external=external, seed=seed)
+        train = (raw.train_x, raw.train_y)
+    else:
+        split = split_artifact(loaded, external=external, seed=seed)
+        train = (loaded.train.x, loaded.train.y)
     state = run.state
     logits_fn = _logits_fn(run.module, state.model_state)
     params = state.params
     order = list(models_lib.init(run.module, jax.random.key(0),
                                  np.zeros((1, *np.shape(split.pairs[0])[1:]), np.float32))[0])
     before = report(logits_fn, params, split)
-    train = (data.train_x, data.train_y) if hp.mode == "training" else None
+    train = train if hp.mode == "training" else None
     train_cf = split.train_cf if hp.mode == "training" else None
-    fmd.debias(logits_fn, params, split.pairs, hp=hp, train=train, train_cf=train_cf, order=order)  # compile
-    res = fmd.debias(logits_fn, params, split.pairs, hp=hp, train=train, train_cf=train_cf, order=order)
+    # a streamed training set's influences are computed the run's batch size at a time
+    kw = {"hp": hp, "train": train, "train_cf": train_cf, "order": order, "batch_size": run.config.batch_size}
+    fmd.debias(logits_fn, params, split.pairs, **kw)  # compile
+    res = fmd.debias(logits_fn, params, split.pairs, **kw)
     out: dict[str, Any] = {
         "workdir": workdir,
         "dataset": dataset,

@@ -120,3 +120,28 @@ def test_fmd_streamed_curvature_on_a_bounded_subsample(table, model, gathered, m
     assert 0 < gathered[0] <= 8 < n  # the set was never read whole: batches, the subsample, the top_k removed
     assert res.removed.shape == (5,) and len(set(res.removed.tolist())) == 5
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(res.params))
+
+
+def test_unlearn_a_streamed_folder_run_in_training_mode(table, gathered, monkeypatch):
+    """`jaxbias unlearn` on a run trained on a streamed folder with an inserted stamp: the pairs are its test images
+    with and without the stamp, the training set (influences) is read a batch at a time."""
+    from jaxbias.methods import fmd
+    from jaxbias.runs import RunConfig, train
+    from jaxbias.runs.unlearning import unlearn_workdir
+
+    root, meta = table
+    config = RunConfig(dataset="folder", data={"root": str(root), "metadata": str(meta), "split_column": "split",
+                                               "image_size": 20, "artifact": "stamp", "artifact_class": 0,
+                                               "p": 0.5, "stream": True},
+                       model="simple_conv", model_settings={"channels": [2, 2, 2, 2]}, epochs=1, batch_size=BATCH)
+    run = train(config, progress=False)
+    monkeypatch.setattr(fmd, "STREAM_CURVATURE_SAMPLES", 8)  # else all 30 rows are the curvature's subsample
+    mem = load(table)
+    n_train, n_test = len(mem.train.y), len(mem.evals["clean"].y)
+    gathered[0] = 0
+    hp = fmd.Hparams(mode="training", top_k=3, damping=0.1)
+    res = unlearn_workdir(run, external=3, hp=hp, baseline=False)
+    assert res["pairs"] == 3 and set(res["fmd"]["accuracy"]) == {"clean", "artifact"}
+    # reads: the training set BATCH rows at a time, 8 for the curvature, a test set's rest (here < 1024) at once
+    assert 0 < gathered[0] <= max(BATCH, 8, n_test - 3) < n_train
+    assert 0.0 <= res["before"]["bias"] <= 1.0 and n_test > 3
