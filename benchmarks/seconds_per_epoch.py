@@ -157,9 +157,13 @@ class Disk:
             write_folder(root, images, width, height)
             print(f"  wrote {images} JPEGs of {width}×{height} to {root} in {time.perf_counter() - t0:.0f} s",
                   flush=True)
-        lines = meta.read_text().splitlines()[1:]
-        self.paths = [str(root / line.split(",")[0]) for line in lines]
-        self.labels = np.array([int(line.split(",")[1]) for line in lines], np.int32)
+        from jaxbias.data.folder import open_folder
+
+        try:
+            table = open_folder(root, meta, image_size=SIZE)
+        except ValueError as e:
+            raise SystemExit(f"--data folder:{root}: {e}") from None
+        self.paths, self.labels = list(table.paths), np.asarray(table.labels, np.int32)
         self.carry = carriers(self.labels)
         if len(self.paths) < batches * BATCH:
             raise SystemExit(f"--data folder:{root}: {len(self.paths)} images, fewer than --batches {batches} × "
@@ -632,8 +636,8 @@ def main(argv=None) -> None:
         f"classes, random weights, latent layer = the last conv layer. An epoch = {args.batches} steps over distinct "
         f"host batches; after {args.warmup} warm-up epoch(s), {args.repeats} epochs per method timed round-robin; "
         f"medians. Ratios are to Vanilla on the same model and framework in this run. "
-        + ("PyTorch: torchvision models, same protocol, same process, "
-           f"torch.set_num_threads({os.cpu_count()})." if use_torch else "PyTorch was not importable: JAX only.")
+        + (f"PyTorch: {', '.join(sorted({torch_model(n)[0] for n in model_names}))} models, same protocol, same "
+           f"process, torch.set_num_threads({os.cpu_count()})." if use_torch else "PyTorch was not importable: JAX only.")
     )
     settings = {"settings": {k: v for k, v in vars(args).items()}, "torch": use_torch}
     if use_torch:
