@@ -443,10 +443,8 @@ def torch_importable() -> bool:
 # ----------------------------------------------------------------------------- driver
 
 
-def measure(name: str, args, method_names: list[str], use_torch: bool, disk: Disk | None = None
-            ) -> list[dict[str, Any]]:
-    if disk is not None:
-        return measure_disk(name, args, method_names, use_torch, disk)
+def make_runners(name: str, args, method_names: list[str], use_torch: bool) -> dict[str, Any]:
+    """The JAX runner (its steps compiled) and, with ``use_torch``, the PyTorch one, on the same synthetic batches."""
     batches = make_batches(args.batches, args.batch_size, args.resolution, args.num_classes)
     runners: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -459,6 +457,15 @@ def measure(name: str, args, method_names: list[str], use_torch: bool, disk: Dis
         torch.set_num_threads(os.cpu_count() or 1)
         runners["torch"] = TorchRunner(name, resolution=args.resolution, num_classes=args.num_classes,
                                        batches=batches, method_names=method_names)
+        print(f"  torch: {runners['torch'].model_source} model", flush=True)
+    return runners
+
+
+def measure(name: str, args, method_names: list[str], use_torch: bool, disk: Disk | None = None
+            ) -> list[dict[str, Any]]:
+    if disk is not None:
+        return measure_disk(name, args, method_names, use_torch, disk)
+    runners = make_runners(name, args, method_names, use_torch)
     times = {(fw, m): [] for fw in runners for m in method_names}
     for _ in range(args.warmup):
         for fw, r in runners.items():
@@ -497,19 +504,7 @@ def measure(name: str, args, method_names: list[str], use_torch: bool, disk: Dis
 
 def measure_disk(name: str, args, method_names: list[str], use_torch: bool, disk: Disk) -> list[dict[str, Any]]:
     """Per framework and method: epochs read from ``disk`` and compute-only epochs, timed round-robin."""
-    batches = make_batches(args.batches, args.batch_size, args.resolution, args.num_classes)
-    runners: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    runners["jax"] = JaxRunner(name, resolution=args.resolution, num_classes=args.num_classes, batches=batches,
-                               method_names=method_names)
-    print(f"  jax: compiled {len(method_names)} steps in {time.perf_counter() - t0:.1f} s", flush=True)
-    if use_torch:
-        import torch
-
-        torch.set_num_threads(os.cpu_count() or 1)
-        runners["torch"] = TorchRunner(name, resolution=args.resolution, num_classes=args.num_classes,
-                                       batches=batches, method_names=method_names)
-        print(f"  torch: {runners['torch'].model_source} model", flush=True)
+    runners = make_runners(name, args, method_names, use_torch)
     keys = [(fw, m) for fw in runners for m in method_names]
     disk_s = {k: [] for k in keys}
     wait_s = {k: [] for k in keys}

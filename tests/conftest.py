@@ -9,6 +9,24 @@ DIGITS_PER_CLASS = 100
 
 
 @pytest.fixture
+def gathered(monkeypatch):
+    """The largest number of rows one index call of any streamed ``LazyImages`` decoded: a test resets
+    ``gathered[0] = 0`` after loading (an in-memory load decodes every row at once on purpose), runs a consumer,
+    and bounds ``gathered[0]`` (e.g. by its batch size: the set was never read whole)."""
+    from jaxbias.data.lazy import LazyImages
+
+    most = [0]
+    gather = LazyImages._gather
+
+    def counted(self, rows):
+        most[0] = max(most[0], int(np.size(rows)))
+        return gather(self, rows)
+
+    monkeypatch.setattr(LazyImages, "_gather", counted)
+    return most
+
+
+@pytest.fixture
 def fewer_digits(monkeypatch):
     """The offline MNIST sample cut to its first 100 digits of each class (800 train / 200 test).
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))  # the fol
 from jaxbias import cli, metrics, runs  # noqa: E402
 from jaxbias.attribution import maps as maps_lib  # noqa: E402
 from jaxbias.attribution.classifier import calibration, map_set, patch_probabilities, specific_maps  # noqa: E402
-from jaxbias.data.lazy import LazyImages, is_lazy  # noqa: E402
+from jaxbias.data.lazy import is_lazy  # noqa: E402
 from jaxbias.runs import RegionConfig, RunConfig  # noqa: E402
 from test_folder import write_csv, write_folder  # noqa: E402
 
@@ -39,20 +39,6 @@ def config(table, **kw):
 def in_memory(table):
     cfg = config(table)
     return cfg, cfg.load_data(), runs.attribute(cfg, REGION)
-
-
-@pytest.fixture
-def gathered(monkeypatch):
-    """The largest number of rows one index call of any LazyImages decoded (reset after loading)."""
-    most = [0]
-    gather = LazyImages._gather
-
-    def counted(self, rows):
-        most[0] = max(most[0], int(np.size(rows)))
-        return gather(self, rows)
-
-    monkeypatch.setattr(LazyImages, "_gather", counted)
-    return most
 
 
 def test_batched_maps_and_calibration_equal_the_whole_set(in_memory):

@@ -10,7 +10,7 @@ from jaxbias.evaluation import tcav_test
 from jaxbias.methods import vanilla
 from jaxbias.sweep import fit_sweep
 
-from test_stream_correct import BATCH, gathered, load, model, table  # noqa: F401  (fixtures)
+from test_stream_correct import BATCH, load, model, table  # noqa: F401  (fixtures)
 
 
 def test_signal_sums_of_many_label_rows_equal_fit_cavs():

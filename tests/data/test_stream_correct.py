@@ -9,7 +9,7 @@ import pytest
 
 from jaxbias import models as models_lib
 from jaxbias.concepts import SignalSums, fit_cav, layer_acts
-from jaxbias.data.lazy import LazyImages, is_lazy
+from jaxbias.data.lazy import is_lazy
 from jaxbias.datasets import folder
 from jaxbias.evaluation import artifact_report, lrp_r_bias
 from jaxbias.methods import _clarc
@@ -38,21 +38,6 @@ def model():
     module = models_lib.build("simple_conv", {"channels": [2, 2, 2, 2]}, num_classes=3)
     params, state = models_lib.init(module, jax.random.key(0), np.zeros((1, SIZE, SIZE, 3), np.float32))
     return module, params, state, models_lib.bind(module, state, train=False)
-
-
-@pytest.fixture
-def gathered(monkeypatch):
-    """The largest number of rows one index call of any LazyImages decoded (reset it after loading: the in-memory
-    loader decodes every row at once on purpose)."""
-    most = [0]
-    gather = LazyImages._gather
-
-    def counted(self, rows):
-        most[0] = max(most[0], int(np.size(rows)))
-        return gather(self, rows)
-
-    monkeypatch.setattr(LazyImages, "_gather", counted)
-    return most
 
 
 def test_signal_sums_equal_the_in_memory_signal_cav():
