@@ -22,6 +22,9 @@ timed (the files are then in the page cache for every variant alike).
   batch by :func:`jaxbias.data.lazy.prefetched` (the host feed's grain pipeline: ``K`` threads decode and place
   the next batches), normalised on the device by one jitted function. ``decode`` ``full`` (every pixel decoded,
   the same pixels as the PyTorch side's decode) and ``reduced`` (libjpeg's DCT scaling to ≥ 224 first).
+- **decode processes**: the same jaxbias pipeline with ``worker_kind process``: ``K`` spawned processes (kept for
+  both epochs, as the host feed keeps them for a run: their start is not timed) decode each batch to uint8 and
+  send it back; the main process divides by 255, places and normalises it.
 - **pre-resized**: what a pre-processed copy adds: the same jaxbias pipeline on a folder of the images already
   resized to 224 (JPEG, quality 95), and on a pre-decoded uint8 array (an ``.npy`` file read through a memory map:
   no decode at all; the same role as an ArrayRecord of decoded images).
@@ -202,6 +205,38 @@ def jax_epoch(train, workers: int, epoch: int) -> tuple[float, int]:
     return time.perf_counter() - t, seen
 
 
+def jax_process_epoch(train, workers: int, epoch: int, pool) -> tuple[float, int]:
+    """:func:`jax_epoch` with decode processes (``worker_kind process``): ``pool``'s processes (started once for the
+    run, as the host feed keeps them) send uint8 batches back; this process divides by 255, puts them on the device
+    and normalises them there."""
+    from jaxbias.data.lazy import finish_held, prefetched, read_held
+
+    def placed(read):
+        x, y = finish_held(train, read)[:2]
+        return _normalise(jax.device_put(x)), jax.device_put(y)
+
+    n = len(train.x)
+    t, seen = time.perf_counter(), 0
+    with contextlib.closing(prefetched(read_held, epoch_rows(n, epoch), workers=workers, kind="process", pool=pool,
+                                       then=placed)) as batches:
+        for x, _ in batches:
+            x.block_until_ready()
+            seen += x.shape[0]
+    return time.perf_counter() - t, seen
+
+
+def timed_processes(train, workers: int) -> tuple[float, int]:
+    """The second of two epochs through ``workers`` decode processes kept for both (their start not timed)."""
+    from jaxbias.data.lazy import hold, process_pool
+
+    pool = process_pool(workers, hold, (train,))
+    try:
+        jax_process_epoch(train, workers, 0, pool)  # the first epoch: compilation, page cache, the processes' start
+        return jax_process_epoch(train, workers, 1, pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Decoded:
     """A pre-decoded uint8 ``(N, 224, 224, 3)`` array on disk (memory-mapped) as a source of LazyImages."""
 
@@ -295,6 +330,10 @@ def main() -> None:
                  lambda: timed(torch_epoch, _torch_dataset(paths, labels, carry), k)),
                 ("jaxbias folder stream", "full", lambda: timed(jax_epoch, jaxbias_train(meta, k, "full", carry), k)),
                 ("jaxbias folder stream", "reduced", lambda: timed(jax_epoch, jaxbias_train(meta, k, "reduced", carry), k)),
+                ("jaxbias folder stream, decode processes", "full",
+                 lambda: timed_processes(jaxbias_train(meta, k, "full", carry), k)),
+                ("jaxbias folder stream, decode processes", "reduced",
+                 lambda: timed_processes(jaxbias_train(meta, k, "reduced", carry), k)),
                 ("jaxbias, pre-resized 224 JPEGs", "full",
                  lambda: timed(jax_epoch, jaxbias_train(small / "meta.csv", k, "full", carry), k)),
                 ("jaxbias, pre-decoded uint8 (.npy, memory-mapped)", "–",

@@ -33,7 +33,7 @@ from jaxbias import settings as settings_lib
 from jaxbias.data.artifacts import ARTIFACTS
 from jaxbias.data.images import DECODES
 from jaxbias.data.folder import MODES, ArtifactSource, FolderSource, open_folder
-from jaxbias.data.lazy import LazyImages, take
+from jaxbias.data.lazy import WORKER_KINDS, LazyImages, take
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
 
@@ -78,6 +78,9 @@ class Settings:
       workers: when streamed, threads that decode and place the next training batches while the current step runs
         (a grain pipeline, at most 2 batches ahead per worker; same numbers); 0 = decode each batch when its
         step comes.
+      worker_kind: with workers, what they are: thread = threads of the training process (default); process =
+        processes of their own (spawned once per run; they decode to uint8, the training process converts and
+        places each batch; same numbers), for decode work that holds Python's GIL (drawing an artifact).
       artifact: an artifact drawn into the images as they are decoded (stamp needs image_size >= 20): each
         training image of artifact_class carries it with probability p, and the evaluation sets are clean (the
         test split) and artifact (the same images, each with it); none = the images as they are. Not with a
@@ -86,7 +89,8 @@ class Settings:
       p: with artifact, its insertion probability in that class, in [0, 1].
     """
 
-    CHOICES: ClassVar[dict] = {"image_mode": MODES, "decode": DECODES, "artifact": ARTIFACTS}
+    CHOICES: ClassVar[dict] = {"image_mode": MODES, "decode": DECODES, "artifact": ARTIFACTS,
+                               "worker_kind": WORKER_KINDS}
     root: str | None = None
     metadata: str | None = None
     path_column: str = "path"
@@ -101,6 +105,7 @@ class Settings:
     limit: int | None = None
     stream: bool | None = None
     workers: int = 0
+    worker_kind: str = "thread"
     artifact: str | None = None
     artifact_class: int = 0
     p: float = 0.5
@@ -115,6 +120,8 @@ class Settings:
         settings_lib.need(self.workers >= 0, self, "workers", "a non-negative int")
         settings_lib.need(self.workers == 0 or self.stream is not False, self, "workers",
                           "0 with stream false (decode workers read streamed images)")
+        settings_lib.need(self.worker_kind == "thread" or self.workers >= 1, self, "worker_kind",
+                          "thread with workers 0 (process starts decode processes: set workers >= 1)")
         settings_lib.need(0 <= self.p <= 1, self, "p", "in [0, 1]")
         settings_lib.need(self.artifact_class >= 0, self, "artifact_class", "a non-negative int (a class index)")
         settings_lib.need(self.artifact != "stamp" or self.image_size >= STAMP_SIZE, self, "image_size",
@@ -140,6 +147,7 @@ class Folder(NamedTuple):
     target_class: int | None = None
     inserted: np.ndarray | None = None
     seed: int = 0
+    worker_kind: str = "thread"
 
 
 def held_out(labels: np.ndarray, *, share: float = HELD_OUT, seed: int) -> np.ndarray:
@@ -155,16 +163,18 @@ def held_out(labels: np.ndarray, *, share: float = HELD_OUT, seed: int) -> np.nd
 
 
 def _batch(source: FolderSource | ArtifactSource, rows: np.ndarray, stream: bool, workers: int = 0,
-           bias: np.ndarray | None = None) -> Batch:
+           bias: np.ndarray | None = None, worker_kind: str = "thread") -> Batch:
     """Rows ``rows``: x float32 ``(n, S, S, C)`` in [0, 1], y int32, bias int32, mask bool ``(n, S, S)``; x and mask
     decoded now, or (``stream``) :class:`LazyImages` decoding them when indexed (by ``workers`` threads ahead in
-    training), the same values either way. An :class:`ArtifactSource` draws its artifact in and always has masks;
+    training; ``worker_kind``: threads or processes), the same values either way. An :class:`ArtifactSource` draws its artifact in and always has masks;
     ``bias`` (over the table's rows) replaces the table's bias column."""
     table = source.source if isinstance(source, ArtifactSource) else source
     s = table.image_size
-    x = LazyImages(source, rows, item_shape=(s, s, 1 if table.mode == "grey" else 3), workers=workers)
+    x = LazyImages(source, rows, item_shape=(s, s, 1 if table.mode == "grey" else 3), workers=workers,
+                   worker_kind=worker_kind)
     masked = isinstance(source, ArtifactSource) or table.masks is not None
-    mask = LazyImages(source, rows, item_shape=(s, s), field="mask", workers=workers) if masked else None
+    mask = (LazyImages(source, rows, item_shape=(s, s), field="mask", workers=workers, worker_kind=worker_kind)
+            if masked else None)
     if not stream:
         x, mask = x.materialise(), None if mask is None else mask.materialise()
     bias = table.bias if bias is None else bias
@@ -173,14 +183,14 @@ def _batch(source: FolderSource | ArtifactSource, rows: np.ndarray, stream: bool
 
 def view(data: Folder) -> Dataset:
     if data.artifact is None:
-        train = _batch(data.table, data.train_rows, data.stream, data.workers)
+        train = _batch(data.table, data.train_rows, data.stream, data.workers, worker_kind=data.worker_kind)
         evals = {name: _batch(data.table, rows, data.stream) for name, rows in data.eval_rows.items()}
         return Dataset("folder", train, evals, data.table.num_classes, train, data)
     # training and clean images read through one source: it draws the artifact only into inserted training rows
     plain = ArtifactSource(data.table, data.artifact, data.seed, data.inserted)
     marked = ArtifactSource(data.table, data.artifact, data.seed + 1, np.ones(len(data.table), bool))
     bias = data.inserted.astype(np.int32)
-    train = _batch(plain, data.train_rows, data.stream, data.workers, bias=bias)
+    train = _batch(plain, data.train_rows, data.stream, data.workers, bias=bias, worker_kind=data.worker_kind)
     clean = _clean_split(data)
     evals = {("clean" if name == clean else name): _batch(plain, rows, data.stream)
              for name, rows in data.eval_rows.items()}
@@ -261,7 +271,8 @@ def load(settings: Settings, *, seed: int) -> Dataset:
                              f"{table.table!r}; got {settings.limit}")
         train = train[:settings.limit]
     if settings.artifact is None:
-        return view(Folder(table, train, evals, table.classes, table.table, stream, settings.workers))
+        return view(Folder(table, train, evals, table.classes, table.table, stream, settings.workers,
+                           worker_kind=settings.worker_kind))
     if settings.artifact_class >= table.num_classes:
         raise ValueError(f"artifact_class must be one of the {table.num_classes} classes 0 to "
                          f"{table.num_classes - 1} of metadata table {table.table!r}; got {settings.artifact_class}")
@@ -272,4 +283,4 @@ def load(settings: Settings, *, seed: int) -> Dataset:
     inserted[train] = True
     inserted &= (table.labels == settings.artifact_class) & (u < settings.p)
     return view(Folder(table, train, evals, table.classes, table.table, stream, settings.workers,
-                       settings.artifact, settings.artifact_class, inserted, seed))
+                       settings.artifact, settings.artifact_class, inserted, seed, settings.worker_kind))

@@ -30,7 +30,10 @@ the folder dataset's ``workers`` setting) the epoch's batches are a grain
 pipeline over the same index order: ``k`` threads decode the next batches and
 place them with the step's sharding while the device runs the current one, at
 most :data:`PREFETCH_PER_WORKER` ``· k`` batches ahead; the same arrays in the
-same order, so the same numbers.
+same order, so the same numbers. With ``worker_kind="process"`` the ``k``
+workers are processes (spawned once per run, shut down when it ends or is
+interrupted): they decode the next batches to uint8 and send them back; this
+process turns them into float32 (the same arithmetic) and places them.
 
 Both feeds run the same step on the same batches in the same order and sum the
 metrics in the same order, so they give the same numbers (measured equal to
@@ -60,7 +63,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxbias.data.iterators import num_batches, permutation
-from jaxbias.data.lazy import PREFETCH_PER_WORKER, is_lazy, prefetched
+from jaxbias.data.lazy import (PREFETCH_PER_WORKER, finish_held, hold, is_lazy, prefetched, process_pool,
+                               read_held)
 from jaxbias.training.checkpoint import interrupts_deferred
 from jaxbias.training.parallel import Layout, to_host
 from jaxbias.types import Batch
@@ -184,7 +188,13 @@ class _HostFeed:
         # host arrays as they are; streamed ones (read when indexed) stay so: each step decodes its batch only
         self.train = Batch(*(None if a is None else a if is_lazy(a) else np.asarray(a) for a in train))
         self.ahead = STREAM_AHEAD if _streamed(train) else None
-        self.workers = max((a.workers for a in train if is_lazy(a)), default=0)  # decode threads, 0: none
+        self.workers = max((a.workers for a in train if is_lazy(a)), default=0)  # decode workers, 0: none
+        kinds = {a.worker_kind for a in train if is_lazy(a) and a.workers}
+        self.processes = "process" in kinds  # decode processes (else threads)
+        if self.processes and jax.process_count() > 1:
+            raise ValueError("worker_kind must be thread in a run of several JAX processes (decode processes place "
+                             "their batches from this process only); got 'process'")
+        self.pool = None  # the decode processes, started at the first epoch, kept until close()
         self.layout = layout
         self.step = layout.jit(lambda st, b, args: _placed_step(step, layout, st, b, args))
         self.order = _order_fn(n=n, batch_size=batch_size, drop_last=drop_last)
@@ -216,7 +226,27 @@ class _HostFeed:
         if not self.workers:
             gather, train = self.layout.gather, self.train
             return (gather(train, idx) for idx in rows)
+        if self.processes:
+            if self.pool is None:
+                self.pool = process_pool(self.workers, hold, (self.train,))
+            return prefetched(read_held, rows, workers=self.workers, kind="process", pool=self.pool,
+                              then=self._placed_read)
         return prefetched(self._placed_batch, rows, workers=self.workers)
+
+    def _placed_read(self, read: tuple) -> Batch:
+        """In this process: a decode process's batch (uint8 images) finished as ``a[idx]`` would be and placed as
+        :meth:`_placed_batch` places it."""
+        batch = Batch(*finish_held(self.train, read))
+        sharding = self.layout.sharding("batch")
+        if sharding is None:
+            return jax.device_put(batch)
+        return Batch(*(None if a is None else jax.device_put(a, sharding) for a in batch))
+
+    def close(self) -> None:
+        """Shut the decode processes down (if any were started): batches not started are cancelled."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _placed_batch(self, idx: np.ndarray) -> Batch:
         """A decode worker's part: batch ``idx`` gathered and put on the device(s) with the step's sharding."""
@@ -431,6 +461,8 @@ def run_epochs(
         interrupts = held.enter_context(interrupts_deferred())
         feeder = (_DeviceFeed if kind == "device" else _HostFeed)(step, train, layout, n=n, batch_size=batch_size,
                                                                   drop_last=drop_last, interrupted=interrupts)
+        if isinstance(feeder, _HostFeed):
+            held.callback(feeder.close)  # its decode processes, if any: ended with the run, however it ends
         steps_per_epoch = num_batches(n, batch_size, drop_last)
         epoch_ids = [jnp.asarray(e, jnp.int32) for e in range(start, epochs)]
         for epoch in range(start, epochs):
