@@ -99,7 +99,7 @@ fine-tuning cell (30 edited cells, 3 seeds) cuts the held-out B by ≥ 50 % with
 accuracy. Within the 3-point budget the largest cuts are −31 % (fine-tuning the last layer, seed 1) and
 −29 % (FMD all layers, 5 steps, 1-point budget, seed 1); the mean-best FMD row within budget is FMD all layers,
 1 Newton step (−25.6 ± 11.0 %, −2.5 ± 3.6 points, 0.2 s) against fine-tuning the last layer (−28.5 ± 2.6 %,
-−1.0 ± 0.5 points, 1.0 s). The closest FMD cell is −45.5 % at −3.5 points (all layers, 5 steps, 1-point
+−1.0 ± 0.5 points, 0.24 s). The closest FMD cell is −45.5 % at −3.5 points (all layers, 5 steps, 1-point
 budget, seed 0); the only cell past −50 % is fine-tuning all layers (seed 2, −52.5 %) at −6.9 points.
 
 Measured reason. (1) The step scale and the Newton steps are chosen on the 100 external pairs, and the edit
