@@ -25,6 +25,8 @@ import numpy as np
 
 #: the fields a :class:`LazyImages` reads: images as float32 in [0, 1], masks as bool
 FIELDS = ("image", "mask")
+#: ``stream`` none streams a dataset whose decoded images would take more than this share of the machine's memory.
+MEMORY_SHARE = 0.25
 #: Batches :func:`prefetched` may hold decoded ahead of the one being used, per decode worker.
 PREFETCH_PER_WORKER = 2
 #: The kinds of decode worker: threads of this process, or processes of their own (started fresh, see
@@ -296,6 +298,14 @@ def finish_held(arrays: Sequence[Any], read: Sequence[Any]) -> list:
     return [r if not is_lazy(a) else a.finish(r) for a, r in zip(arrays, read)]
 
 
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
 def is_lazy(a: Any) -> bool:
     """Whether ``a`` is read when indexed (a :class:`LazyImages`), not an array in memory."""
     return isinstance(a, LazyImages)
@@ -309,5 +319,5 @@ def take(a: Any, index: Any) -> Any:
     return a.take(index) if is_lazy(a) else np.asarray(a)[index]
 
 
-__all__ = ["FIELDS", "PREFETCH_PER_WORKER", "START_METHOD", "WORKER_KINDS", "LazyImages", "check_worker_kind",
+__all__ = ["FIELDS", "MEMORY_SHARE", "PREFETCH_PER_WORKER", "memory_bytes", "START_METHOD", "WORKER_KINDS", "LazyImages", "check_worker_kind",
            "finish_held", "hold", "is_lazy", "prefetched", "process_pool", "read_held", "take"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -33,7 +32,7 @@ from jaxbias import settings as settings_lib
 from jaxbias.data.artifacts import ARTIFACTS
 from jaxbias.data.images import DECODES
 from jaxbias.data.folder import MODES, ArtifactSource, FolderSource, open_folder
-from jaxbias.data.lazy import WORKER_KINDS, LazyImages, take
+from jaxbias.data.lazy import MEMORY_SHARE, WORKER_KINDS, LazyImages, memory_bytes, take
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
 
@@ -44,8 +43,6 @@ IMAGES = True
 ARGUMENT = "root"
 #: the share of each class held out as ``test`` when the table has no split column
 HELD_OUT = 0.2
-#: ``stream`` none streams a folder whose decoded images would take more than this share of the machine's memory
-MEMORY_SHARE = 0.25
 #: the smallest image_size the stamp artifact (the text 12:05, 1 pixel from the edges) fits
 STAMP_SIZE = 20
 
@@ -223,14 +220,6 @@ def _clean_split(data: Folder) -> str:
         return clean
     raise ValueError(f"metadata table {data.source!r} has the evaluation splits {', '.join(names)}; with artifact, "
                      "one named test is the clean set (and, with the artifact drawn in, the artifact set)")
-
-
-def memory_bytes() -> int:
-    """This machine's physical memory in bytes (0 where the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return 0
 
 
 def streamed(settings: Settings, table: FolderSource) -> bool:

@@ -8,20 +8,27 @@ the evaluation sets, each named after its split. Split expressions work too: ``-
 of classes is the label feature's (a ClassLabel's ``num_classes``), else the largest label + 1. The concept
 samples are the training set (``bias`` = the bias feature: 1 where the concept is present).
 
-This part reads every record into memory (float32 in [0, 1], ``(N, H, W, C)``); streaming the records through
-grain without holding them in memory is part 2.
+The records are read into memory (float32 in [0, 1], ``(N, H, W, C)``) when they fit: with ``stream`` none,
+while the decoded images would take at most :data:`~jaxbias.data.lazy.MEMORY_SHARE` of this machine's memory;
+else (or with ``stream`` true) every set's images (and masks) are :class:`~jaxbias.data.lazy.LazyImages` over
+the split, read a batch at a time by training, evaluation and the rest of the tool, the same numbers. The labels
+(and bias labels) are read once at load, one pass over the records that keeps only them.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import NamedTuple
 
 import numpy as np
 
 from jaxbias import settings as settings_lib
+from jaxbias.data.lazy import MEMORY_SHARE, LazyImages, memory_bytes
 from jaxbias.data.tfds_source import TfdsSource, open_tfds
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
+
+log = logging.getLogger(__name__)
 
 IMAGES = True
 #: ``--dataset tfds:NAME`` is ``--dataset tfds --tfds-name NAME`` (:func:`jaxbias.datasets.split_name`)
@@ -47,6 +54,11 @@ class Settings:
         size (when the dataset fixes it).
       limit: use only the first N training images (quick runs); none = all. The evaluation sets stay whole.
       download: download and prepare the dataset when it is missing (needs network); false = never.
+      stream: read the images from the split at each step instead of holding them in memory (true), hold them
+        (false), or none = streamed when the decoded images (float32, every split) would take more than a
+        quarter of this machine's memory.
+      workers: when streamed, threads that decode and place the next training batches while the current step runs
+        (at most 2 batches ahead per worker; same numbers); 0 = decode each batch when its step comes.
     """
 
     tfds_name: str | None = None
@@ -60,6 +72,8 @@ class Settings:
     image_size: int | None = None
     limit: int | None = None
     download: bool = False
+    stream: bool | None = None
+    workers: int = 0
 
     def __post_init__(self):
         settings_lib.check(self)
@@ -71,6 +85,9 @@ class Settings:
             s.strip() for s in self.eval_splits)), self, "eval_splits", "comma-separated split names or none")
         settings_lib.need(self.eval_splits is None or self.train_split not in self.eval_splits, self, "eval_splits",
                           f"splits other than the train split {self.train_split!r}")
+        settings_lib.need(self.workers >= 0, self, "workers", "a non-negative int")
+        settings_lib.need(self.workers == 0 or self.stream is not False, self, "workers",
+                          "0 with stream false (decode workers read streamed images)")
 
 
 class Tfds(NamedTuple):
@@ -79,6 +96,8 @@ class Tfds(NamedTuple):
     train: TfdsSource
     evals: dict[str, TfdsSource]
     source: str
+    stream: bool = False
+    workers: int = 0
 
 
 def _read(source: TfdsSource, n: int) -> Batch:
@@ -111,9 +130,44 @@ def _check_labels(batch: Batch, source: TfdsSource, num_classes: int | None) -> 
                          f"the {num_classes} classes 0 to {num_classes - 1}")
 
 
+def _streamed(source: TfdsSource, n: int, workers: int = 0) -> Batch:
+    """The first ``n`` records with their images (and masks) left in the split: :class:`LazyImages` read when
+    indexed (the same values as :func:`_read`); the labels (and bias labels) read now, one record at a time."""
+    first = source[0]
+    y = np.empty(n, np.int32)
+    bias = None if source.bias_feature is None else np.empty(n, np.int32)
+    for i in range(n):
+        item = first if i == 0 else source[i]
+        y[i] = item["label"]
+        if bias is not None:
+            bias[i] = item["bias"]
+    x = LazyImages(source, np.arange(n), item_shape=first["image"].shape, workers=workers)
+    mask = (None if source.mask_feature is None else
+            LazyImages(source, np.arange(n), item_shape=first["image"].shape[:2], field="mask", workers=workers))
+    return Batch(x, y, bias, mask)
+
+
+def streamed(stream: bool | None, sources: list[TfdsSource], name: str) -> bool:
+    """Whether to stream: ``stream``, or (none) whether the decoded images of every split — float32, masks
+    included — would take more than :data:`MEMORY_SHARE` of the memory (the first record gives the size)."""
+    if stream is not None:
+        return stream
+    first = sources[0][0]
+    per = 4 * first["image"].size + (first["image"].shape[0] * first["image"].shape[1] if "mask" in first else 0)
+    need = per * sum(len(s) for s in sources)
+    stream = need > MEMORY_SHARE * (memory_bytes() or float("inf"))
+    log.info("TFDS dataset %s: %d records take %.1f GiB decoded: %s", name, sum(len(s) for s in sources),
+             need / 2**30, "streamed (more than a quarter of the memory)" if stream else "read into memory")
+    return stream
+
+
 def view(data: Tfds) -> Dataset:
-    train = _read(data.train, len(data.train))
-    evals = {name: _read(source, len(source)) for name, source in data.evals.items()}
+    if data.stream:
+        train = _streamed(data.train, len(data.train), data.workers)
+        evals = {name: _streamed(source, len(source)) for name, source in data.evals.items()}
+    else:
+        train = _read(data.train, len(data.train))
+        evals = {name: _read(source, len(source)) for name, source in data.evals.items()}
     k = data.train.num_classes
     for batch, source in ((train, data.train), *((evals[n], s) for n, s in data.evals.items())):
         _check_labels(batch, source, k)
@@ -148,4 +202,5 @@ def load(settings: Settings, *, seed: int) -> Dataset:
         limited = dataclasses.replace(train, length=settings.limit)
         object.__setattr__(limited, "_records", train.__dict__.get("_records"))  # the split stays open
         train = limited
-    return view(Tfds(train, evals, f"tfds:{name}"))
+    stream = streamed(settings.stream, [train, *evals.values()], name)
+    return view(Tfds(train, evals, f"tfds:{name}", stream, settings.workers if stream else 0))

@@ -174,3 +174,46 @@ def test_train_from_the_cli(data_dir, tmp_path, capsys):
     assert main(argv) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["dataset"] == "tfds" and config["data"]["tfds_name"] == NAME
+
+
+def test_a_streamed_tfds_dataset_equals_the_one_in_memory(data_dir, gathered, monkeypatch):
+    """stream true keeps the records in the split (LazyImages read a batch at a time), the same values; stream none
+    streams once the decoded images would take more than a quarter of the memory."""
+    from jaxbias import datasets
+    from jaxbias.data.lazy import is_lazy
+    from jaxbias.datasets import tfds as tfds_ds
+
+    values = {"tfds_name": NAME, "data_dir": data_dir, **FEATURES, "bias_feature": "attributes/glasses",
+              "mask_feature": "square", "image_size": 16}
+    mem = datasets.load("tfds", values)
+    gathered[0] = 0
+    lazy = datasets.load("tfds", {**values, "stream": "true", "workers": 2})
+    assert gathered[0] == 0  # loading read the labels only
+    assert is_lazy(lazy.train.x) and is_lazy(lazy.train.mask) and lazy.train.x.workers == 2
+    for name, a in (("train", lazy.train), *lazy.evals.items()):
+        b = mem.train if name == "train" else mem.evals[name]
+        assert is_lazy(a.x) and a.x.shape == b.x.shape
+        np.testing.assert_array_equal(a.x[np.arange(len(a.y))], b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+        np.testing.assert_array_equal(a.bias, b.bias)
+    np.testing.assert_array_equal(lazy.train.mask[np.arange(30)], mem.train.mask)
+    monkeypatch.setattr(tfds_ds, "memory_bytes", lambda: 4 * 45 * 16 * 16 * 4)  # a quarter holds 45·16·16·4 B
+    assert is_lazy(datasets.load("tfds", values).train.x)  # 45 records of 16·16·(3·4 + 1) bytes: streamed
+    monkeypatch.setattr(tfds_ds, "memory_bytes", lambda: 2**40)
+    assert not is_lazy(datasets.load("tfds", values).train.x)
+    with pytest.raises(ValueError, match="workers must be 0 with stream false"):
+        datasets.settings("tfds", {"tfds_name": NAME, "stream": "false", "workers": 1})
+
+
+def test_train_streamed_from_tfds_equals_in_memory(data_dir, tmp_path):
+    import jax
+
+    from jaxbias.runs import RunConfig, train
+
+    data = {"tfds_name": NAME, "data_dir": data_dir, **FEATURES, "image_size": 16}
+    runs = [train(RunConfig(dataset="tfds", data={**data, "stream": stream}, model="mlp",
+                            model_settings={"hidden": (8,)}, epochs=2, batch_size=10, feed="host"), progress=False)
+            for stream in (False, True)]
+    for a, b in zip(*(jax.tree.leaves(r.state.params) for r in runs)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert runs[0].history[-1]["eval"] == runs[1].history[-1]["eval"]
