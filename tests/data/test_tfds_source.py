@@ -174,6 +174,10 @@ def test_train_from_the_cli(data_dir, tmp_path, capsys):
     assert main(argv) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["dataset"] == "tfds" and config["data"]["tfds_name"] == NAME
+    streamed = argv[:-3] + ["--stream", "true", "--workers", "1", "--workdir", str(tmp_path / "streamed"), "--no-progress"]
+    assert main(streamed) == 0
+    config = json.loads((tmp_path / "streamed" / "config.json").read_text())
+    assert config["data"]["stream"] is True and config["data"]["workers"] == 1
 
 
 def test_a_streamed_tfds_dataset_equals_the_one_in_memory(data_dir, gathered, monkeypatch):
