@@ -139,16 +139,30 @@ def tcav_test(
     else:
         cavs = _streamed_cavs(acts_model or model, params, concept_x, concept, with_random_splits, layer=layer,
                               method=method, reg=reg, pool=pool, batch_size=batch_size)
-    cavs = jnp.asarray(cavs, jnp.float32)  # (1 + n_random, C)
-    if np.ndim(x) == 0 or np.shape(x)[0] == 0:
-        raise ValueError(f"x must hold at least one image to take latent gradients of; got shape {np.shape(x)}")
-    # positions per image of the layer's sensitivity map (1 for a (B, C) layer)
-    places = int(np.prod(_check_layer_target(model, params, x[:1], layer, target)[1:-1], dtype=np.int64))
-    places *= int(np.shape(x)[0])
+    scores, sens = _tcav_scores(model, params, x, cavs, layer=layer, target=target, zeros=zeros,
+                                batch_size=batch_size, what="x")
+    out = metrics.tcav_significance(scores[0], scores[1:])
+    return {"tcav": float(scores[0]), "tcav_sens": sens, "random_tcav": scores[1:].astype(np.float64).tolist(),
+            **out}
 
-    def counts(p, xb):  # per image: positive / negative s per CAV, Σ|s| of the concept CAV, all finite
+
+def _tcav_scores(model: BoundModel, params: Params, x: Any, cavs: Any, *, layer: str, target: int, zeros: str,
+                 batch_size: int, what: str) -> tuple[np.ndarray, float]:
+    """TCAV of each CAV (the rows of ``cavs``, ``(K, C)``) over the images ``x`` and TCAV_sens of the first, from
+    counts and a sum gathered ``batch_size`` images at a time (no sensitivity map of the whole set held):
+    :func:`jaxbias.metrics.tcav` (with ``zeros``) and :func:`jaxbias.metrics.tcav_sens` of
+    ``s = ∇_a f_target · h`` at every position of ``layer``."""
+    if np.ndim(x) == 0 or np.shape(x)[0] == 0:
+        raise ValueError(f"{what} must hold at least one image to take latent gradients of; got shape {np.shape(x)}")
+    shape = _check_layer_target(model, params, x[:1], layer, target)
+    cavs = jnp.asarray(cavs, jnp.float32)
+    if cavs.ndim != 2 or cavs.shape[1] != shape[-1]:
+        raise ValueError(f"cav has shape {tuple(cavs.shape[1:])}, expected ({shape[-1]},) for layer {layer!r}")
+    places = int(np.prod(shape[1:-1], dtype=np.int64)) * int(np.shape(x)[0])  # positions: 1 for a (B, C) layer
+
+    def counts(p, xb):  # per image: positive / negative s per CAV, Σ|s| of the first, all finite
         g = latent_gradient(model, p, xb, layer=layer, target=target)
-        s = g.reshape(g.shape[0], -1, g.shape[-1]) @ cavs.T  # (B, positions, 1 + n_random)
+        s = g.reshape(g.shape[0], -1, g.shape[-1]) @ cavs.T  # (B, positions, K)
         return {"pos": jnp.sum(s > 0, 1), "neg": jnp.sum(s < 0, 1), "abs": jnp.sum(jnp.abs(s[..., 0]), 1),
                 "finite": jnp.all(jnp.isfinite(s), (1, 2))}
 
@@ -156,16 +170,12 @@ def tcav_test(
     total = 0.0
     for _, c in each_batch(counts, x, args=(params,), batch_size=batch_size):
         if not c["finite"].all():
-            raise ValueError("the latent sensitivities s of x have non-finite values (NaN or inf)")
+            raise ValueError(f"the latent sensitivities s of {what} have non-finite values (NaN or inf)")
         pos, neg = pos + c["pos"].sum(0, dtype=np.int64), neg + c["neg"].sum(0, dtype=np.int64)
         total += float(np.sum(c["abs"], dtype=np.float64))
-    if zeros == "count":  # metrics.tcav from counts: #(s > 0) / #s, or / #(s ≠ 0) (0 when every s is 0)
-        scores = pos / places
-    else:
-        scores = np.where(pos + neg > 0, pos / np.maximum(pos + neg, 1), 0.0)
-    out = metrics.tcav_significance(scores[0], scores[1:])
-    return {"tcav": float(scores[0]), "tcav_sens": total / places,  # metrics.tcav_sens: mean |s|
-            "random_tcav": scores[1:].astype(np.float64).tolist(), **out}
+    if zeros == "count":  # #(s > 0) / #s, or / #(s ≠ 0) (0 when every s is 0)
+        return pos / places, total / places
+    return np.where(pos + neg > 0, pos / np.maximum(pos + neg, 1), 0.0), total / places
 
 
 def _streamed_cavs(model: BoundModel, params: Params, x: Any, concept: np.ndarray, with_random_splits, *,
@@ -240,17 +250,10 @@ def artifact_report(
         if name == "artifact":
             off = y != target_class
             out["artifact_flip_to_target"] = float(np.mean(pred[off] == target_class))
-    # TCAV and TCAV_sens from counts and a sum gathered batch by batch: no sensitivity map of the whole set held
-    pos = neg = count = 0
-    total = 0.0
-    for _, s in each_batch(lambda p, x: latent_sensitivity(model, p, x, cav, layer=layer, target=target_class),
-                           evals["artifact"].x, args=(params,), batch_size=batch_size):
-        if not np.isfinite(s).all():
-            raise ValueError("the latent sensitivities s of the artifact set have non-finite values (NaN or inf)")
-        pos, neg, count = pos + int(np.sum(s > 0)), neg + int(np.sum(s < 0)), count + s.size
-        total += float(np.sum(np.abs(s), dtype=np.float64))
-    out["tcav"] = pos / (pos + neg) if pos + neg else 0.0  # metrics.tcav, zeros excluded
-    out["tcav_sens"] = total / count  # metrics.tcav_sens: mean |s|
+    scores, out["tcav_sens"] = _tcav_scores(model, params, evals["artifact"].x, jnp.asarray(cav)[None], layer=layer,
+                                            target=target_class, zeros="exclude", batch_size=batch_size,
+                                            what="the artifact set")
+    out["tcav"] = float(scores[0])
     return out
 
 
