@@ -106,14 +106,15 @@ def _offline(test_fraction: float) -> Digits:
     return Digits(images[tr].copy(), labels[tr].copy(), images[te].copy(), labels[te].copy(), "offline")
 
 
-def _import_tfds():
+def import_tfds(otherwise: str = "source='offline' works without it"):
+    """``tensorflow_datasets``, imported on use (~0.3 s; tests/data/test_sources.py::test_import_is_light), or one
+    clear line saying how to install it and what works without it."""
     try:
-        import tensorflow_datasets as tfds  # ~0.3 s: loaded on use (tests/data/test_sources.py::test_import_is_light)
+        import tensorflow_datasets as tfds
     except ImportError as e:
-        raise DatasetUnavailableError(
-            f"source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets ({e}); "
-            "source='offline' works without it"
-        ) from e
+        tail = f"; {otherwise}" if otherwise else ""
+        raise DatasetUnavailableError(f"TFDS datasets need tensorflow-datasets: pip install tensorflow-datasets "
+                                      f"({e}){tail}") from None
     return tfds
 
 
@@ -139,7 +140,7 @@ def _records_to_arrays(ds: Any, split: str, name: str = _TFDS_NAME) -> tuple[np.
 
 def _tfds(data_dir: str | os.PathLike | None, *, download: bool, name: str = _TFDS_NAME,
           otherwise: str = "source='offline' works without network.") -> Digits:
-    tfds = _import_tfds()
+    tfds = import_tfds()
     where = data_dir if data_dir is not None else "the default TFDS data_dir (TFDS_DATA_DIR or ~/tensorflow_datasets)"
     try:
         train_ds, test_ds = tfds.data_source(

@@ -25,16 +25,7 @@ from typing import Any
 import numpy as np
 
 from jaxbias.data.images import to_uint8
-from jaxbias.data.sources import DatasetUnavailableError
-
-
-def _import_tfds():
-    try:
-        import tensorflow_datasets as tfds  # loaded on use (tests/data/test_sources.py::test_import_is_light)
-    except ImportError as e:
-        raise DatasetUnavailableError(f"TFDS datasets need tensorflow-datasets: pip install tensorflow-datasets "
-                                      f"({e})") from None
-    return tfds
+from jaxbias.data.sources import DatasetUnavailableError, import_tfds
 
 
 def _first_line(e: BaseException) -> str:
@@ -164,7 +155,7 @@ class TfdsSource:
     def _source(self) -> Any:
         records = self.__dict__.get("_records")
         if records is None:
-            records = _data_source(_import_tfds(), self.name, self.split, self.data_dir, download=False)
+            records = _data_source(import_tfds(otherwise=""), self.name, self.split, self.data_dir, download=False)
             object.__setattr__(self, "_records", records)
         return records
 
@@ -233,7 +224,7 @@ def open_tfds(name: str, split: str = "train", *, data_dir: str | os.PathLike | 
                                    or image_size < 1):
         raise ValueError(f"image_size must be a positive int or None; got {image_size!r}")
     data_dir = None if data_dir is None else os.fspath(data_dir)
-    tfds = _import_tfds()
+    tfds = import_tfds(otherwise="")
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError:
