@@ -53,6 +53,19 @@ def _jitted(fn: Callable) -> Callable:
         return out
 
 
+def _rows(xs: tuple, batch_size: Any, caller: str) -> int:
+    """The common leading length of ``xs``, after checking ``batch_size`` and the arrays (one line per mistake)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    if not xs:
+        raise ValueError(f"{caller} needs at least one array to split into batches")
+    n = int(np.shape(xs[0])[0]) if np.ndim(xs[0]) else 0
+    for i, x in enumerate(xs):
+        if np.ndim(x) == 0 or np.shape(x)[0] != n:
+            raise ValueError(f"xs[{i}] has shape {np.shape(x)}; every array needs the leading length {n} of xs[0]")
+    return n
+
+
 def map_batches(fn: Callable[..., Any], *xs: Any, args: tuple = (), batch_size: int = 512) -> Any:
     """``fn(*args, *batch)`` over the leading axis of ``xs``, ``batch_size`` rows at a time.
 
@@ -66,14 +79,7 @@ def map_batches(fn: Callable[..., Any], *xs: Any, args: tuple = (), batch_size: 
     Example:
       >>> logits = map_batches(predict, test_x, args=(params, model_state), batch_size=512)
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
-    if not xs:
-        raise ValueError("map_batches needs at least one array to split into batches")
-    n = int(np.shape(xs[0])[0]) if np.ndim(xs[0]) else 0
-    for i, x in enumerate(xs):
-        if np.ndim(x) == 0 or np.shape(x)[0] != n:
-            raise ValueError(f"xs[{i}] has shape {np.shape(x)}; every array needs the leading length {n} of xs[0]")
+    n = _rows(xs, batch_size, "map_batches")
     if n == 0:
         raise ValueError("the arrays are empty: nothing to compute")
     size = min(batch_size, n)
@@ -97,14 +103,7 @@ def each_batch(fn: Callable[..., Any], *xs: Any, args: tuple = (), batch_size: i
     Example:
       >>> total = sum(float(out.sum()) for _, out in each_batch(predict, test_x, args=(params,), batch_size=256))
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
-    if not xs:
-        raise ValueError("each_batch needs at least one array to split into batches")
-    n = int(np.shape(xs[0])[0]) if np.ndim(xs[0]) else 0
-    for i, x in enumerate(xs):
-        if np.ndim(x) == 0 or np.shape(x)[0] != n:
-            raise ValueError(f"xs[{i}] has shape {np.shape(x)}; every array needs the leading length {n} of xs[0]")
+    n = _rows(xs, batch_size, "each_batch")
     if is_traced((args, xs)):
         raise ValueError("each_batch runs batches from the host and needs concrete inputs; under a trace use "
                          "map_batches")
