@@ -88,7 +88,7 @@ def map_batches(fn: Callable[..., Any], *xs: Any, args: tuple = (), batch_size: 
         stacked = [pad_rows(jnp.asarray(x), nb * size).reshape(nb, size, *jnp.shape(x)[1:]) for x in xs]
         out = jax.lax.map(lambda b: fn(*args, *b), stacked)
         return jax.tree.map(lambda o: o.reshape(nb * size, *o.shape[2:])[:n], out)
-    chunks = [out for _, out in each_batch(fn, *xs, args=args, batch_size=size)]
+    chunks = [out for _, out in _each(fn, xs, args, size, n)]
     return jax.tree.map(lambda *cs: np.concatenate(cs), *chunks)
 
 
@@ -107,7 +107,10 @@ def each_batch(fn: Callable[..., Any], *xs: Any, args: tuple = (), batch_size: i
     if is_traced((args, xs)):
         raise ValueError("each_batch runs batches from the host and needs concrete inputs; under a trace use "
                          "map_batches")
-    size = min(batch_size, max(n, 1))
+    return _each(fn, xs, args, min(batch_size, max(n, 1)), n)
+
+
+def _each(fn: Callable[..., Any], xs: tuple, args: tuple, size: int, n: int) -> Iterator[tuple[slice, Any]]:
     step = _jitted(fn)
     for start in range(0, n, size):
         batch = [pad_rows(x[start:start + size], size) for x in xs]
