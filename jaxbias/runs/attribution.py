@@ -17,6 +17,7 @@ The computation itself is :func:`jaxbias.attribution.pipeline.attribute`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -196,18 +197,27 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
     settings = region.to_dict()
     settings["seed"] = config.seed if region.seed is None else region.seed
     made_on = {**data_settings(config), **({} if limit is None else {"limit": limit})}
-    maps_out = None
-    if streamed:  # the maps go straight into specific_maps.npy, a batch at a time
+    maps_out = partial = made_dir = None
+    if streamed:  # the maps go into specific_maps.npy.partial a batch at a time, renamed when all are made
+        made_dir = not os.path.isdir(workdir)
         os.makedirs(workdir, exist_ok=True)
-        maps_out = np.lib.format.open_memmap(run_path(workdir, "specific_maps"), mode="w+", dtype=np.float16,
+        partial = run_path(workdir, "specific_maps") + ".partial"
+        maps_out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
                                              shape=(inputs.map_x.shape[0], *inputs.map_x.shape[1:3]))
     # attribution.json says what the maps were made on, so that a training run can check its data
-    res = run_attribution(inputs, **settings, maps_out=maps_out, progress=progress, log=log,
-                          extra={"data": made_on, "region": settings, "streamed": streamed})
+    try:
+        res = run_attribution(inputs, **settings, maps_out=maps_out, progress=progress, log=log,
+                              extra={"data": made_on, "region": settings, "streamed": streamed})
+    except BaseException:  # a failed or interrupted run leaves nothing behind (no half-written maps)
+        if streamed:
+            del maps_out
+            _remove_partial(workdir, partial, made_dir)
+        raise
     summary = {k: v for k, v in res.items() if k not in ("classifier", "specific", "general")}
     if streamed:
         maps_out.flush()
         del maps_out, res["specific"]
+        os.replace(partial, run_path(workdir, "specific_maps"))
     if workdir is not None:
         summary["files"] = _save(workdir, summary, inputs, None if streamed else res["specific"], res["general"],
                                  n_figure)
@@ -218,6 +228,15 @@ def attribute(config: RunConfig, region: RegionConfig | None = None, *, data: An
     att = Attribution(data=made_on, region=RegionConfig.from_dict(settings), specific=specific,
                       general=res["general"], summary=summary, classifier=res["classifier"], workdir=workdir)
     return att
+
+
+def _remove_partial(workdir: str, partial: str, made_dir: bool) -> None:
+    """Delete a failed streamed run's half-written maps, and ``workdir`` when this run created it and it is empty."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(partial)
+    if made_dir:
+        with contextlib.suppress(OSError):  # not empty: something else is there, keep it
+            os.rmdir(workdir)
 
 
 def _save(workdir: str, summary: dict[str, Any], inputs, specific, general, n_figure: int) -> dict[str, str]:

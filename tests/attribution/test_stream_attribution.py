@@ -113,3 +113,27 @@ def test_cli_attribute_on_a_streamed_folder(table, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["attribute", "--dataset", "adult"])
     assert "invalid choice: 'adult'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_streamed_attribution_leaves_nothing_behind(table, tmp_path, monkeypatch, existing):
+    cfg = config(table, stream=True)
+    real = runs.attribution.run_attribution
+
+    def fails_mid_way(inputs, *, maps_out, **kw):  # the maps of the first batch are written, then the run dies
+        maps_out[:BATCH] = 1.0
+        maps_out.flush()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.attribution, "run_attribution", fails_mid_way)
+    workdir = tmp_path / "attr"
+    if existing:
+        workdir.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        runs.attribute(cfg, REGION, workdir=str(workdir))
+    assert (sorted(p.name for p in workdir.iterdir()) == []) if existing else not workdir.exists()
+
+    monkeypatch.setattr(runs.attribution, "run_attribution", real)  # a rerun into the same folder then works
+    att = runs.attribute(cfg, REGION, workdir=str(workdir), n_figure=BATCH)
+    assert sorted(p.name for p in workdir.iterdir() if p.suffix == ".npy") == ["general_map.npy", "specific_maps.npy"]
+    assert att.specific.shape[0] == len(cfg.load_data().train.y)
