@@ -2,7 +2,11 @@
 as no workers, a training run to the same bits, no process left behind, and one-line refusals of bad settings."""
 import contextlib
 import multiprocessing
+import os
 import pickle
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -131,3 +135,47 @@ def test_bad_worker_kinds_are_refused_in_one_line(folder, more, field):
     assert str(info.value).startswith(f"{field} must be") and "\n" not in str(info.value)
     with pytest.raises(ValueError, match="^worker_kind must be one of thread, process; got 'fork'$"):
         prefetched(_tenfold, [np.arange(2)], workers=1, kind="fork")
+
+
+_KILLED_PARENT = """
+import os, sys, time
+from jaxbias.data.lazy import process_pool
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+if __name__ == "__main__":
+    pool = process_pool(2)
+    pids = {f.result() for f in [pool.submit(pid_after, 1.0) for _ in range(2)]}
+    print(" ".join(map(str, sorted(pids))), flush=True)
+    time.sleep(600)
+"""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie (ended, not yet reaped by init) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def test_decode_processes_exit_when_their_parent_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_KILLED_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) >= 1 and all(_alive(p) for p in pids)
+        parent.send_signal(signal.SIGKILL)  # no finally, no atexit: only the workers' own watch can end them
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids), f"decode processes {pids} outlived their killed parent"
+    finally:
+        parent.kill()
