@@ -120,8 +120,9 @@ def _decode(args: tuple[str, str]) -> int:
 
 
 def raw_decode(paths: list[str], workers: int, how: str) -> float:
-    """Seconds for ``workers`` processes to decode every path (full size, or reduced scale ≥ 224)."""
-    with mp.get_context("fork").Pool(workers) as pool:
+    """Seconds for ``workers`` processes to decode every path (full size, or reduced scale ≥ 224); spawned, not
+    forked: this process has started JAX's threads."""
+    with mp.get_context("spawn").Pool(workers) as pool:
         pool.map(_decode, [(p, how) for p in paths[:workers * 4]])  # start the processes before timing
         t = time.perf_counter()
         pool.map(_decode, [(p, how) for p in paths], chunksize=16)
