@@ -148,6 +148,7 @@ def summarize_chunked(cfg: dict, rows: list[dict], *, out_dir: str, name: str, s
             row[col] = mean_std(np.array([r[k] for r in rs]), 100.0, ".1f")
         row["s / run"] = f"{np.mean([r['seconds'] for r in rs]):.0f}"
         table.append(row)
+    paired = _paired(cfg, main_rows)
     search = [{"ρ": str(r["rho"]), "α": str(r["hparams"]["alpha"]), "β": str(r["hparams"]["beta"]),
                "validation (ρ 0.1)": f"{100 * r['val']:.1f}", "s / run": f"{r['seconds']:.0f}"}
               for r in rows if r["model"].startswith("search")]
@@ -169,6 +170,11 @@ def summarize_chunked(cfg: dict, rows: list[dict], *, out_dir: str, name: str, s
         f"(*n*); {len(rows)} cells, {total:.0f} s of run time"
         + (f" ({seconds:.0f} s in the last call)" if seconds is not None else "") + ".\n\n"
         + markdown_table(table, cols)
+        + ("\n\n## EnD − Vanilla, seed by seed\n\nPoints of accuracy EnD gains over the Vanilla run of the same ρ "
+           "and seed (mean ± sample std of the per-seed differences), against the seed spread (the larger sample std "
+           "of the two methods' own accuracies): *beyond the spread* when the mean gain exceeds it.\n\n"
+           + markdown_table(paired, ["ρ", "seeds", "test", "EnD − Vanilla", "per seed", "seed spread",
+                                     "beyond the spread"]) if paired else "")
         + "\n\n## α, β search (validation set only)\n\n"
         + markdown_table(search, ["ρ", "α", "β", "validation (ρ 0.1)", "s / run"])
         + f"\n\nRegenerate / continue: `python experiments/end_biased_mnist/main.py --config {name} "
@@ -181,6 +187,26 @@ def summarize_chunked(cfg: dict, rows: list[dict], *, out_dir: str, name: str, s
     with open(os.path.join(out_dir, f"results_{name}.md"), "w") as f:
         f.write(md)
     return md
+
+
+def _paired(cfg: dict, rows: list[dict]) -> list[dict[str, str]]:
+    """Per ρ and test set: EnD's accuracy minus Vanilla's over the seeds that have both, against the seed spread."""
+    out = []
+    for rho in cfg["rhos"]:
+        by_method = {m: {r["seed"]: r for r in rows if r["rho"] == rho and r["method"] == m} for m in ("vanilla", "end")}
+        seeds = sorted(set(by_method["vanilla"]) & set(by_method["end"]))
+        if not seeds:
+            continue
+        for key, name in (("unbiased", "unbiased"), ("conflicting", "bias-conflicting")):
+            van = np.array([by_method["vanilla"][s][key] for s in seeds]) * 100.0
+            end = np.array([by_method["end"][s][key] for s in seeds]) * 100.0
+            diff = end - van
+            spread = max(float(np.std(van, ddof=1)), float(np.std(end, ddof=1))) if len(seeds) > 1 else float("nan")
+            out.append({"ρ": str(rho), "seeds": str(len(seeds)), "test": name,
+                        "EnD − Vanilla": mean_std(diff, 1.0, "+.1f"), "per seed": " / ".join(f"{d:+.1f}" for d in diff),
+                        "seed spread": "–" if len(seeds) < 2 else f"{spread:.1f}",
+                        "beyond the spread": "–" if len(seeds) < 2 else ("yes" if diff.mean() > spread else "no")})
+    return out
 
 
 def run_chunked(cfg: dict, *, out_dir: str, name: str, workroot: str, progress: bool,

@@ -3,6 +3,7 @@ validation set only, the EnD cells use its best, cells are appended / skipped / 
 experiments."""
 import json
 
+import numpy as np
 import pytest
 
 
@@ -41,3 +42,22 @@ def test_search_then_cells_append_skip_and_refuse(tmp_path, tiny, capsys):
     assert "all 4 cells" in capsys.readouterr().out and len(jsonl.read_text().splitlines()) == 4
     with pytest.raises(SystemExit, match="other settings"):
         mod.main([*common, "--epochs", "2"])
+
+
+def test_paired_gain_against_the_seed_spread(load_experiment):
+    mod = load_experiment("end_biased_mnist")
+    cfg = {"rhos": [0.99, 0.997]}
+    van, end = [0.10, 0.12, 0.14], [0.20, 0.19, 0.24]  # unbiased accuracies of seeds 0..2 at ρ 0.99
+    rows = [{"rho": 0.99, "seed": s, "method": m, "unbiased": a, "conflicting": a / 2}
+            for m, accs in (("vanilla", van), ("end", end)) for s, a in enumerate(accs)]
+    rows.append({"rho": 0.997, "seed": 0, "method": "end", "unbiased": 0.3, "conflicting": 0.2})  # no Vanilla pair
+    out = mod._paired(cfg, rows)
+    assert [(r["ρ"], r["test"]) for r in out] == [("0.99", "unbiased"), ("0.99", "bias-conflicting")]
+    gain = 100 * (np.array(end) - np.array(van))  # +10, +7, +10
+    spread = 100 * max(np.std(van, ddof=1), np.std(end, ddof=1))  # 2.6 (EnD's)
+    assert out[0]["EnD − Vanilla"] == f"{gain.mean():+.1f} ± {gain.std(ddof=1):.1f}"
+    assert out[0]["per seed"] == "+10.0 / +7.0 / +10.0" and out[0]["seed spread"] == f"{spread:.1f}"
+    assert out[0]["beyond the spread"] == "yes"
+    # Vanilla 8.5 points higher: gains +1.5 / -1.5 / +1.5, a mean of 0.5 inside the spread of 2.6
+    rows = [dict(r, unbiased=r["unbiased"] + (0.0 if r["method"] == "end" else 0.085)) for r in rows]
+    assert mod._paired(cfg, rows)[0]["beyond the spread"] == "no"
