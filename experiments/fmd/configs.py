@@ -43,13 +43,16 @@ unbiased accuracy is near chance), and its confident softmax has almost no
 curvature on the factual samples, so the quadratic model does not see that a
 larger step destroys the factual predictions: past a small scale B and the
 factual accuracy fall together. Fine-tuning on the same pairs learns new
-features over many steps and does better, at about 10-100× the cost.
+features over many steps and does better, at several to tens of times the
+cost (the `seconds` column: 200 Adam steps against one compiled edit).
 
 Newton steps (`steps=5`): each step re-linearises at the edited parameters and
 is kept only if it lowers B on the pairs within the same 3-point accuracy
 budget. On Colored MNIST this takes FMD from −2 % to −35 % (last layer) and
 from −11 % to −41 % (all layers) and raises the unbiased accuracy by 13-17
-points, in 0.03 s / 0.6-0.75 s. The budget is kept on the 100 factual pairs
+points (`seconds`: on the 2-core VM these tables ran on, the same warm edit
+of all layers took 0.06 s or 0.6-0.7 s from call to call, the CPU idle in the
+slow ones; docs/speed.md). The budget is kept on the 100 factual pairs
 (1 point per digit); on the 900 held-out digits the biased accuracy falls by
 about 5 points, like fine-tuning's. None of the edits reaches −50 % here: the
 100 pairs are the only digits the model could learn shape from. On Adult the
