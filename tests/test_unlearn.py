@@ -33,12 +33,17 @@ def _adult_file(path, n=400, seed=0):
     return path
 
 
-@pytest.fixture(scope="module")
-def mnist_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("fmd_mnist")
-    assert main(["train", "--dataset", "biased_mnist", "--model", "mlp", "--hidden", "32,32", "--epochs", "2",
+def _trained(tmp_path_factory, dataset, hidden, epochs):
+    """The workdir of a ``jaxbias train`` run of the MLP on ``dataset``."""
+    work = tmp_path_factory.mktemp(f"fmd_{dataset}")
+    assert main(["train", "--dataset", dataset, "--model", "mlp", "--hidden", hidden, "--epochs", str(epochs),
                  "--batch-size", "64", "--workdir", str(work), "--no-progress", "--json"]) == 0
     return work
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    return _trained(tmp_path_factory, "biased_mnist", "32,32", 2)
 
 
 def test_biased_mnist_split(mnist_run):
@@ -176,10 +181,7 @@ def test_edit_is_compiled_once(mnist_run):
 @pytest.fixture(scope="module")
 def artifact_run(tmp_path_factory):
     """A model trained on artifact_mnist (the stamp in half of the 0s): it learns the stamp as a 0-shortcut."""
-    work = tmp_path_factory.mktemp("fmd_artifact")
-    assert main(["train", "--dataset", "artifact_mnist", "--model", "mlp", "--hidden", "64", "--epochs", "4",
-                 "--batch-size", "64", "--workdir", str(work), "--no-progress", "--json"]) == 0
-    return work
+    return _trained(tmp_path_factory, "artifact_mnist", "64", 4)
 
 
 def test_unlearn_an_inserted_artifact_with_its_test_pairs(artifact_run, tmp_path, capsys):

@@ -13,6 +13,7 @@ or die. :meth:`LazyImages.materialise` does it on purpose (the in-memory loaders
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -36,6 +37,8 @@ WORKER_KINDS = ("thread", "process")
 START_METHOD = "spawn"
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class LazyImages:
@@ -95,11 +98,16 @@ class LazyImages:
         read = getattr(self.source, "read", None)
         return read(row, self.field) if callable(read) else self.source[row][self.field]
 
-    def _into(self, out: np.ndarray, row: int) -> None:
+    def _item(self, row: int) -> np.ndarray:
+        """Row ``row`` of the source as it has it (uint8 image, bool mask), its shape checked."""
         item = self._read(int(row))
         if np.shape(item) != self.item_shape:
             raise ValueError(f"row {int(row)} of the source has a {self.field} of shape {np.shape(item)}; expected "
                              f"{self.item_shape}")
+        return item
+
+    def _into(self, out: np.ndarray, row: int) -> None:
+        item = self._item(row)
         if self.field == "image":
             np.divide(item, np.float32(255.0), out=out, dtype=np.float32)  # as the in-memory loaders divide
         else:
@@ -109,17 +117,10 @@ class LazyImages:
         """Rows at positions ``index`` (an int array of any shape) as the source has them: uint8 images (or bool
         masks), shape ``index.shape + item_shape``; :meth:`finish` turns them into what ``self[index]`` returns.
         A decode process sends these back (a quarter of the float32 bytes)."""
-        idx, n = self._positions(index), self.rows.size
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index {int(idx[(idx < -n) | (idx >= n)][0])} is outside the {n} rows")
-        rows = self.rows[idx]
+        rows = self.rows[self._in_range(index)]
         out = np.empty((rows.size, *self.item_shape), np.uint8 if self.field == "image" else bool)
         for j, row in enumerate(rows.reshape(-1)):
-            item = self._read(int(row))
-            if np.shape(item) != self.item_shape:
-                raise ValueError(f"row {int(row)} of the source has a {self.field} of shape {np.shape(item)}; "
-                                 f"expected {self.item_shape}")
-            out[j] = item
+            out[j] = self._item(row)
         return out.reshape(*rows.shape, *self.item_shape)
 
     def finish(self, raw: np.ndarray) -> np.ndarray:
@@ -148,11 +149,14 @@ class LazyImages:
         if isinstance(index, tuple) or index is None or index is Ellipsis:
             raise TypeError(f"{type(self).__name__} takes one row index (an int, a slice or an int array), not "
                             f"{index!r}: index the rows first, then the array they return")
-        idx = self._positions(index)
+        return self._gather(self.rows[self._in_range(index)])
+
+    def _in_range(self, index: Any) -> np.ndarray:
+        """:meth:`_positions` of ``index``, each checked to lie within the rows."""
+        idx, n = self._positions(index), self.rows.size
         if idx.size and (idx.min() < -n or idx.max() >= n):
-            bad = idx[(idx < -n) | (idx >= n)][0]
-            raise IndexError(f"index {int(bad)} is outside the {n} rows")
-        return self._gather(self.rows[idx])
+            raise IndexError(f"index {int(idx[(idx < -n) | (idx >= n)][0])} is outside the {n} rows")
+        return idx
 
     def _positions(self, index: Any) -> np.ndarray:
         """An int array or a bool array over the rows as int64 positions (checked to be ints)."""
@@ -172,11 +176,9 @@ class LazyImages:
     def take(self, index: Any) -> "LazyImages":
         """The rows ``index`` (an int array, a bool array over the rows or a slice) as a :class:`LazyImages` of
         the same source: nothing decoded (a subset that stays on disk, e.g. one class's images)."""
-        if isinstance(index, slice):
-            return LazyImages(self.source, self.rows[index], item_shape=self.item_shape, field=self.field,
-                              workers=self.workers, worker_kind=self.worker_kind)
-        return LazyImages(self.source, self.rows[self._positions(index).reshape(-1)], item_shape=self.item_shape,
-                          field=self.field, workers=self.workers, worker_kind=self.worker_kind)
+        rows = self.rows[index] if isinstance(index, slice) else self.rows[self._positions(index).reshape(-1)]
+        return LazyImages(self.source, rows, item_shape=self.item_shape, field=self.field, workers=self.workers,
+                          worker_kind=self.worker_kind)
 
     def materialise(self) -> np.ndarray:
         """Every row decoded into one array in memory (what a dataset loaded without streaming holds)."""
@@ -306,6 +308,16 @@ def memory_bytes() -> int:
         return 0
 
 
+def stream_by_size(need: int, what: str) -> bool:
+    """Whether data whose decoded arrays take ``need`` bytes is streamed by ``stream`` none: more than
+    :data:`MEMORY_SHARE` of this machine's memory (never when the system does not say). Logs the decision for
+    ``what`` (e.g. ``"folder meta.csv: 20000 images of 224x224x3"``)."""
+    stream = need > MEMORY_SHARE * (memory_bytes() or float("inf"))
+    log.info("%s take %.1f GiB decoded: %s", what, need / 2**30,
+             "streamed (more than a quarter of the memory)" if stream else "read into memory")
+    return stream
+
+
 def is_lazy(a: Any) -> bool:
     """Whether ``a`` is read when indexed (a :class:`LazyImages`), not an array in memory."""
     return isinstance(a, LazyImages)
@@ -319,5 +331,6 @@ def take(a: Any, index: Any) -> Any:
     return a.take(index) if is_lazy(a) else np.asarray(a)[index]
 
 
-__all__ = ["FIELDS", "MEMORY_SHARE", "PREFETCH_PER_WORKER", "memory_bytes", "START_METHOD", "WORKER_KINDS", "LazyImages", "check_worker_kind",
-           "finish_held", "hold", "is_lazy", "prefetched", "process_pool", "read_held", "take"]
+__all__ = ["FIELDS", "MEMORY_SHARE", "PREFETCH_PER_WORKER", "START_METHOD", "WORKER_KINDS", "LazyImages",
+           "check_worker_kind", "finish_held", "hold", "is_lazy", "memory_bytes", "prefetched", "process_pool",
+           "read_held", "stream_by_size", "take"]

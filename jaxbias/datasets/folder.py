@@ -23,7 +23,6 @@ the artifact class's training images. ``jaxbias correct`` then corrects a model 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -32,11 +31,9 @@ from jaxbias import settings as settings_lib
 from jaxbias.data.artifacts import ARTIFACTS
 from jaxbias.data.images import DECODES
 from jaxbias.data.folder import MODES, ArtifactSource, FolderSource, open_folder
-from jaxbias.data.lazy import MEMORY_SHARE, WORKER_KINDS, LazyImages, memory_bytes, take
+from jaxbias.data.lazy import WORKER_KINDS, LazyImages, stream_by_size, take
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
-
-log = logging.getLogger(__name__)
 
 IMAGES = True
 #: ``--dataset folder:PATH`` is ``--dataset folder --root PATH`` (:func:`jaxbias.datasets.split_name`)
@@ -229,10 +226,7 @@ def streamed(settings: Settings, table: FolderSource) -> bool:
         return settings.stream
     s, c = table.image_size, 1 if table.mode == "grey" else 3
     need = len(table) * s * s * (4 * c + (1 if table.masks is not None or settings.artifact else 0))
-    stream = need > MEMORY_SHARE * (memory_bytes() or float("inf"))
-    log.info("folder %s: %d images of %dx%dx%d take %.1f GiB decoded: %s", table.table, len(table), s, s, c,
-             need / 2**30, "streamed (more than a quarter of the memory)" if stream else "read into memory")
-    return stream
+    return stream_by_size(need, f"folder {table.table}: {len(table)} images of {s}x{s}x{c}")
 
 
 def load(settings: Settings, *, seed: int) -> Dataset:

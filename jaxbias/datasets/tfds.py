@@ -17,18 +17,15 @@ the split, read a batch at a time by training, evaluation and the rest of the to
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import NamedTuple
 
 import numpy as np
 
 from jaxbias import settings as settings_lib
-from jaxbias.data.lazy import MEMORY_SHARE, LazyImages, memory_bytes
+from jaxbias.data.lazy import LazyImages, stream_by_size
 from jaxbias.data.tfds_source import TfdsSource, open_tfds
 from jaxbias.datasets import Dataset
 from jaxbias.types import Batch
-
-log = logging.getLogger(__name__)
 
 IMAGES = True
 #: ``--dataset tfds:NAME`` is ``--dataset tfds --tfds-name NAME`` (:func:`jaxbias.datasets.split_name`)
@@ -154,11 +151,8 @@ def streamed(stream: bool | None, sources: list[TfdsSource], name: str) -> bool:
         return stream
     first = sources[0][0]
     per = 4 * first["image"].size + (first["image"].shape[0] * first["image"].shape[1] if "mask" in first else 0)
-    need = per * sum(len(s) for s in sources)
-    stream = need > MEMORY_SHARE * (memory_bytes() or float("inf"))
-    log.info("TFDS dataset %s: %d records take %.1f GiB decoded: %s", name, sum(len(s) for s in sources),
-             need / 2**30, "streamed (more than a quarter of the memory)" if stream else "read into memory")
-    return stream
+    n = sum(len(s) for s in sources)
+    return stream_by_size(per * n, f"TFDS dataset {name}: {n} records")
 
 
 def view(data: Tfds) -> Dataset:

@@ -236,11 +236,7 @@ class _HostFeed:
     def _placed_read(self, read: tuple) -> Batch:
         """In this process: a decode process's batch (uint8 images) finished as ``a[idx]`` would be and placed as
         :meth:`_placed_batch` places it."""
-        batch = Batch(*finish_held(self.train, read))
-        sharding = self.layout.sharding("batch")
-        if sharding is None:
-            return jax.device_put(batch)
-        return Batch(*(None if a is None else jax.device_put(a, sharding) for a in batch))
+        return self.layout.put(Batch(*finish_held(self.train, read)), "batch")
 
     def close(self) -> None:
         """Shut the decode processes down (if any were started): batches not started are cancelled."""

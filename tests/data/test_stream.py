@@ -286,16 +286,16 @@ def test_prefetched_gives_the_same_values_in_order_with_and_without_workers():
 
 def test_stream_none_streams_exactly_when_the_decoded_folder_would_not_fit_a_quarter_of_the_memory(folder,
                                                                                                    monkeypatch):
-    from jaxbias.datasets import folder as folder_ds
+    from jaxbias.data import lazy as lazy_lib
 
-    assert folder_ds.memory_bytes() > 2**28  # this machine's memory, read from the system
+    assert lazy_lib.memory_bytes() > 2**28  # this machine's memory, read from the system
     root, meta = folder
     settings = {"root": str(root), "metadata": str(meta), "image_size": SIZE, "mask_column": "mask"}
     need = 300 * SIZE * SIZE * (4 * 3 + 1)  # 300 images of 12x12x3 float32 and a mask byte per pixel
     for memory, lazy in ((4 * need, False), (4 * need - 4, True), (0, False)):  # 0: the system does not say
-        monkeypatch.setattr(folder_ds, "memory_bytes", lambda memory=memory: memory)
+        monkeypatch.setattr(lazy_lib, "memory_bytes", lambda memory=memory: memory)
         ds = datasets.load("folder", settings, seed=0)
         assert isinstance(ds.train.x, LazyImages) is lazy, memory
         assert all(isinstance(e.x, LazyImages) is lazy for e in ds.evals.values())
-    monkeypatch.setattr(folder_ds, "memory_bytes", lambda: 1)  # an explicit setting wins over the estimate
+    monkeypatch.setattr(lazy_lib, "memory_bytes", lambda: 1)  # an explicit setting wins over the estimate
     assert not isinstance(datasets.load("folder", {**settings, "stream": False}, seed=0).train.x, LazyImages)

@@ -185,7 +185,7 @@ def test_a_streamed_tfds_dataset_equals_the_one_in_memory(data_dir, gathered, mo
     streams once the decoded images would take more than a quarter of the memory."""
     from jaxbias import datasets
     from jaxbias.data.lazy import is_lazy
-    from jaxbias.datasets import tfds as tfds_ds
+    from jaxbias.data import lazy as lazy_lib
 
     values = {"tfds_name": NAME, "data_dir": data_dir, **FEATURES, "bias_feature": "attributes/glasses",
               "mask_feature": "square", "image_size": 16}
@@ -201,9 +201,9 @@ def test_a_streamed_tfds_dataset_equals_the_one_in_memory(data_dir, gathered, mo
         np.testing.assert_array_equal(a.y, b.y)
         np.testing.assert_array_equal(a.bias, b.bias)
     np.testing.assert_array_equal(lazy.train.mask[np.arange(30)], mem.train.mask)
-    monkeypatch.setattr(tfds_ds, "memory_bytes", lambda: 4 * 45 * 16 * 16 * 4)  # a quarter holds 45·16·16·4 B
+    monkeypatch.setattr(lazy_lib, "memory_bytes", lambda: 4 * 45 * 16 * 16 * 4)  # a quarter holds 45·16·16·4 B
     assert is_lazy(datasets.load("tfds", values).train.x)  # 45 records of 16·16·(3·4 + 1) bytes: streamed
-    monkeypatch.setattr(tfds_ds, "memory_bytes", lambda: 2**40)
+    monkeypatch.setattr(lazy_lib, "memory_bytes", lambda: 2**40)
     assert not is_lazy(datasets.load("tfds", values).train.x)
     with pytest.raises(ValueError, match="workers must be 0 with stream false"):
         datasets.settings("tfds", {"tfds_name": NAME, "stream": "false", "workers": 1})
